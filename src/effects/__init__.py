@@ -1,1 +1,96 @@
-"""Effects."""
+"""Algebraic effects for Python: computations yield effects, handlers decide what they mean.
+
+The same generator runs with test or production handlers, synchronously or on anyio, and
+suspends at `Yield` for input. Durable runs live in `effects.durable`; test doubles in
+`effects.testing`.
+"""
+
+from ._computation import Comp, Computation, ComputationFunction, computation
+from ._effect import Effect, result_type
+from ._exceptions import (
+    AsyncHandlerError,
+    Cancellation,
+    ConfigurationError,
+    ConflictError,
+    DivergenceError,
+    EffectsError,
+    InterruptedEffect,
+    InvalidInput,
+    LogError,
+    MissingHandlerError,
+    ResumeError,
+    RunNotFound,
+    SerializationError,
+    TimeoutError,
+    UnhandledSuspension,
+    YieldDuringCancellation,
+)
+from ._handler import Handler, Stack, WithHandler, handler, handles, with_handler
+from ._interpreter import running_async
+from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
+from ._runners import arun, astart, run, start
+from ._std.call import Call, Retry
+from ._std.control import Err, Ok, Yield, bracket, catch, try_catch
+from ._std.state import EventAccumulator, Reader, State, Writer
+from ._std.world import Clock, Fresh, Random
+
+__all__ = (
+    # core
+    "Effect",
+    "Computation",
+    "Comp",
+    "ComputationFunction",
+    "computation",
+    "result_type",
+    "Handler",
+    "handler",
+    "handles",
+    "with_handler",
+    "WithHandler",
+    "Stack",
+    # outcomes
+    "Outcome",
+    "Done",
+    "Suspend",
+    "Throw",
+    "Cancelled",
+    # runners
+    "run",
+    "arun",
+    "start",
+    "astart",
+    "running_async",
+    # standard effects
+    "Yield",
+    "catch",
+    "try_catch",
+    "Ok",
+    "Err",
+    "bracket",
+    "State",
+    "Reader",
+    "Writer",
+    "EventAccumulator",
+    "Fresh",
+    "Random",
+    "Clock",
+    "Call",
+    "Retry",
+    # exceptions
+    "EffectsError",
+    "MissingHandlerError",
+    "AsyncHandlerError",
+    "UnhandledSuspension",
+    "ResumeError",
+    "YieldDuringCancellation",
+    "InvalidInput",
+    "TimeoutError",
+    "ConfigurationError",
+    "SerializationError",
+    "LogError",
+    "DivergenceError",
+    "ConflictError",
+    "InterruptedEffect",
+    "RunNotFound",
+    "Cancellation",
+)

@@ -1,0 +1,197 @@
+"""Handlers, handler scopes (`with_handler`) and reusable stacks (`Stack`)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from ._effect import Effect
+
+if TYPE_CHECKING:
+    from typing import Self
+
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+HandlerFn = Callable[[Any], Any]
+# A handler table maps an effect type to (function, home table or None, owner).
+# `home` is the table a computation returned by the function runs in (the scope outside the
+# handler's installation); None marks a *pure* handler whose results are always plain values,
+# which lets the interpreter skip classifying them.
+Entry = tuple[HandlerFn, "Table | None", "Handler"]
+Table = dict[type, Entry]
+
+
+def handles(*effect_types: type[Effect[Any]]) -> Callable[[F], F]:
+    """Mark a `Handler` method as the handler of the given effect types."""
+
+    def mark(fn: F) -> F:
+        fn.__effects_handles__ = effect_types  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Handler:
+    """Base class of handlers: interprets one or more effect types.
+
+    Methods marked with `@handles(EffectType)` receive the effect and return one of:
+    a plain value (the computation resumes with it), an awaitable (the async runner awaits it),
+    a computation (run in the scope *outside* this handler, so it may use outer handlers' effects)
+    or an exception instance (thrown into the computation at its `yield`).
+
+    Every installation works on a shallow copy of the handler (see `install`), so attributes set
+    in `__init__` are per-scope state. Override `output` to transform the scope's result,
+    `cleanup` to run code on every exit path, and `decorate` to add to `Suspend.data`.
+
+    Class flags read by the runtime:
+
+    - `pure`: results are always plain values (never computations, awaitables or exceptions).
+    - `replayable`: in-memory and deterministic; the effect logger re-executes it on replay
+      instead of recording its results.
+    - `external`: its effects touch the outside world; durable runs checkpoint after each one.
+    """
+
+    pure: ClassVar[bool] = False
+    replayable: ClassVar[bool] = False
+    external: ClassVar[bool] = False
+    _handled: ClassVar[dict[type, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handled = dict(cls._handled)
+        for name, member in vars(cls).items():
+            for effect_type in getattr(member, "__effects_handles__", ()):
+                handled[effect_type] = name
+        cls._handled = handled
+
+    def install(self) -> Self:
+        """Return the per-scope instance used for one installation (a shallow copy)."""
+        return copy.copy(self)
+
+    def effect_handlers(self) -> Mapping[type, HandlerFn]:
+        """The effect types this handler interprets, mapped to their functions."""
+        return {t: getattr(self, name) for t, name in self._handled.items()}
+
+    def intercept(self, table: Table) -> None:
+        """Rewrite entries of the enclosing scope's table before this scope's own are added.
+
+        Used by handlers that observe effects handled further out (the effect logger).
+        """
+
+    def output(self, value: Any) -> Any:
+        """Transform the scope's result on normal exit (identity by default)."""
+        return value
+
+    def cleanup(self) -> None:
+        """Run when the scope exits, on every path (return, exception, cancellation)."""
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        """Add entries to `Suspend.data` when a computation in this scope suspends."""
+
+    def __repr__(self) -> str:
+        return type(self).__qualname__
+
+
+class FunctionHandler(Handler):
+    """A handler made of plain functions, one per effect type (see `handler`)."""
+
+    def __init__(self, functions: Mapping[type, HandlerFn], name: str | None = None) -> None:
+        self.functions = dict(functions)
+        self.name = name
+
+    def effect_handlers(self) -> Mapping[type, HandlerFn]:
+        return self.functions
+
+    def install(self) -> Self:
+        return self  # stateless: nothing to copy
+
+    def __repr__(self) -> str:
+        if self.name:
+            return self.name
+        return "handler({" + ", ".join(t.__qualname__ for t in self.functions) + "})"
+
+
+def handler(
+    functions: Mapping[type, HandlerFn],
+    *,
+    name: str | None = None,
+    external: bool = False,
+) -> Handler:
+    """Build a handler from plain functions: `handler({GetUser: lambda e: users[e.user_id]})`.
+
+    `external=True` declares that the functions touch the outside world, so durable runs
+    checkpoint after each completed effect (see the durable guide).
+    """
+    h = FunctionHandler(functions, name)
+    if external:
+        h.external = True  # type: ignore[misc]
+    return h
+
+
+def _flatten(handlers: Iterable[Handler | Stack]) -> tuple[Handler, ...]:
+    out: list[Handler] = []
+    for h in handlers:
+        if isinstance(h, Stack):
+            out.extend(h.handlers)
+        elif isinstance(h, Handler):
+            out.append(h)
+        else:
+            raise TypeError(f"expected a Handler or a Stack, got {h!r}")
+    return tuple(out)
+
+
+class Stack:
+    """A reusable, composable handler stack; the first handler listed is the innermost.
+
+    `Stack(a, b) + Stack(c)` is `Stack(a, b, c)`; `stack(comp)` is `with_handler(comp, stack)`.
+    """
+
+    __slots__ = ("handlers",)
+
+    def __init__(self, *handlers: Handler | Stack) -> None:
+        self.handlers = _flatten(handlers)
+
+    def __add__(self, other: Stack | Handler) -> Stack:
+        return Stack(self, other)
+
+    def __iter__(self) -> Iterator[Handler]:
+        return iter(self.handlers)
+
+    def __len__(self) -> int:
+        return len(self.handlers)
+
+    def __call__(self, comp: Any) -> WithHandler[Any]:
+        return WithHandler(comp, self.handlers)
+
+    def __repr__(self) -> str:
+        return f"Stack({', '.join(map(repr, self.handlers))})"
+
+
+class WithHandler(Generic[R]):
+    """A computation run with handlers installed for its extent (built by `with_handler`).
+
+    It is a scope object the interpreter enters directly, without an extra generator layer.
+    """
+
+    __slots__ = ("comp", "handlers")
+
+    def __init__(self, comp: Any, handlers: tuple[Handler, ...]) -> None:
+        self.comp = comp
+        self.handlers = handlers
+
+    def __iter__(self) -> Generator[Any, Any, R]:
+        return (yield self)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"with_handler({self.comp!r}, {', '.join(map(repr, self.handlers))})"
+
+
+def with_handler(comp: Any, *handlers: Handler | Stack) -> WithHandler[Any]:
+    """Run `comp` with `handlers` installed; the first listed is the innermost.
+
+    `with_handler(comp, a, b)` is `with_handler(with_handler(comp, a), b)`. Inner installations
+    shadow outer ones for their extent and are restored afterwards.
+    """
+    return WithHandler(comp, _flatten(handlers))

@@ -1,0 +1,172 @@
+"""The four outcomes of a run: `Done`, `Suspend`, `Throw` (also an effect) and `Cancelled`."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+import pydantic
+
+from ._effect import Effect
+from ._exceptions import InvalidInput, ResumeError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+
+class Done:
+    """The computation returned `value`."""
+
+    __slots__ = ("value",)
+    __match_args__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Done and other.value == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Done({self.value!r})"
+
+
+class Cancelled:
+    """The computation was cancelled with `reason`; its cleanup has run."""
+
+    __slots__ = ("reason",)
+    __match_args__ = ("reason",)
+
+    def __init__(self, reason: Any = None) -> None:
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Cancelled and other.reason == self.reason
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Cancelled({self.reason!r})"
+
+
+class Throw(Effect[NoReturn]):
+    """As an effect, `yield Throw(err)` raises `err` at that point. As an outcome, the
+    computation ended with the exception `error` (the original object, traceback kept)."""
+
+    error: BaseException
+
+
+class _Continuation(Protocol):
+    def drive(self, value: Any, exc: BaseException | None) -> Outcome: ...
+
+    async def adrive(self, value: Any, exc: BaseException | None) -> Outcome: ...
+
+    def discard(self) -> None: ...
+
+
+@functools.cache
+def _adapter(input_type: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(input_type)
+
+
+def validate_input(input_type: Any, value: Any) -> Any:
+    """Validate a resume value against a `Yield`'s `input` type; raise `InvalidInput`."""
+    if input_type is None:
+        return value
+    try:
+        return _adapter(input_type).validate_python(value)
+    except pydantic.ValidationError as err:
+        raise InvalidInput(
+            f"invalid input for {getattr(input_type, '__name__', input_type)}: {err}",
+            err.errors(include_url=False),
+        ) from None
+
+
+class Suspend:
+    """The computation is waiting at a `Yield(value, input=...)`.
+
+    `data` holds decorations added by the handlers in scope (for example the effect log under
+    the key `EffectLogger`). `resume(answer)` continues it and returns the next outcome; it is
+    one-shot: a second resume raises `ResumeError`. An answer that fails the `input` validation
+    raises `InvalidInput` and leaves the suspension usable.
+    """
+
+    __slots__ = ("_continuation", "data", "input", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        data: dict[Any, Any] | None = None,
+        input: Any = None,
+        continuation: _Continuation | None = None,
+    ) -> None:
+        self.value = value
+        self.data = data if data is not None else {}
+        self.input = input
+        self._continuation = continuation
+
+    def _take(self, value: Any) -> tuple[_Continuation, Any]:
+        if self._continuation is None:
+            raise ResumeError(
+                "this suspension cannot be resumed: it was already resumed or cancelled, "
+                "or it is a report (resume through the runner that sent it)"
+            )
+        # Validate before consuming the one-shot continuation: bad input loses nothing.
+        value = validate_input(self.input, value)
+        cont, self._continuation = self._continuation, None
+        return cont, value
+
+    @property
+    def resumable(self) -> bool:
+        """Whether `resume`/`cancel` may still be called on this suspension."""
+        return self._continuation is not None
+
+    def resume(self, value: Any = None) -> Outcome:
+        """Continue the computation with `value` (sync runner); returns the next outcome."""
+        cont, value = self._take(value)
+        return cont.drive(value, None)
+
+    async def aresume(self, value: Any = None) -> Outcome:
+        """Continue the computation with `value` (async runner); returns the next outcome."""
+        cont, value = self._take(value)
+        return await cont.adrive(value, None)
+
+    def cancel(self, reason: Any = None) -> Outcome:
+        """Cancel at this suspension: cleanup runs innermost first, then `Cancelled(reason)`."""
+        from ._exceptions import Cancellation
+
+        cont, _ = self._take_for_cancel()
+        return cont.drive(None, Cancellation(reason))
+
+    async def acancel(self, reason: Any = None) -> Outcome:
+        """Async twin of `cancel`."""
+        from ._exceptions import Cancellation
+
+        cont, _ = self._take_for_cancel()
+        return await cont.adrive(None, Cancellation(reason))
+
+    def _take_for_cancel(self) -> tuple[_Continuation, None]:
+        if self._continuation is None:
+            raise ResumeError("this suspension was already resumed or cancelled")
+        cont, self._continuation = self._continuation, None
+        return cont, None
+
+    def report(self) -> Suspend:
+        """A copy carrying `value`, `data` and `input` but no way to resume."""
+        return Suspend(self.value, self.data, self.input)
+
+    def __del__(self) -> None:
+        # An abandoned suspension: close its generators deliberately, innermost first, rather
+        # than leaving it to the garbage collector (whose GeneratorExit would make a `finally`
+        # that performs effects fail noisily).
+        cont = self._continuation
+        if cont is not None:
+            self._continuation = None
+            cont.discard()
+
+    def __repr__(self) -> str:
+        return f"Suspend({self.value!r}, data={self.data!r})"
+
+
+Outcome: TypeAlias = Done | Suspend | Throw | Cancelled

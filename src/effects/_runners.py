@@ -1,0 +1,47 @@
+"""The runners: `run` / `arun` (to a value) and `start` / `astart` (to an outcome)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from ._computation import Computation
+from ._exceptions import Cancellation, UnhandledSuspension
+from ._handler import Handler, Stack, _flatten
+from ._interpreter import Run
+from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
+
+T = TypeVar("T")
+
+
+def _value(outcome: Outcome) -> Any:
+    if type(outcome) is Done:
+        return outcome.value
+    if type(outcome) is Throw:
+        raise outcome.error
+    if type(outcome) is Suspend:
+        raise UnhandledSuspension(
+            f"the computation suspended at Yield({outcome.value!r}); drive suspending "
+            "computations with start()/astart() or AsyncComputation"
+        )
+    assert type(outcome) is Cancelled
+    raise Cancellation(outcome.reason)
+
+
+def start(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome:
+    """Run `comp` with `handlers` (first listed innermost) until it finishes or suspends."""
+    return Run(comp, _flatten(handlers)).drive(None, None)
+
+
+async def astart(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome:
+    """Async twin of `start`: awaits what async handlers return (asyncio or trio)."""
+    return await Run(comp, _flatten(handlers)).adrive(None, None)
+
+
+def run(comp: Computation[T], *handlers: Handler | Stack) -> T:
+    """Run `comp` to its value; an uncaught exception is raised as itself."""
+    return _value(start(comp, *handlers))  # type: ignore[no-any-return]
+
+
+async def arun(comp: Computation[T], *handlers: Handler | Stack) -> T:
+    """Async twin of `run` (anyio: works on asyncio and trio)."""
+    return _value(await astart(comp, *handlers))  # type: ignore[no-any-return]

@@ -1,0 +1,140 @@
+"""`Call(fn, *args, **kwargs)`: a side effect in a plain or async function, with retry and
+timeout. Its default handler is installed by every runner."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._effect import Effect
+from .._exceptions import ConfigurationError
+from .._handler import Handler, handles
+from .._interpreter import running_async
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Retry policy: up to `attempts` calls in all, waiting `backoff * factor**n` seconds
+    (capped at `max_delay`) between them, for exceptions that are instances of `on`."""
+
+    attempts: int = 3
+    backoff: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 30.0
+    on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigurationError("Retry.attempts must be at least 1")
+
+    def delays(self) -> Iterator[float]:
+        """The waits between attempts (one fewer than `attempts`)."""
+        for n in range(self.attempts - 1):
+            yield min(self.backoff * self.factor**n, self.max_delay)
+
+
+class Call(Effect[Any]):
+    """Perform `fn(*args, **kwargs)` as an effect. `fn` may be a plain or an async function.
+
+    Options (keyword-only, not passed to `fn`): `retry=Retry(...)`, `timeout=seconds`.
+    Durable runs record the result, so a completed call is never repeated on replay.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    retry: Retry | None
+    timeout: float | None
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._retry = retry
+        self._timeout = timeout
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fn, self._args))
+
+    def __repr__(self) -> str:
+        name = getattr(self._fn, "__qualname__", repr(self._fn))
+        parts = [repr(a) for a in self._args] + [f"{k}={v!r}" for k, v in self._kwargs.items()]
+        return f"Call({name}{', ' if parts else ''}{', '.join(parts)})"
+
+
+def _returning(value: Any) -> Generator[Any, Any, Any]:
+    # A handler's plain result that happens to be a generator or an exception would be
+    # reinterpreted; returning it from a computation delivers it untouched.
+    return value
+    yield  # pragma: no cover - makes this a generator
+
+
+class CallHandler(Handler):
+    """The default handler of `Call`: calls the function, with its retry and timeout."""
+
+    external = True
+
+    def install(self) -> CallHandler:
+        return self
+
+    @handles(Call)
+    def _call(self, effect: Call) -> Any:
+        if running_async():
+            return self._acall(effect)
+        if effect.timeout is not None:
+            raise ConfigurationError(
+                f"{effect!r}: a timeout needs the async runner (arun/astart/AsyncComputation); "
+                "a plain function cannot be interrupted from the sync runner"
+            )
+        delays = effect.retry.delays() if effect.retry else iter(())
+        retry_on = effect.retry.on if effect.retry else ()
+        while True:
+            try:
+                return _returning(effect.fn(*effect.args, **effect.kwargs))
+            except retry_on:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    async def _acall(self, effect: Call) -> Any:
+        delays = effect.retry.delays() if effect.retry else iter(())
+        retry_on = effect.retry.on if effect.retry else ()
+        while True:
+            try:
+                return await _invoke(effect)
+            except retry_on:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                await anyio.sleep(delay)
+
+
+async def _invoke(effect: Call) -> Any:
+    fn, args, kwargs = effect.fn, effect.args, effect.kwargs
+    if effect.timeout is None:
+        result = fn(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+    with anyio.fail_after(effect.timeout):
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        # A plain function can only be timed out by running it in a worker thread that is
+        # abandoned when the deadline passes.
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+        )

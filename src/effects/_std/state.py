@@ -1,0 +1,252 @@
+"""In-memory, replayable effect families: `State`, `Reader`, `Writer`, `EventAccumulator`.
+
+Each family is a handler class that carries its operations as constructors (`State.get()`,
+`State.put(v)`). `Family.tagged("name")` makes an independent family with effect classes of its
+own, so two States coexist without the untagged hot path checking any tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, ClassVar, TypeVar, cast
+
+from .._effect import Effect, EffectMeta
+from .._handler import Handler, with_handler
+
+T = TypeVar("T")
+H = TypeVar("H", bound=Handler)
+
+
+def _effect_class(family: str, op: str, fields: dict[str, Any]) -> type[Effect[Any]]:
+    ns: dict[str, Any] = {"__annotations__": fields, "__qualname__": f"{family}.{op}"}
+    cls = cast("type[Effect[Any]]", EffectMeta(op, (Effect,), ns))
+    cls.__module__ = "effects"
+    return cls
+
+
+def _tag(base: type[H], tag: str, ops: dict[str, dict[str, Any]]) -> type[H]:
+    family = f"{base.__name__}[{tag}]"
+    classes = {op: _effect_class(family, op, fields) for op, fields in ops.items()}
+    sub: Any = type(family, (base,), {"__qualname__": family, "tag": tag})
+    sub.__module__ = base.__module__
+    sub._bind_family(classes)
+    return cast("type[H]", sub)
+
+
+class State(Handler):
+    """A mutable cell for its scope: `State.get()`, `State.put(v)`, `State.modify(fn)`.
+
+    `State(initial, output=True)` makes the scope return `(result, final_state)`.
+    """
+
+    pure = True
+    replayable = True
+    tag: ClassVar[str | None] = None
+    Get: ClassVar[type[Effect[Any]]]
+    Put: ClassVar[type[Effect[None]]]
+    Modify: ClassVar[type[Effect[Any]]]
+    _get_instance: ClassVar[Effect[Any]]
+
+    def __init__(self, initial: Any = None, *, output: bool = False) -> None:
+        self.value = initial
+        self.with_output = output
+
+    @classmethod
+    def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
+        cls.Get, cls.Put, cls.Modify = classes["get"], classes["put"], classes["modify"]
+        cls._get_instance = cls.Get()  # zero fields: one shared instance
+        cls._handled = {cls.Get: "_get", cls.Put: "_put", cls.Modify: "_modify"}
+
+    @classmethod
+    def get(cls) -> Effect[Any]:
+        """The effect that reads the current state."""
+        return cls._get_instance
+
+    @classmethod
+    def put(cls, value: Any) -> Effect[None]:
+        """The effect that replaces the state with `value`."""
+        return cls.Put(value)  # type: ignore[call-arg]
+
+    @classmethod
+    def modify(cls, fn: Callable[[Any], Any]) -> Effect[Any]:
+        """The effect that replaces the state with `fn(state)` and returns the new state."""
+        return cls.Modify(fn)  # type: ignore[call-arg]
+
+    @classmethod
+    def tagged(cls, tag: str) -> type[State]:
+        """An independent State family: `Counter = State.tagged("counter")`."""
+        return _tag(cls, tag, _STATE_OPS)
+
+    def _get(self, effect: Any) -> Any:
+        return self.value
+
+    def _put(self, effect: Any) -> None:
+        self.value = effect._value
+
+    def _modify(self, effect: Any) -> Any:
+        self.value = value = effect._fn(self.value)
+        return value
+
+    def output(self, value: Any) -> Any:
+        return (value, self.value) if self.with_output else value
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        data[type(self)] = self.value
+
+
+_STATE_OPS: dict[str, dict[str, Any]] = {
+    "get": {},
+    "put": {"value": Any},
+    "modify": {"fn": Callable[[Any], Any]},
+}
+State._bind_family({op: _effect_class("State", op, f) for op, f in _STATE_OPS.items()})
+
+
+class Reader(Handler):
+    """A read-only value for its scope: `Reader.ask()`; `Reader.local(fn, comp)` runs `comp`
+    seeing `fn(value)` and restores the value afterwards."""
+
+    pure = True
+    replayable = True
+    tag: ClassVar[str | None] = None
+    Ask: ClassVar[type[Effect[Any]]]
+    _ask_instance: ClassVar[Effect[Any]]
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    @classmethod
+    def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
+        cls.Ask = classes["ask"]
+        cls._ask_instance = cls.Ask()
+        cls._handled = {cls.Ask: "_ask"}
+
+    @classmethod
+    def ask(cls) -> Effect[Any]:
+        """The effect that reads the value."""
+        return cls._ask_instance
+
+    @classmethod
+    def local(cls, fn: Callable[[Any], Any], comp: Any) -> Generator[Any, Any, Any]:
+        """Run `comp` with the value replaced by `fn(value)` for its extent."""
+        current = yield cls._ask_instance
+        return (yield from with_handler(comp, cls(fn(current))))
+
+    @classmethod
+    def tagged(cls, tag: str) -> type[Reader]:
+        """An independent Reader family."""
+        return _tag(cls, tag, {"ask": {}})
+
+    def _ask(self, effect: Any) -> Any:
+        return self.value
+
+    def install(self) -> Reader:
+        return self  # immutable: nothing to copy
+
+
+Reader._bind_family({"ask": _effect_class("Reader", "ask", {})})
+
+
+class Writer(Handler):
+    """Collects what `Writer.tell(x)` sends. By default the scope returns `(result, items)`;
+    with `output=False` the items are only visible in `Suspend.data[Writer]`."""
+
+    pure = True
+    replayable = True
+    tag: ClassVar[str | None] = None
+    Tell: ClassVar[type[Effect[None]]]
+
+    def __init__(self, *, output: bool = True) -> None:
+        self.with_output = output
+        self.items: list[Any] = []
+
+    @classmethod
+    def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
+        cls.Tell = classes["tell"]
+        cls._handled = {cls.Tell: "_tell"}
+
+    @classmethod
+    def tell(cls, item: Any) -> Effect[None]:
+        """The effect that appends `item`."""
+        return cls.Tell(item)  # type: ignore[call-arg]
+
+    @classmethod
+    def tagged(cls, tag: str) -> type[Writer]:
+        """An independent Writer family."""
+        return _tag(cls, tag, {"tell": {"item": Any}})
+
+    def install(self) -> Writer:
+        inst = super().install()
+        inst.items = []
+        return inst
+
+    def _tell(self, effect: Any) -> None:
+        self.items.append(effect._item)
+
+    def output(self, value: Any) -> Any:
+        return (value, self.items) if self.with_output else value
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        data[type(self)] = list(self.items)
+
+
+Writer._bind_family({"tell": _effect_class("Writer", "tell", {"item": Any})})
+
+
+class EventAccumulator(Handler):
+    """Collects domain events in emission order: `EventAccumulator.emit(event)`.
+
+    `output=True` makes the scope return `(result, events)`. `on_event(event)` streams each event
+    as it is emitted, but never while a durable run is being replayed (those events were
+    streamed the first time).
+    """
+
+    pure = True
+    replayable = True
+    tag: ClassVar[str | None] = None
+    Emit: ClassVar[type[Effect[None]]]
+
+    def __init__(
+        self, *, output: bool = False, on_event: Callable[[Any], None] | None = None
+    ) -> None:
+        self.with_output = output
+        self.on_event = on_event
+        self.events: list[Any] = []
+
+    @classmethod
+    def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
+        cls.Emit = classes["emit"]
+        cls._handled = {cls.Emit: "_emit"}
+
+    @classmethod
+    def emit(cls, event: Any) -> Effect[None]:
+        """The effect that records `event`."""
+        return cls.Emit(event)  # type: ignore[call-arg]
+
+    @classmethod
+    def tagged(cls, tag: str) -> type[EventAccumulator]:
+        """An independent EventAccumulator family."""
+        return _tag(cls, tag, {"emit": {"event": Any}})
+
+    def install(self) -> EventAccumulator:
+        inst = super().install()
+        inst.events = []
+        return inst
+
+    def _emit(self, effect: Any) -> None:
+        self.events.append(effect._event)
+        if self.on_event is not None:
+            self.on_event(effect._event)
+
+    def replay(self, effect: Any) -> None:
+        """Used instead of the handler while a durable run replays: collect, don't stream."""
+        self.events.append(effect._event)
+
+    def output(self, value: Any) -> Any:
+        return (value, list(self.events)) if self.with_output else value
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        data[type(self)] = list(self.events)
+
+
+EventAccumulator._bind_family({"emit": _effect_class("EventAccumulator", "emit", {"event": Any})})
