@@ -328,6 +328,28 @@ def measure(variants: list[Variant], repeats: int, warmup: float) -> None:
                     v.samples.append(ns)
 
 
+def stack_overhead_us(variants: list[Variant], repeats: int) -> float | None:
+    """Per-run cost of installing the depth-100 stack: both ours variants on an empty loop.
+
+    It is included in every depth-100 sample; shown so that a depth ratio missed at --quick's
+    small N can be told apart from slower dispatch.
+    """
+    by_key = {v.key: v for v in variants}
+    shallow, deep = by_key["ours"], by_key["ours_depth100"]
+    if not (shallow.ok and deep.ok and shallow.fn and deep.fn):
+        return None
+
+    def best(fn: Callable[[int], int]) -> int:
+        times = []
+        for _ in range(max(repeats, 7)):
+            start = time.perf_counter_ns()
+            fn(0)
+            times.append(time.perf_counter_ns() - start)
+        return min(times)
+
+    return (best(deep.fn) - best(shallow.fn)) / 1000
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
@@ -372,7 +394,11 @@ def ratios(variants: list[Variant]) -> list[dict[str, Any]]:
 
 
 def report(
-    variants: list[Variant], rows: list[dict[str, Any]], info: dict[str, Any], repeats: int
+    variants: list[Variant],
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    repeats: int,
+    overhead_us: float | None,
 ) -> None:
     print(
         f"dispatch: State get/put loop, ns per effect (2N+1 effects/run), {repeats} repeats, gc on"
@@ -385,6 +411,8 @@ def report(
             print(f"{v.label:<40} {v.n:>8} {v.min:>9.1f} {v.median:>9.1f}")
         else:
             print(f"{v.label:<40} {v.n:>8}   -- {v.error}")
+    if overhead_us is not None:
+        print(f"(installing the depth-{DEPTH} stack: {overhead_us:.0f} us per run, included above)")
     print()
     print(f"{'ratio':<40} {'min/min':>9} {'paired':>9}   goal (on paired)")
     for r in rows:
@@ -417,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
     measure(variants, args.repeat, warmup)
     rows = ratios(variants)
+    overhead_us = stack_overhead_us(variants, args.repeat)
     info = machine()
-    report(variants, rows, info, args.repeat)
+    report(variants, rows, info, args.repeat, overhead_us)
 
     if args.json:
         data = {
@@ -441,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                 for v in variants
             },
             "ratios": rows,
+            "ours_depth100_install_us": overhead_us,
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)

@@ -15,11 +15,11 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 HandlerFn = Callable[[Any], Any]
-# A handler table maps an effect type to (function, home table or None, owner).
-# `home` is the table a computation returned by the function runs in (the scope outside the
-# handler's installation); None marks a *pure* handler whose results are always plain values,
-# which lets the interpreter skip classifying them.
-Entry = tuple[HandlerFn, "Table | None", "Handler"]
+# A handler table maps an effect type to (function, home, owner). `home` is where a
+# computation returned by the function runs (the scope outside the handler's installation; an
+# opaque interpreter object); None marks a *pure* handler whose results are always plain
+# values, which lets the interpreter skip classifying them.
+Entry = tuple[HandlerFn, Any, "Handler"]
 Table = dict[type, Entry]
 
 

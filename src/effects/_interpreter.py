@@ -12,7 +12,6 @@ added, so lookup is one dict access whatever the depth.
 from __future__ import annotations
 
 import contextvars
-import inspect
 from collections.abc import Awaitable, Generator
 from types import GeneratorType
 from typing import Any
@@ -20,13 +19,14 @@ from typing import Any
 import anyio
 
 from ._computation import Comp
+from ._effect import Effect
 from ._exceptions import (
     AsyncHandlerError,
     Cancellation,
     MissingHandlerError,
     YieldDuringCancellation,
 )
-from ._handler import Entry, Handler, Table, WithHandler
+from ._handler import Handler, HandlerFn, Table, WithHandler
 from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
 
 # True while the async driver is running a step: handlers whose work can be done either way
@@ -73,43 +73,104 @@ class _Scope:
         self.decorators = [h for h in handlers if type(h).decorate is not Handler.decorate]
 
 
-Frame = tuple[Generator[Any, Any, Any], Table, "_Scope | None"]
+class Tables:
+    """A scope's two views of its handlers.
+
+    `meta` maps effect type -> `(fn, home, owner)` (what `Handler.intercept` sees and edits);
+    `fast` maps effect type -> one callable, the only thing the hot loop touches: a pure
+    handler's own function, or for a general handler a wrapper that classifies its result.
+    """
+
+    __slots__ = ("derived", "fast", "meta")
+
+    def __init__(self, fast: dict[type, Any], meta: Table, derived: frozenset[type]) -> None:
+        self.fast = fast
+        self.meta = meta
+        self.derived = derived  # subclass entries cached by lookup, dropped when shadowed
+
+
+class _Instr:
+    """What a general handler's wrapper returns when its result is not a plain value."""
+
+    __slots__ = ("kind", "payload", "tables")
+
+    def __init__(self, kind: int, payload: Any, tables: Tables | None = None) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.tables = tables
+
+
+_PUSH, _SUSPEND, _THROW, _AWAIT = range(4)
+# Results of these types are plain values; checking them first keeps the classifier cheap.
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple, set})
+
+
+def _general(fn: HandlerFn, home: Tables) -> HandlerFn:
+    def classify(effect: Any) -> Any:
+        result = fn(effect)
+        rtype = type(result)
+        if rtype in _PLAIN:
+            return result
+        if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
+            return _Instr(_PUSH, result, home)
+        if result is SUSPEND:
+            return _Instr(_SUSPEND, effect)
+        if isinstance(result, BaseException):
+            return _Instr(_THROW, result)
+        if getattr(rtype, "__await__", None) is not None:
+            return _Instr(_AWAIT, result)
+        return result
+
+    return classify
+
+
+Frame = tuple[Generator[Any, Any, Any], Tables, "_Scope | None"]
 
 
 def _start_generator(comp: Any) -> Generator[Any, Any, Any]:
     if type(comp) is GeneratorType:
         return comp
-    if isinstance(comp, Comp):
+    if isinstance(comp, Comp | Effect | GeneratorType):
         return iter(comp)
-    from ._effect import Effect
-
-    if isinstance(comp, Effect):
-        return iter(comp)
-    if isinstance(comp, GeneratorType):
-        return comp
     raise TypeError(
         f"not a computation: {comp!r} (expected a generator, a Comp, an Effect or with_handler)"
     )
 
 
-def _install(table: Table, handlers: tuple[Handler, ...]) -> tuple[Table, _Scope]:
+def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Scope]:
+    fast, meta, derived = outer.fast.copy(), outer.meta.copy(), set(outer.derived)
+    home = outer
     installed: list[Handler] = []
-    for h in reversed(handlers):  # outermost first, so inner ones shadow
+    for i, h in enumerate(reversed(handlers)):  # outermost first, so inner ones shadow
         inst = h.install()
-        home = table
-        table = table.copy()
-        inst.intercept(table)
+        if type(inst).intercept is not Handler.intercept:
+            # An interceptor (the effect logger) rewrites entries of the handlers outside it.
+            # A rewritten general entry's computations run *outside the interceptor*, where the
+            # effect still reaches the original handler: `yield effect` from a wrapper works.
+            outside = Tables(fast.copy(), dict(meta), frozenset(derived))
+            inst.intercept(meta)
+            for t, (fn, entry_home, owner) in list(meta.items()):
+                if outside.meta.get(t) is not meta[t]:
+                    if entry_home is not None:
+                        meta[t] = (fn, outside, owner)
+                    fast[t] = fn if entry_home is None else _general(fn, outside)
         own = inst.effect_handlers()
         if own:
-            for cached in [t for t in table if t not in own and any(issubclass(t, o) for o in own)]:
+            for cached in [t for t in derived if any(issubclass(t, o) for o in own)]:
                 # A subclass entry cached from an outer handler must not hide this one.
-                del table[cached]
+                del fast[cached], meta[cached]
+                derived.discard(cached)
+            if not inst.pure and i > 0:
+                # A general handler's computations run outside it: snapshot the tables as they
+                # are before its own entries (the outermost one can use `outer` as is).
+                home = Tables(fast.copy(), meta.copy(), frozenset(derived))
             entry_home = None if inst.pure else home
             for t, fn in own.items():
-                table[t] = (fn, entry_home, inst)
+                meta[t] = (fn, entry_home, inst)
+                fast[t] = fn if entry_home is None else _general(fn, entry_home)
         installed.append(inst)
     installed.reverse()
-    return table, _Scope(installed)
+    return Tables(fast, meta, frozenset(derived)), _Scope(installed)
 
 
 class Run:
@@ -119,8 +180,8 @@ class Run:
 
     def __init__(self, comp: Any, handlers: tuple[Handler, ...]) -> None:
         gen = _start_generator(comp)
-        table, scope = _install(root_table(), handlers)
-        self.frames: list[Frame] = [(gen, table, scope)]
+        tables, scope = _install(root_tables(), handlers)
+        self.frames: list[Frame] = [(gen, tables, scope)]
         self.cancelling = False
         self.cancel_reason: Any = None
 
@@ -129,11 +190,12 @@ class Run:
     def step(self, value: Any, exc: BaseException | None) -> Outcome | _Await:
         """Run until the computation finishes, suspends or a handler returns an awaitable."""
         frames = self.frames
-        gen, table, scope = frames[-1]
+        gen, tables, scope = frames[-1]
+        table, send = tables.fast, gen.send
         while True:
             try:
                 if exc is None:
-                    eff = gen.send(value)
+                    eff = send(value)
                 else:
                     err, exc = exc, None
                     eff = gen.throw(err)
@@ -144,7 +206,8 @@ class Run:
                 frames.pop()
                 if not frames:
                     return self._finish(value, exc)
-                gen, table, scope = frames[-1]
+                gen, tables, scope = frames[-1]
+                table, send = tables.fast, gen.send
                 continue
             except BaseException as err:
                 exc = err
@@ -153,82 +216,81 @@ class Run:
                 frames.pop()
                 if not frames:
                     return self._finish(None, exc)
-                gen, table, scope = frames[-1]
+                gen, tables, scope = frames[-1]
+                table, send = tables.fast, gen.send
                 continue
 
+            # Two separate `try`s: a handler raising KeyError is not a missing handler.
             try:
-                fn, home, _ = table[type(eff)]
+                fn = table[type(eff)]
             except KeyError:
-                entry = self._resolve(eff, table)
-                if entry is None:  # a scope or a sub-computation was pushed
-                    gen, table, scope = frames[-1]
+                found = self._resolve(eff, tables)
+                if found is None:  # a scope or a sub-computation was pushed
+                    gen, tables, scope = frames[-1]
+                    table, send = tables.fast, gen.send
                     value = None
                     continue
-                if isinstance(entry, BaseException):
-                    value, exc = None, entry
+                if isinstance(found, BaseException):
+                    value, exc = None, found
                     continue
-                fn, home, _ = entry
-
-            if home is None:  # pure handler: the result is a plain value
-                try:
-                    value = fn(eff)
-                except BaseException as err:
-                    value, exc = None, err
-                continue
-
+                fn = found
             try:
-                result = fn(eff)
+                value = fn(eff)
             except BaseException as err:
                 value, exc = None, err
                 continue
-            # Classify what a general handler returned.
-            rtype = type(result)
-            if rtype is GeneratorType or rtype is Comp:
-                frames.append((_start_generator(result), home, None))
-                gen, table, scope = frames[-1]
-                value = None
-            elif result is SUSPEND:
+            if type(value) is not _Instr:
+                continue
+
+            # A general handler returned something other than a plain value.
+            instr: _Instr = value
+            kind, payload = instr.kind, instr.payload
+            value = None
+            if kind == _PUSH:
+                home: Tables = instr.tables  # type: ignore[assignment]
+                if type(payload) is WithHandler:
+                    frames.append(self._enter(payload, home))
+                else:
+                    frames.append((_start_generator(payload), home, None))
+                gen, tables, scope = frames[-1]
+                table, send = tables.fast, gen.send
+            elif kind == _SUSPEND:
                 if self.cancelling:
-                    value, exc = (
-                        None,
-                        YieldDuringCancellation(
-                            f"{eff!r} while the run is being cancelled: cleanup may perform "
-                            "effects but cannot wait for input"
-                        ),
+                    exc = YieldDuringCancellation(
+                        f"{eff!r} while the run is being cancelled: cleanup may perform "
+                        "effects but cannot wait for input"
                     )
                     continue
-                return self._suspend(eff)
-            elif rtype is WithHandler:
-                frames.append(self._enter(result, home))
-                gen, table, scope = frames[-1]
-                value = None
-            elif isinstance(result, BaseException):
-                value, exc = None, result
-            elif inspect.isawaitable(result):
-                return _Await(result)
+                return self._suspend(payload)
+            elif kind == _THROW:
+                exc = payload
             else:
-                value = result
+                return _Await(payload)
 
-    def _resolve(self, eff: Any, table: Table) -> Entry | BaseException | None:
+    def _resolve(self, eff: Any, tables: Tables) -> HandlerFn | BaseException | None:
         """The slow path of lookup: scopes, sub-computations, subclasses, missing handlers."""
         etype = type(eff)
         if etype is WithHandler:
-            self.frames.append(self._enter(eff, table))
+            self.frames.append(self._enter(eff, tables))
             return None
         if etype is GeneratorType or isinstance(eff, Comp):
-            self.frames.append((_start_generator(eff), table, None))
+            self.frames.append((_start_generator(eff), tables, None))
             return None
         for base in etype.__mro__[1:]:
-            entry = table.get(base)
+            entry = tables.meta.get(base)
             if entry is not None:
-                table[etype] = entry  # cache: next lookup of this subclass is one dict access
-                return entry
-        return MissingHandlerError(_missing_message(eff, table))
+                # Cache: the next lookup of this subclass is one dict access.
+                fn: HandlerFn = tables.fast[base]
+                tables.fast[etype] = fn
+                tables.meta[etype] = entry
+                tables.derived = tables.derived | {etype}
+                return fn
+        return MissingHandlerError(_missing_message(eff, tables.meta))
 
-    def _enter(self, w: WithHandler[Any], table: Table) -> Frame:
+    def _enter(self, w: WithHandler[Any], tables: Tables) -> Frame:
         gen = _start_generator(w.comp)
-        new_table, scope = _install(table, w.handlers)
-        return (gen, new_table, scope)
+        new_tables, scope = _install(tables, w.handlers)
+        return (gen, new_tables, scope)
 
     def _suspend(self, eff: Any) -> Suspend:
         data: dict[Any, Any] = {}
@@ -340,16 +402,16 @@ def _missing_message(eff: Any, table: Table) -> str:
     )
 
 
-_root: Table | None = None
+_root: Tables | None = None
 
 
-def root_table() -> Table:
-    """The table every run starts from: the runner defaults for Yield, Throw and Call."""
+def root_tables() -> Tables:
+    """The tables every run starts from: the runner defaults for Yield, Throw and Call."""
     global _root
     if _root is None:
         from ._std.call import CallHandler
         from ._std.control import ThrowHandler, YieldHandler
 
-        table: Table = {}
-        _root, _ = _install(table, (YieldHandler(), ThrowHandler(), CallHandler()))
+        empty = Tables({}, {}, frozenset())
+        _root, _ = _install(empty, (YieldHandler(), ThrowHandler(), CallHandler()))
     return _root

@@ -7,6 +7,7 @@ own, so two States coexist without the untagged hot path checking any tag.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -42,10 +43,11 @@ class State(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    Get: ClassVar[type[Effect[Any]]]
-    Put: ClassVar[type[Effect[None]]]
-    Modify: ClassVar[type[Effect[Any]]]
-    _get_instance: ClassVar[Effect[Any]]
+    # The operations are the effect classes themselves (or, for `get`, a C-level callable
+    # returning the one shared instance): building an effect costs no extra Python call.
+    get: ClassVar[Callable[[], Effect[Any]]]
+    put: ClassVar[Callable[[Any], Effect[None]]]
+    modify: ClassVar[Callable[[Callable[[Any], Any]], Effect[Any]]]
 
     def __init__(self, initial: Any = None, *, output: bool = False) -> None:
         self.value = initial
@@ -53,24 +55,14 @@ class State(Handler):
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.Get, cls.Put, cls.Modify = classes["get"], classes["put"], classes["modify"]
-        cls._get_instance = cls.Get()  # zero fields: one shared instance
-        cls._handled = {cls.Get: "_get", cls.Put: "_put", cls.Modify: "_modify"}
-
-    @classmethod
-    def get(cls) -> Effect[Any]:
-        """The effect that reads the current state."""
-        return cls._get_instance
-
-    @classmethod
-    def put(cls, value: Any) -> Effect[None]:
-        """The effect that replaces the state with `value`."""
-        return cls.Put(value)  # type: ignore[call-arg]
-
-    @classmethod
-    def modify(cls, fn: Callable[[Any], Any]) -> Effect[Any]:
-        """The effect that replaces the state with `fn(state)` and returns the new state."""
-        return cls.Modify(fn)  # type: ignore[call-arg]
+        cls.get = itertools.repeat(classes["get"]()).__next__
+        cls.put = classes["put"]
+        cls.modify = classes["modify"]
+        cls._handled = {
+            classes["get"]: "_get",
+            classes["put"]: "_put",
+            classes["modify"]: "_modify",
+        }
 
     @classmethod
     def tagged(cls, tag: str) -> type[State]:
@@ -109,27 +101,20 @@ class Reader(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    Ask: ClassVar[type[Effect[Any]]]
-    _ask_instance: ClassVar[Effect[Any]]
+    ask: ClassVar[Callable[[], Effect[Any]]]
 
     def __init__(self, value: Any) -> None:
         self.value = value
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.Ask = classes["ask"]
-        cls._ask_instance = cls.Ask()
-        cls._handled = {cls.Ask: "_ask"}
-
-    @classmethod
-    def ask(cls) -> Effect[Any]:
-        """The effect that reads the value."""
-        return cls._ask_instance
+        cls.ask = itertools.repeat(classes["ask"]()).__next__
+        cls._handled = {classes["ask"]: "_ask"}
 
     @classmethod
     def local(cls, fn: Callable[[Any], Any], comp: Any) -> Generator[Any, Any, Any]:
         """Run `comp` with the value replaced by `fn(value)` for its extent."""
-        current = yield cls._ask_instance
+        current = yield cls.ask()
         return (yield from with_handler(comp, cls(fn(current))))
 
     @classmethod
@@ -154,7 +139,7 @@ class Writer(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    Tell: ClassVar[type[Effect[None]]]
+    tell: ClassVar[Callable[[Any], Effect[None]]]
 
     def __init__(self, *, output: bool = True) -> None:
         self.with_output = output
@@ -162,13 +147,8 @@ class Writer(Handler):
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.Tell = classes["tell"]
-        cls._handled = {cls.Tell: "_tell"}
-
-    @classmethod
-    def tell(cls, item: Any) -> Effect[None]:
-        """The effect that appends `item`."""
-        return cls.Tell(item)  # type: ignore[call-arg]
+        cls.tell = classes["tell"]
+        cls._handled = {classes["tell"]: "_tell"}
 
     @classmethod
     def tagged(cls, tag: str) -> type[Writer]:
@@ -204,7 +184,7 @@ class EventAccumulator(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    Emit: ClassVar[type[Effect[None]]]
+    emit: ClassVar[Callable[[Any], Effect[None]]]
 
     def __init__(
         self, *, output: bool = False, on_event: Callable[[Any], None] | None = None
@@ -215,13 +195,8 @@ class EventAccumulator(Handler):
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.Emit = classes["emit"]
-        cls._handled = {cls.Emit: "_emit"}
-
-    @classmethod
-    def emit(cls, event: Any) -> Effect[None]:
-        """The effect that records `event`."""
-        return cls.Emit(event)  # type: ignore[call-arg]
+        cls.emit = classes["emit"]
+        cls._handled = {classes["emit"]: "_emit"}
 
     @classmethod
     def tagged(cls, tag: str) -> type[EventAccumulator]:
