@@ -130,7 +130,7 @@ Frame = tuple[Generator[Any, Any, Any], Tables, "_Scope | None"]
 def _start_generator(comp: Any) -> Generator[Any, Any, Any]:
     if type(comp) is GeneratorType:
         return comp
-    if isinstance(comp, Comp | Effect | GeneratorType):
+    if isinstance(comp, Comp | Effect | WithHandler | GeneratorType):
         return iter(comp)
     raise TypeError(
         f"not a computation: {comp!r} (expected a generator, a Comp, an Effect or with_handler)"

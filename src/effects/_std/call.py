@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 
 from .._effect import Effect
-from .._exceptions import ConfigurationError
+from .._exceptions import AsyncHandlerError, ConfigurationError
 from .._handler import Handler, handles
 from .._interpreter import running_async
 
@@ -105,12 +105,22 @@ class CallHandler(Handler):
         retry_on = effect.retry.on if effect.retry else ()
         while True:
             try:
-                return _returning(effect.fn(*effect.args, **effect.kwargs))
+                result = effect.fn(*effect.args, **effect.kwargs)
             except retry_on:
                 delay = next(delays, None)
                 if delay is None:
                     raise
                 time.sleep(delay)
+                continue
+            if inspect.isawaitable(result):
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                raise AsyncHandlerError(
+                    f"{effect!r} returned an awaitable but the computation runs under the sync "
+                    "runner; use arun/astart"
+                )
+            return _returning(result)
 
     async def _acall(self, effect: Call) -> Any:
         delays = effect.retry.delays() if effect.retry else iter(())
