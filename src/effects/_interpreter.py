@@ -89,8 +89,8 @@ class Tables:
         self.derived = derived  # subclass entries cached by lookup, dropped when shadowed
 
 
-class _Instr:
-    """What a general handler's wrapper returns when its result is not a plain value."""
+class _Signal(BaseException):
+    """Raised by a general handler's wrapper when its result is not a plain value."""
 
     __slots__ = ("kind", "payload", "tables")
 
@@ -100,7 +100,7 @@ class _Instr:
         self.tables = tables
 
 
-_PUSH, _SUSPEND, _THROW, _AWAIT = range(4)
+_PUSH, _SUSPEND, _AWAIT = range(3)
 # Results of these types are plain values; checking them first keeps the classifier cheap.
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple, set})
 
@@ -112,13 +112,13 @@ def _general(fn: HandlerFn, home: Tables) -> HandlerFn:
         if rtype in _PLAIN:
             return result
         if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
-            return _Instr(_PUSH, result, home)
+            raise _Signal(_PUSH, result, home)
         if result is SUSPEND:
-            return _Instr(_SUSPEND, effect)
+            raise _Signal(_SUSPEND, effect)
         if isinstance(result, BaseException):
-            return _Instr(_THROW, result)
+            raise result  # thrown into the computation at its yield
         if getattr(rtype, "__await__", None) is not None:
-            return _Instr(_AWAIT, result)
+            raise _Signal(_AWAIT, result)
         return result
 
     return classify
@@ -236,18 +236,19 @@ class Run:
                 fn = found
             try:
                 value = fn(eff)
+                continue
+            except _Signal as signal:
+                # A general handler's result was not a plain value. Signalling this by raising
+                # keeps the common path free of any per-effect check; the raise costs only on
+                # suspensions, awaits and handler computations.
+                kind, payload = signal.kind, signal.payload
+                home = signal.tables
             except BaseException as err:
                 value, exc = None, err
                 continue
-            if type(value) is not _Instr:
-                continue
-
-            # A general handler returned something other than a plain value.
-            instr: _Instr = value
-            kind, payload = instr.kind, instr.payload
             value = None
             if kind == _PUSH:
-                home: Tables = instr.tables  # type: ignore[assignment]
+                assert home is not None
                 if type(payload) is WithHandler:
                     frames.append(self._enter(payload, home))
                 else:
@@ -262,8 +263,6 @@ class Run:
                     )
                     continue
                 return self._suspend(payload)
-            elif kind == _THROW:
-                exc = payload
             else:
                 return _Await(payload)
 
