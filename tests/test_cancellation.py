@@ -181,3 +181,17 @@ async def test_async_cancel_at_suspension(anyio_backend: str) -> None:
     assert isinstance(s, Suspend)
     assert await s.acancel("r") == Cancelled("r")
     assert notes == ["async cleanup"]
+
+
+def test_abandoned_suspension_runs_handler_cleanup() -> None:
+    """Dropping a suspension still runs the cleanup hooks of its handler scopes."""
+    cleaned: list[str] = []
+
+    class Tracked(Handler):
+        def cleanup(self) -> None:
+            cleaned.append("cleanup")
+
+    s = start(Yield("?"), Tracked())
+    assert isinstance(s, Suspend)
+    del s
+    assert cleaned == ["cleanup"]

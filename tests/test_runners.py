@@ -221,3 +221,11 @@ async def test_async_handler_exception_thrown_into_computation(anyio_backend: st
         return "no"
 
     assert await arun(comp(), handler({Fetch: fetch})) == "caught z"
+
+
+def test_used_generator_is_rejected() -> None:
+    """Running a finished generator again is a clear error, not a silent None."""
+    gen = wizard()
+    start(gen, State(None))
+    with pytest.raises(TypeError, match="already started"):
+        start(gen, State(None))

@@ -11,6 +11,7 @@ added, so lookup is one dict access whatever the depth.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Awaitable, Generator
 from types import GeneratorType
@@ -129,6 +130,12 @@ Frame = tuple[Generator[Any, Any, Any], Tables, "_Scope | None"]
 
 def _start_generator(comp: Any) -> Generator[Any, Any, Any]:
     if type(comp) is GeneratorType:
+        if comp.gi_frame is None or comp.gi_suspended:
+            # Running a used generator again would silently give None: say so instead.
+            raise TypeError(
+                f"{comp.__qualname__} generator was already started or finished; generators "
+                "run once (use @computation for a re-startable computation)"
+            )
         return comp
     if isinstance(comp, Comp | Effect | WithHandler | GeneratorType):
         return iter(comp)
@@ -278,11 +285,12 @@ class Run:
         for base in etype.__mro__[1:]:
             entry = tables.meta.get(base)
             if entry is not None:
-                # Cache: the next lookup of this subclass is one dict access.
                 fn: HandlerFn = tables.fast[base]
-                tables.fast[etype] = fn
-                tables.meta[etype] = entry
-                tables.derived = tables.derived | {etype}
+                if tables is not _root:  # the root tables are shared by every run: no cache
+                    # Cache: the next lookup of this subclass is one dict access.
+                    tables.fast[etype] = fn
+                    tables.meta[etype] = entry
+                    tables.derived = tables.derived | {etype}
                 return fn
         return MissingHandlerError(_missing_message(eff, tables.meta))
 
@@ -352,15 +360,20 @@ class Run:
             _async_driver.reset(token)
 
     def discard(self) -> None:
-        """Close an abandoned run's generators, innermost first, without running effects."""
+        """Close an abandoned run's generators and handler scopes, innermost first, without
+        running effects (nobody is left to answer them)."""
         frames, self.frames = self.frames, []
-        for gen, _, _ in reversed(frames):
+        for gen, _, scope in reversed(frames):
             try:
                 gen.close()
             except RuntimeError:
                 # "generator ignored GeneratorExit": a finally block tried to perform an
                 # effect; there is nobody left to answer it.
                 pass
+            if scope is not None:
+                for h in scope.cleanups:
+                    with contextlib.suppress(Exception):
+                        h.cleanup()
 
 
 def _close_awaitable(aw: Any) -> None:

@@ -3,6 +3,7 @@ timeout. Its default handler is installed by every runner."""
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 import time
@@ -15,6 +16,7 @@ import anyio.to_thread
 
 from .._effect import Effect
 from .._exceptions import AsyncHandlerError, ConfigurationError
+from .._exceptions import TimeoutError as EffectsTimeoutError
 from .._handler import Handler, handles
 from .._interpreter import running_async
 
@@ -140,11 +142,15 @@ async def _invoke(effect: Call) -> Any:
     if effect.timeout is None:
         result = fn(*args, **kwargs)
         return await result if inspect.isawaitable(result) else result
-    with anyio.fail_after(effect.timeout):
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args, **kwargs)
-        # A plain function can only be timed out by running it in a worker thread that is
-        # abandoned when the deadline passes.
-        return await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
-        )
+    try:
+        with anyio.fail_after(effect.timeout):
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            # A plain function can only be timed out by running it in a worker thread that is
+            # abandoned when the deadline passes.
+            return await anyio.to_thread.run_sync(
+                functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+            )
+    except builtins.TimeoutError as err:
+        # The library's subclass: caught by `except TimeoutError` whichever name is imported.
+        raise EffectsTimeoutError(f"{effect!r} timed out after {effect.timeout} s") from err
