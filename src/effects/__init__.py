@@ -5,6 +5,7 @@ suspends at `Yield` for input. Durable runs live in `effects.durable`; test doub
 `effects.testing`.
 """
 
+from ._async_computation import AsyncComputation, Message
 from ._computation import Comp, Computation, ComputationFunction, computation
 from ._effect import Effect, result_type
 from ._exceptions import (
@@ -32,6 +33,16 @@ from ._runners import arun, astart, run, start
 from ._std.call import Call, Retry
 from ._std.control import Err, Ok, Yield, bracket, catch, try_catch
 from ._std.state import EventAccumulator, Reader, State, Writer
+from ._std.tasks import (
+    Output,
+    OutputLine,
+    Print,
+    Progress,
+    TaskNode,
+    TaskSnapshot,
+    TaskTree,
+    task,
+)
 from ._std.world import Clock, Fresh, Random
 
 __all__ = (
@@ -60,6 +71,8 @@ __all__ = (
     "start",
     "astart",
     "running_async",
+    "AsyncComputation",
+    "Message",
     # standard effects
     "Yield",
     "catch",
@@ -76,6 +89,15 @@ __all__ = (
     "Clock",
     "Call",
     "Retry",
+    # tasks, progress and output
+    "task",
+    "Progress",
+    "Output",
+    "Print",
+    "TaskTree",
+    "TaskSnapshot",
+    "TaskNode",
+    "OutputLine",
     # exceptions
     "EffectsError",
     "MissingHandlerError",

@@ -183,7 +183,14 @@ def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Sco
 class Run:
     """The state of one run: its frame stack. Driven by `drive` / `adrive`."""
 
-    __slots__ = ("__weakref__", "cancel_reason", "cancelling", "frames")
+    __slots__ = (
+        "__weakref__",
+        "cancel_reason",
+        "cancelling",
+        "frames",
+        "interrupt_reason",
+        "unwound",
+    )
 
     def __init__(self, comp: Any, handlers: tuple[Handler, ...]) -> None:
         gen = _start_generator(comp)
@@ -191,6 +198,10 @@ class Run:
         self.frames: list[Frame] = [(gen, tables, scope)]
         self.cancelling = False
         self.cancel_reason: Any = None
+        # Set by an owner before it cancels the task awaiting a step: the reason the
+        # computation's cleanup sees. `unwound` is the outcome of that unwinding.
+        self.interrupt_reason: Any = None
+        self.unwound: Outcome | None = None
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -351,8 +362,11 @@ class Run:
                 try:
                     value, exc = await out.awaitable, None
                 except anyio.get_cancelled_exc_class():
+                    reason = self.interrupt_reason
+                    if reason is None:
+                        reason = "cancelled by the task group"
                     with anyio.CancelScope(shield=True):
-                        await self.adrive(None, Cancellation("cancelled by the task group"))
+                        self.unwound = await self.adrive(None, Cancellation(reason))
                     raise
                 except BaseException as err:
                     value, exc = None, err
