@@ -1,0 +1,357 @@
+"""Task trees, progress and output: `task(title, comp)`, `Progress`, `Output`, `Print`, `TaskTree`.
+
+A computation reports what it is doing as effects; the `TaskTree` handler keeps the tree in
+memory and hands an immutable snapshot to `on_change` after every change. Nothing here knows
+about the web: the live bridge supplies `on_change`.
+
+Durable runs: `TaskTree` is *replayable* (in memory and deterministic, like `State`). An effect
+logger re-executes it on replay instead of recording it, so the tree of a cold-resumed run is
+rebuilt from the log with the same node ids and line numbers — at no I/O cost. While the logger
+replays it calls `TaskTree.replay` instead of the handler: the tree is rebuilt but `on_change`
+stays quiet, because the progress being replayed was streamed when it first happened. The first
+live change after the replay reports the whole rebuilt tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from .._computation import Computation
+from .._effect import Effect
+from .._exceptions import Cancellation
+from .._handler import Handler, handles
+
+T = TypeVar("T")
+
+TaskStatus = Literal["created", "running", "completed", "failed", "cancelled"]
+"""The life of a task node: created → running → completed | failed | cancelled."""
+
+ROOT = 0
+"""The id of the root node: the run itself. Progress and output outside any `task` land here."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLine:
+    """One line of a task's output. `seq` is unique and increasing within the tree, so a client
+    that merges lines by `seq` can apply the same line twice without showing it twice."""
+
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNode:
+    """One node of the task tree (immutable; a change replaces the node)."""
+
+    id: int
+    parent: int | None
+    title: str
+    status: TaskStatus
+    current: float = 0
+    total: float | None = None
+    lines: tuple[OutputLine, ...] = ()
+    partial: str = ""
+    dropped: int = 0
+    error: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """Progress as a number in [0, 1], or None while the total is unknown."""
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, self.current / self.total))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the node reached a final status."""
+        return self.status in ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSnapshot:
+    """The whole tree at one moment: `nodes` in creation order, `nodes[0]` being the root.
+
+    `version` grows with every change. Snapshots share unchanged nodes with their predecessors,
+    so taking one costs a tuple of references. `to_dict()` gives plain JSON-ready data;
+    `pydantic.TypeAdapter(TaskSnapshot)` serializes and validates it too.
+    """
+
+    version: int
+    nodes: tuple[TaskNode, ...]
+
+    @property
+    def root(self) -> TaskNode:
+        """The root node (the run itself)."""
+        return self.nodes[ROOT]
+
+    def node(self, node_id: int) -> TaskNode:
+        """The node with id `node_id`."""
+        return self.nodes[node_id]
+
+    def children(self, node_id: int) -> list[TaskNode]:
+        """The direct children of `node_id`, in creation order."""
+        return [n for n in self.nodes if n.parent == node_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as plain data (lists, dicts, str, numbers, None)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSnapshot:
+        """Rebuild a snapshot from `to_dict()` output."""
+        nodes = []
+        for raw in data["nodes"]:
+            fields = dict(raw)
+            fields["lines"] = tuple(OutputLine(**line) for line in fields.get("lines", ()))
+            nodes.append(TaskNode(**fields))
+        return cls(version=data["version"], nodes=tuple(nodes))
+
+
+# -- effects -------------------------------------------------------------------------------
+
+
+class StartTask(Effect[int]):
+    """Create a child of the innermost open task; the result is the new node's id."""
+
+    title: str
+
+
+class SetTaskStatus(Effect[None]):
+    """Move node `id` to `status` (a final status also closes it and flushes its `Print`
+    buffer); `error` describes a failure."""
+
+    id: int
+    status: str
+    error: str | None = None
+
+
+class ProgressStep(Effect[None]):
+    """Advance the innermost open task's progress by `n`."""
+
+    n: float = 1
+
+
+class Progress(Effect[None]):
+    """Set the innermost open task's progress: `yield Progress(3, 10)`.
+
+    `total=None` keeps the total already known (a task without one shows indeterminate
+    progress). `yield Progress.step()` advances by one, `Progress.step(n)` by `n`.
+    """
+
+    current: float
+    total: float | None = None
+
+    @staticmethod
+    def step(n: float = 1) -> ProgressStep:
+        """The effect that advances the innermost open task's progress by `n`."""
+        return ProgressStep(n)
+
+
+class Output(Effect[None]):
+    """Append `text` to the innermost open task's output, one line per line of `text`."""
+
+    text: str
+
+
+class Print(Effect[None]):
+    """`print` into the innermost open task's output: `yield Print("loaded", n, "rows")`.
+
+    Like the built-in, arguments are joined with `sep` and followed by `end`; text is buffered
+    until a newline completes a line (the unfinished part shows as the node's `partial`), and
+    the buffer is flushed when the task ends.
+    """
+
+    args: tuple[Any, ...]
+    sep: str
+    end: str
+
+    def __init__(self, *args: Any, sep: str = " ", end: str = "\n") -> None:
+        self._args = args
+        self._sep = sep
+        self._end = end
+
+    def __repr__(self) -> str:
+        return f"Print({', '.join(map(repr, self._args))})"
+
+    @property
+    def text(self) -> str:
+        """What `print` would have written."""
+        return self._sep.join(map(str, self._args)) + self._end
+
+
+def task(title: str, comp: Computation[T], /) -> Generator[Any, Any, T]:
+    """Run `comp` as a node of the run's task tree: `x = yield from task("Import", load())`.
+
+    The node is created under the innermost open task, runs, and ends `completed` when `comp`
+    returns, `failed` (with the error's text) when it raises and `cancelled` when the run is
+    cancelled; the exception propagates unchanged. Progress and output inside `comp` belong to
+    this node.
+    """
+    node: int = yield StartTask(title)
+    yield SetTaskStatus(node, "running")
+    try:
+        result = yield from comp
+    except GeneratorExit:
+        # The run was abandoned: nobody is left to answer an effect.
+        raise
+    except Cancellation:
+        yield SetTaskStatus(node, "cancelled")
+        raise
+    except BaseException as err:
+        yield SetTaskStatus(node, "failed", f"{type(err).__name__}: {err}")
+        raise
+    yield SetTaskStatus(node, "completed")
+    return result
+
+
+# -- handler -------------------------------------------------------------------------------
+
+
+class TaskTree(Handler):
+    """Keeps the run's task tree in memory and reports each change to `on_change(snapshot)`.
+
+    `title` names the root node; `max_lines` bounds the lines kept per node (older lines are
+    dropped and counted in `dropped`). `snapshot()` returns the current tree at any time and a
+    suspension carries it in `Suspend.data[TaskTree]`.
+
+    `on_change` is called synchronously after every change, with an immutable `TaskSnapshot`
+    that is safe to hand to another task. It is meant to be cheap (store the snapshot, wake a
+    publisher): throttling belongs to the consumer, which always has the newest snapshot and so
+    never loses the final value.
+    """
+
+    pure = True
+    replayable = True
+
+    def __init__(
+        self,
+        on_change: Callable[[TaskSnapshot], None] | None = None,
+        *,
+        title: str = "",
+        max_lines: int = 1000,
+    ) -> None:
+        self.on_change = on_change
+        self.title = title
+        self.max_lines = max_lines
+        self._reset()
+
+    def _reset(self) -> None:
+        self._nodes: list[TaskNode] = [TaskNode(ROOT, None, self.title, "running")]
+        self._open: list[int] = []
+        self._seq = 0
+        self._version = 0
+
+    def install(self) -> TaskTree:
+        inst = super().install()
+        inst._reset()  # each scope (each run) gets a tree of its own
+        return inst
+
+    def snapshot(self) -> TaskSnapshot:
+        """The current tree."""
+        return TaskSnapshot(self._version, tuple(self._nodes))
+
+    # Effects are applied by `_apply`, shared by the live handler and by `replay`.
+
+    def _apply(self, effect: Any) -> Any:
+        etype = type(effect)
+        if etype is ProgressStep:
+            node = self._current()
+            self._replace(node, current=node.current + effect.n)
+            return None
+        if etype is Progress:
+            node = self._current()
+            total = node.total if effect.total is None else effect.total
+            self._replace(node, current=effect.current, total=total)
+            return None
+        if etype is Print:
+            node = self._current()
+            self._write(node, effect.text, buffered=True)
+            return None
+        if etype is Output:
+            node = self._current()
+            self._write(node, effect.text, buffered=False)
+            return None
+        if etype is StartTask:
+            node_id = len(self._nodes)
+            parent = self._open[-1] if self._open else ROOT
+            self._nodes.append(TaskNode(node_id, parent, effect.title, "created"))
+            self._open.append(node_id)
+            self._version += 1
+            return node_id
+        if etype is SetTaskStatus:
+            return self._set_status(effect.id, effect.status, effect.error)
+        raise TypeError(f"TaskTree does not handle {effect!r}")
+
+    def _current(self) -> TaskNode:
+        return self._nodes[self._open[-1] if self._open else ROOT]
+
+    def _replace(self, node: TaskNode, **changes: Any) -> TaskNode:
+        new = dataclasses.replace(node, **changes)
+        self._nodes[node.id] = new
+        self._version += 1
+        return new
+
+    def _write(self, node: TaskNode, text: str, *, buffered: bool) -> None:
+        if buffered:
+            text = node.partial + text
+            *complete, partial = text.split("\n")
+        else:
+            # Output is line-oriented: a pending Print fragment is finished first.
+            complete = ([node.partial] if node.partial else []) + text.split("\n")
+            partial = ""
+        self._replace(node, partial=partial, **self._append(node, complete))
+
+    def _append(self, node: TaskNode, texts: list[str]) -> dict[str, Any]:
+        if not texts:
+            return {}
+        new = []
+        for text in texts:
+            self._seq += 1
+            new.append(OutputLine(self._seq, text))
+        lines = node.lines + tuple(new)
+        dropped = node.dropped
+        if len(lines) > self.max_lines:
+            dropped += len(lines) - self.max_lines
+            lines = lines[-self.max_lines :]
+        return {"lines": lines, "dropped": dropped}
+
+    def _set_status(self, node_id: int, status: str, error: str | None) -> None:
+        if status not in ("created", "running", "completed", "failed", "cancelled"):
+            raise ValueError(f"unknown task status {status!r}")
+        node = self._nodes[node_id]
+        changes: dict[str, Any] = {"status": status, "error": error}
+        if status in ("completed", "failed", "cancelled"):
+            if node_id in self._open:
+                self._open.remove(node_id)
+            if node.partial:
+                changes.update(self._append(node, [node.partial]), partial="")
+            if status == "completed" and node.total:
+                # A finished task is complete even if its last tick was throttled or skipped.
+                changes["current"] = node.total
+        self._replace(node, **changes)
+
+    def _changed(self, result: Any) -> Any:
+        if self.on_change is not None:
+            self.on_change(self.snapshot())
+        return result
+
+    @handles(StartTask, SetTaskStatus, Progress, ProgressStep, Output, Print)
+    def _handle(self, effect: Any) -> Any:
+        return self._changed(self._apply(effect))
+
+    def replay(self, effect: Any) -> Any:
+        """Used instead of the handler while a durable run replays: rebuild, don't report."""
+        return self._apply(effect)
+
+    def output(self, value: Any) -> Any:
+        root = self._nodes[ROOT]
+        if not root.finished:
+            self._set_status(ROOT, "completed", None)
+            self._changed(None)
+        return value
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        data[TaskTree] = self.snapshot()
