@@ -1,0 +1,38 @@
+"""Durable runs: record a computation's effects, replay them, resume cold after a restart.
+
+`EffectLogger` is a handler installed directly around a computation. It records every effect
+that is not handled by a replayable in-memory handler as a `LogEntry` in a `Log` (pydantic
+models, stored as JSON), and replays a log so that a restarted run returns the recorded results
+without performing the effects again, up to the `Yield` it was waiting at.
+
+`durable_loop` keeps long loops' logs bounded; `patched` lets a changed computation replay runs
+recorded by its older version; `Checkpoint`, `idempotency_key` and `at_most_once` are the
+contract with a durable store.
+"""
+
+from ._effects import Checkpoint, at_most_once, idempotency_key
+from ._log import ErrorInfo, Log, LogEntry
+from ._logger import EffectLogger
+from ._loop import LoopDone, durable_loop
+from ._runner import DurableRunner, Run, RunStatus, Subscription
+from ._serialize import ReplayedError
+from ._versioning import Patched, patched
+
+__all__ = (
+    "DurableRunner",
+    "Run",
+    "RunStatus",
+    "Subscription",
+    "EffectLogger",
+    "Log",
+    "LogEntry",
+    "ErrorInfo",
+    "Checkpoint",
+    "idempotency_key",
+    "at_most_once",
+    "durable_loop",
+    "LoopDone",
+    "patched",
+    "Patched",
+    "ReplayedError",
+)

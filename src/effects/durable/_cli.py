@@ -1,0 +1,280 @@
+"""`python -m effects runs ...`: look at and act on durable runs from a shell.
+
+    python -m effects runs list   [--status S]... [--name N] [--limit N]
+    python -m effects runs show   RUN_ID
+    python -m effects runs resume RUN_ID VALUE [--revision N]
+    python -m effects runs cancel RUN_ID [--reason TEXT]
+
+Every command takes `--db URL` (default: `$EFFECTS_DB`, else `sqlite+aiosqlite:///runs.db`)
+and `--json` (machine-readable output). `resume` and `cancel` run a step of the computation, so
+they need its code: `--import MODULE` (repeatable) imports the modules that define the
+computations, `--handlers MODULE:NAME` names the handlers to run them with (a handler, a
+`Stack`, a list of them, or a function returning one of those).
+
+Exit status: 0 on success, 1 when the command failed (unknown run, conflict, invalid input, a
+log that cannot be replayed...), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import anyio
+import sqlalchemy as sa
+
+from .._exceptions import ConfigurationError, EffectsError, InvalidInput
+from .._handler import Handler, Stack
+from .._outcome import Done, Suspend, Throw
+from ._log import Log, LogEntry
+from ._runner import DEFAULT_URL, DurableRunner, Run, RunStatus
+
+_WIDTH = 100
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m effects", description="Inspect and drive durable runs."
+    )
+    commands = parser.add_subparsers(dest="group", required=True, metavar="runs")
+    runs = commands.add_parser("runs", help="durable runs in a store")
+    actions = runs.add_subparsers(dest="action", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--db",
+            default=os.environ.get("EFFECTS_DB", DEFAULT_URL),
+            help="store URL (default: $EFFECTS_DB or %(default)s)",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    def code(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE first (it registers the computation); repeatable",
+        )
+        p.add_argument(
+            "--handlers", metavar="MODULE:NAME", help="the handlers to run the computation with"
+        )
+
+    p = command("list", "list runs, oldest first")
+    p.add_argument(
+        "--status",
+        action="append",
+        choices=[s.value for s in RunStatus],
+        help="only runs with this status; repeatable",
+    )
+    p.add_argument("--name", help="only runs of this computation")
+    p.add_argument("--limit", type=int, help="at most this many runs")
+
+    p = command("show", "show a run and its effect log")
+    p.add_argument("run_id")
+
+    p = command("resume", "answer a suspended run's pending prompt and run its next step")
+    p.add_argument("run_id")
+    p.add_argument("value", help="the answer, as JSON (a string is '\"text\"')")
+    p.add_argument("--revision", type=int, help="fail unless the run is at this revision")
+    code(p)
+
+    p = command("cancel", "cancel a run (its cleanup runs)")
+    p.add_argument("run_id")
+    p.add_argument("--reason", help="recorded as the cancellation reason")
+    code(p)
+    return parser
+
+
+def _handlers(spec: str | None) -> tuple[Handler | Stack, ...]:
+    if spec is None:
+        return ()
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(f"--handlers {spec!r}: expected MODULE:NAME")
+    value: Any = getattr(importlib.import_module(module_name), attr)
+    if callable(value) and not isinstance(value, Handler | Stack):
+        value = value()
+    if isinstance(value, Handler | Stack):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(h, Handler | Stack) for h in value):
+        return tuple(value)
+    raise ConfigurationError(f"--handlers {spec!r} is not a handler, a Stack or a list of them")
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def _short_effect(name: str) -> str:
+    # The library's own effects by their class name; user effects by their full name.
+    return name.rsplit(".", 1)[1] if name.startswith("effects.") else name
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "version": run.version,
+        "status": run.status.value,
+        "revision": run.revision,
+        "created_at": run.created_at.isoformat(),
+        "updated_at": run.updated_at.isoformat(),
+        "args": run.args,
+        "lease_owner": run.lease_owner,
+        "cancel_requested": run.cancel_requested,
+    }
+    outcome = run.outcome
+    if type(outcome) is Suspend:
+        out["prompt"], out["input"] = outcome.value, outcome.input
+    elif type(outcome) is Done:
+        out["result"] = json.loads(_compact(outcome.value)) if outcome.value is not None else None
+    if run.error is not None:
+        out["error"] = run.error
+    elif type(outcome) is Throw:
+        out["error"] = {"type": type(outcome.error).__name__, "message": str(outcome.error)}
+    return out
+
+
+def _time(run: Run) -> str:
+    return run.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_list(runs: Sequence[Run], out: TextIO) -> None:
+    rows = [("ID", "NAME", "V", "STATUS", "REV", "UPDATED (UTC)")]
+    rows += [
+        (r.id, r.name, str(r.version), r.status.value, str(r.revision), _time(r)) for r in runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    if not runs:
+        print("(no runs)", file=out)
+
+
+def _print_run(run: Run, out: TextIO) -> None:
+    def line(label: str, text: str) -> None:
+        print(f"{label:<9}{text}", file=out)
+
+    line("run", run.id)
+    line("name", f"{run.name} v{run.version}")
+    status = f"{run.status.value} (revision {run.revision})"
+    if run.lease_owner:
+        status += f", leased by {run.lease_owner}"
+    if run.cancel_requested:
+        status += ", cancel requested"
+    line("status", status)
+    line("created", run.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    line("updated", run.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    line("args", _clip(_compact(run.args), _WIDTH))
+    outcome = run.outcome
+    if type(outcome) is Suspend:
+        line("prompt", _clip(_compact(outcome.value), _WIDTH))
+        if outcome.input is not None:
+            schema = outcome.input
+            line("input", str(schema.get("title") or schema.get("type") or _compact(schema)))
+    elif type(outcome) is Done:
+        line("result", _clip(_compact(outcome.value), _WIDTH))
+    elif run.status is RunStatus.CANCELLED and outcome is not None:
+        line("reason", _clip(_compact(getattr(outcome, "reason", None)), _WIDTH))
+    if run.error is not None:
+        line("error", f"{run.error.get('type')}: {run.error.get('message')}")
+        tb = run.error.get("traceback")
+        if tb:
+            print(file=out)
+            print("".join(f"  {t}\n" for t in str(tb).rstrip().splitlines()), end="", file=out)
+
+
+def _entry_line(e: LogEntry) -> str:
+    args = ", ".join(f"{k}={_compact(v)}" for k, v in e.args.items())
+    text = f"{_short_effect(e.effect)}({args})"
+    if e.status == "done":
+        text = f"{_clip(text, 60)} -> {_compact(e.result)}"
+    elif e.status == "error" and e.error is not None:
+        text = f"{_clip(text, 60)} !! {e.error['type']}: {e.error['message']}"
+    return f"{e.seq:>5}  {e.status:<8} {_clip(text, _WIDTH)}"
+
+
+def _print_log(log: Log, out: TextIO) -> None:
+    n = len(log.entries)
+    print(f"\nlog ({n} {'entry' if n == 1 else 'entries'})", file=out)
+    if n:
+        print(f"{'seq':>5}  {'status':<8} effect", file=out)
+    for e in log.entries:
+        print(_entry_line(e), file=out)
+
+
+def _check_exists(url: str) -> None:
+    # Opening a store creates it: a mistyped SQLite path would show an empty new store.
+    u = sa.make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        if not os.path.exists(u.database):
+            raise ConfigurationError(f"no store at {u.database!r} (from --db {url})")
+
+
+async def _main(args: argparse.Namespace, out: TextIO) -> None:
+    _check_exists(args.db)
+    handlers: tuple[Handler | Stack, ...] = ()
+    if args.action in ("resume", "cancel"):
+        for module in args.imports:
+            importlib.import_module(module)
+        handlers = _handlers(args.handlers)
+    async with DurableRunner(args.db, handlers=handlers) as runner:
+        if args.action == "list":
+            runs = await runner.list(args.status, name=args.name, limit=args.limit)
+            if args.json:
+                print(json.dumps([_run_json(r) for r in runs], indent=2), file=out)
+            else:
+                _print_list(runs, out)
+            return
+        if args.action == "show":
+            run = await runner.get(args.run_id)
+            log = await runner.get_log(args.run_id)
+            if args.json:
+                data = {"run": _run_json(run), "log": log.model_dump(mode="json")}
+                print(json.dumps(data, indent=2), file=out)
+            else:
+                _print_run(run, out)
+                _print_log(log, out)
+            return
+        if args.action == "resume":
+            try:
+                value = json.loads(args.value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"VALUE must be JSON: {args.value!r} is not (a string is written '\"text\"')"
+                ) from None
+            run = await runner.resume(args.run_id, value, revision=args.revision)
+        else:
+            run = await runner.cancel(args.run_id, args.reason)
+        if args.json:
+            print(json.dumps(_run_json(run), indent=2), file=out)
+        else:
+            _print_run(run, out)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    stdout = out if out is not None else sys.stdout
+    try:
+        anyio.run(_main, args, stdout, backend="asyncio")
+    except InvalidInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (EffectsError, ImportError, LookupError) as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,201 @@
+"""The effect log: `Log` and `LogEntry`, pydantic models with an exact JSON round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, NotRequired
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypedDict
+
+from .._exceptions import LogError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+Status = Literal["done", "error", "pending"]
+
+
+class ErrorInfo(TypedDict):
+    """A recorded exception: its type (`module.qualname`) and `str(error)`; `args` when they are
+    plain JSON, so the replayed exception is rebuilt exactly."""
+
+    type: str
+    message: str
+    args: NotRequired[list[Any]]
+
+
+class LogEntry(BaseModel):
+    """One recorded effect.
+
+    - `seq`: absolute position in the run, strictly increasing along the log (pruned loop
+      iterations leave gaps).
+    - `effect`: the effect type as `module.qualname`.
+    - `fingerprint`: a short hash of `args`; replay compares it to detect divergence.
+    - `args`: the effect's arguments as JSON (callables and classes by qualified name).
+    - `status`: `done` (with `result`), `error` (with `error`) or `pending` (started, no answer
+      yet: the `Yield` a run is waiting at, or an at-most-once effect's write-ahead record).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int
+    effect: str
+    fingerprint: str
+    args: dict[str, Any]
+    status: Status
+    result: Any = None
+    error: ErrorInfo | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problem = _entry_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+class Log(BaseModel):
+    """The record of one run: which computation (name and version), which run, and its entries.
+
+    `Log.model_validate_json(text)` rejects corrupted or malformed logs with `LogError`.
+    A `Log` handed to `EffectLogger` is copied, never mutated.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    computation: str | None = None
+    version: int | None = None
+    run_id: str | None = None
+    entries: list[LogEntry] = pydantic.Field(default_factory=list)
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> Self:
+        problem = _log_problem(self.entries)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        """Parse a log from JSON; corrupted or malformed input raises `LogError`."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except pydantic.ValidationError as err:
+            raise LogError(f"not a valid effect log: {_summary(err)}") from err
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Build a log from Python data; malformed input raises `LogError`."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except pydantic.ValidationError as err:
+            raise LogError(f"not a valid effect log: {_summary(err)}") from err
+
+
+def _summary(err: pydantic.ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    more = err.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _entry_problem(e: LogEntry) -> str | None:
+    if e.status == "done" and e.error is not None:
+        return f"entry {e.seq}: a done entry carries an error"
+    if e.status == "error" and e.error is None:
+        return f"entry {e.seq}: an error entry without its error"
+    if e.status == "pending" and (e.error is not None or e.result is not None):
+        return f"entry {e.seq}: a pending entry carries a result"
+    return None
+
+
+def _log_problem(entries: Sequence[LogEntry]) -> str | None:
+    last = -1
+    n = len(entries)
+    for i, e in enumerate(entries):
+        if e.seq <= last:
+            return f"entry seq {e.seq} after seq {last}: positions must strictly increase"
+        last = e.seq
+        if e.status == "pending" and i != n - 1:
+            return f"entry {e.seq} is pending but is not the last entry"
+    return None
+
+
+def check_log(log: Any) -> Log:
+    """Check a log handed to the logger (it may have been built without validation)."""
+    if not isinstance(log, Log):
+        raise LogError(f"expected a Log, got {type(log).__name__}")
+    problem = _log_problem(log.entries)
+    if problem is None:
+        for e in log.entries:
+            if not isinstance(e, LogEntry):
+                problem = f"expected LogEntry items, got {type(e).__name__}"
+                break
+            problem = _entry_problem(e)
+            if problem:
+                break
+    if problem:
+        raise LogError(f"not a valid effect log: {problem}")
+    return log
+
+
+# The logger builds entries on the hot path from values it made itself, so it skips pydantic's
+# validation (and `model_construct`, which costs more than validating): the instance is
+# assembled the way pydantic stores it, through the slot descriptors (a frozen model refuses
+# `setattr`).
+_new = object.__new__
+_slots = BaseModel.__dict__
+_set_dict = _slots["__dict__"].__set__
+_set_fields = _slots["__pydantic_fields_set__"].__set__
+_set_extra = _slots["__pydantic_extra__"].__set__
+_set_private = _slots["__pydantic_private__"].__set__
+_ENTRY_FIELDS = frozenset(LogEntry.model_fields)
+_LOG_FIELDS = frozenset(Log.model_fields)
+
+
+def make_entry(
+    seq: int,
+    effect: str,
+    fingerprint: str,
+    args: dict[str, Any],
+    status: Status,
+    result: Any = None,
+    error: ErrorInfo | None = None,
+) -> LogEntry:
+    """A `LogEntry` from trusted values, without validation."""
+    e = _new(LogEntry)
+    _set_dict(
+        e,
+        {
+            "seq": seq,
+            "effect": effect,
+            "fingerprint": fingerprint,
+            "args": args,
+            "status": status,
+            "result": result,
+            "error": error,
+        },
+    )
+    _set_fields(e, _ENTRY_FIELDS)
+    _set_extra(e, None)
+    _set_private(e, None)
+    return e
+
+
+def make_log(
+    computation: str | None, version: int | None, run_id: str | None, entries: list[LogEntry]
+) -> Log:
+    """A `Log` from trusted values, without validation."""
+    log = _new(Log)
+    _set_dict(
+        log,
+        {"computation": computation, "version": version, "run_id": run_id, "entries": entries},
+    )
+    _set_fields(log, _LOG_FIELDS)
+    _set_extra(log, None)
+    _set_private(log, None)
+    return log

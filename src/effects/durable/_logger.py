@@ -1,0 +1,709 @@
+"""`EffectLogger`: records a computation's effects and replays them from a log."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Generator
+from types import GeneratorType
+from typing import Any, NoReturn
+
+import pydantic
+
+from .._computation import Comp, ComputationFunction
+from .._exceptions import (
+    DivergenceError,
+    EffectsError,
+    InterruptedEffect,
+    LogError,
+    SerializationError,
+)
+from .._handler import Entry, Handler, HandlerFn, Table, WithHandler, handles
+from .._interpreter import _PUSH, SUSPEND, _Signal
+from .._outcome import Throw
+from .._std.control import Yield
+from ._effects import Checkpoint, _idempotency_key, is_at_most_once, needs_outside
+from ._log import Log, LogEntry, check_log, make_entry, make_log
+from ._loop import LoopHandle, LoopState, NextIteration
+from ._serialize import (
+    _infos,
+    codec,
+    dump_args,
+    dump_error,
+    effect_info,
+    effect_name,
+    fingerprint,
+    load_error,
+    result_codec,
+)
+from ._versioning import Patched
+
+_PATCHED = effect_name(Patched)
+_PRIMITIVE = (str, int, float, bool, type(None))
+
+
+class _Live:
+    """Returned by the matching step when the computation has left the log: run live."""
+
+    __slots__ = ()
+
+
+_LIVE: Any = _Live()
+
+
+def _returning(value: Any) -> Generator[Any, Any, Any]:
+    # A replayed value the interpreter would reinterpret (a generator, an exception object,
+    # an awaitable) is delivered untouched as the return value of a computation.
+    return value
+    yield  # pragma: no cover - makes this a generator
+
+
+def _deliver(value: Any) -> Any:
+    if type(value) in _PRIMITIVE:
+        return value
+    if (
+        type(value) in (GeneratorType, Comp, WithHandler)
+        or isinstance(value, BaseException)
+        or inspect.isawaitable(value)
+    ):
+        return _returning(value)
+    return value
+
+
+class _General:
+    """Marks a rewritten entry as general (its results are classified); the interpreter runs
+    a general wrapper's computations outside the interceptor."""
+
+    __slots__ = ()
+
+
+_GENERAL: Any = _General()
+
+
+def _push(home: Any, comp: Any) -> NoReturn:
+    # Run `comp` in `home` (the original handler's scope), as the interpreter does with a
+    # computation a handler returns: the fast path called the handler itself, so it hands the
+    # computation over the way the interpreter's own classifying wrapper does.
+    raise _Signal(_PUSH, comp, home)
+
+
+class _RecordedAwait:
+    """The awaitable a handler returned, recording its outcome when it completes."""
+
+    __slots__ = ("_args", "_aw", "_effect", "_logger", "_seq")
+
+    def __init__(
+        self, aw: Any, logger: EffectLogger, effect: Any, seq: int, args: dict[str, Any]
+    ) -> None:
+        self._aw = aw
+        self._logger = logger
+        self._effect = effect
+        self._seq = seq
+        self._args = args
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self._run().__await__()
+
+    async def _run(self) -> Any:
+        try:
+            result = await self._aw
+        except Exception as err:
+            self._logger._record_error(self._effect, self._seq, self._args, err)
+            raise
+        failed = self._logger._record_done(self._effect, self._seq, self._args, result)
+        if failed is not None:
+            raise failed
+        return result
+
+    def close(self) -> None:
+        """Close the handler's awaitable (the sync runner refuses awaitables)."""
+        close = getattr(self._aw, "close", None)
+        if close is not None:
+            close()
+
+
+def _format_args(args: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+_new = object.__new__
+
+
+def _new_id() -> str:
+    return os.urandom(16).hex()
+
+
+def _identity(comp: Any) -> tuple[str, int]:
+    if isinstance(comp, Comp | ComputationFunction):
+        return comp.name, comp.version
+    raise TypeError(
+        f"computation= expects a @computation function or its Comp, got {type(comp).__name__}"
+    )
+
+
+class EffectLogger(Handler):
+    """Records every effect of the computation it is installed around, and replays a log.
+
+    Install it directly around the computation, innermost::
+
+        outcome = start(with_handler(comp, EffectLogger(log)), *other_handlers)
+
+    Effects of replayable handlers (State, Reader, Writer, EventAccumulator) are re-executed on
+    replay; every other effect (Yield, Call, Fresh, Random, Clock, user effects) is recorded as
+    a `LogEntry` when it completes. Handlers installed *inside* the logged computation are part
+    of the computation: they run again on replay.
+
+    With `log`, the recorded effects return their logged results (or raise their logged errors)
+    without calling any handler, until the log is exhausted or its pending `Yield` is reached:
+    then the run continues live and the new log holds every entry. The given log is copied,
+    never mutated. Replay is strict: a different effect or different arguments raise
+    `DivergenceError` (so does a computation that ends before the log does);
+    `allow_divergence=True` drops the rest of the old log at the first mismatch and continues
+    live instead.
+
+    Options:
+
+    - `computation`: the `@computation` (or its `Comp`) being run. The new log records its name
+      and version; a log of another computation, or written by a newer version, is rejected
+      with `LogError`.
+    - `run_id`: the run's id (default: the log's, else 32 random hex digits); idempotency keys are
+      `"{run_id}:{seq}"`. A log of another run is rejected with `LogError`.
+    - `checkpoints=True`: yield `Checkpoint(log, reason)` in the scope outside the logger after
+      each effect of an external handler completes, and before each at-most-once effect runs.
+    - `on_log(log)`: called with the final log when the scope exits (returns, raises or is
+      cancelled). While suspended, `Suspend.data[EffectLogger]` holds the current log.
+
+    `logger.log` is the current log of the logger's latest installation (a snapshot).
+    """
+
+    def __init__(
+        self,
+        log: Log | None = None,
+        *,
+        allow_divergence: bool = False,
+        run_id: str | None = None,
+        checkpoints: bool = False,
+        computation: Comp[Any] | ComputationFunction[Any, Any] | None = None,
+        on_log: Callable[[Log], None] | None = None,
+    ) -> None:
+        if log is not None:
+            check_log(log)
+        name: str | None = log.computation if log is not None else None
+        version: int | None = log.version if log is not None else None
+        if computation is not None:
+            name, version = _identity(computation)
+            if log is not None and log.computation is not None and log.computation != name:
+                raise LogError(f"this log belongs to computation {log.computation!r}, not {name!r}")
+            if log is not None and log.version is not None and log.version > version:
+                raise LogError(
+                    f"this log of {name!r} was written by version {log.version}; the code is "
+                    f"version {version}: an older version cannot replay it"
+                )
+        if log is not None and run_id is not None and log.run_id not in (None, run_id):
+            raise LogError(f"this log belongs to run {log.run_id!r}, not {run_id!r}")
+        self.allow_divergence = allow_divergence
+        self.checkpoints = checkpoints
+        self.on_log = on_log
+        self._given = log
+        self._computation = name
+        self._version = version
+        self._run_id: str = run_id or (log.run_id if log is not None else None) or _new_id()
+        self._installed: EffectLogger | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        given = self._given
+        self._old: list[LogEntry] = list(given.entries) if given is not None else []
+        self._n_old = len(self._old)
+        self._cursor = 0
+        self._entries: list[LogEntry] = []
+        self._next_seq = 0
+        self._diverged: DivergenceError | None = None
+
+    # -- public view ------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        """The run id used in idempotency keys and recorded in the log."""
+        return self._run_id
+
+    @property
+    def replaying(self) -> bool:
+        """Whether recorded results are still being replayed (until the pending Yield)."""
+        inst = self._installed or self
+        return inst._cursor < inst._n_old
+
+    @property
+    def log(self) -> Log:
+        """A snapshot of the current log (of the latest installation of this logger)."""
+        inst = self._installed or self
+        return inst._snapshot()
+
+    def _snapshot(self) -> Log:
+        return make_log(self._computation, self._version, self._run_id, list(self._entries))
+
+    def __repr__(self) -> str:
+        return f"EffectLogger(run_id={self._run_id!r})"
+
+    # -- handler hooks ----------------------------------------------------------------------
+
+    def install(self) -> EffectLogger:
+        inst = _new(EffectLogger)
+        inst.__dict__.update(self.__dict__)
+        inst._reset()
+        inst._installed = None
+        self._installed = inst
+        return inst
+
+    def intercept(self, table: Table) -> None:
+        # Decided once per scope: replayable handlers keep their entries (the State/Reader fast
+        # path is untouched), handlers with a `replay` method are switched to it while
+        # replaying, every other entry (Throw aside) is replaced by a recording wrapper. The
+        # wrappers are general entries: computations they return run outside the logger, where
+        # `yield effect` reaches the original handler.
+        for t, (fn, home, owner) in list(table.items()):
+            if owner.replayable:
+                replay = getattr(owner, "replay", None)
+                if replay is not None:
+                    table[t] = (self._quiet(fn, replay), home, owner)
+                continue
+            if issubclass(t, Throw):  # raising an error is deterministic
+                continue
+            entry: Entry = (self._wrapper(fn, home, owner), _GENERAL, owner)
+            table[t] = entry
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        data[EffectLogger] = self._snapshot()
+
+    def output(self, value: Any) -> Any:
+        if self._diverged is not None:
+            # The computation caught the DivergenceError and returned: still a divergence.
+            raise self._diverged
+        left = self._unconsumed()
+        if left is not None and not self.allow_divergence:
+            self._diverged = self._divergence(left, "the end of the computation (it returned)")
+            raise self._diverged
+        return value
+
+    def cleanup(self) -> None:
+        if self.on_log is not None:
+            self.on_log(self._snapshot())
+        left = self._unconsumed()
+        if left is not None and self._diverged is None and not self.allow_divergence:
+            self._diverged = self._divergence(left, "the end of the computation (it raised)")
+            raise self._diverged
+
+    # -- recording and replay ---------------------------------------------------------------
+
+    def _quiet(self, fn: HandlerFn, replay: HandlerFn) -> HandlerFn:
+        def quiet(effect: Any) -> Any:
+            if self._cursor < self._n_old:
+                return replay(effect)
+            return fn(effect)
+
+        return quiet
+
+    def _wrapper(self, fn: HandlerFn, home: Any, owner: Handler) -> HandlerFn:
+        external = bool(owner.external)
+        amo = is_at_most_once(owner)
+        if external or amo:
+
+            def logged_outside(effect: Any) -> Any:
+                if self._cursor < self._n_old:
+                    return self._replay(effect, external, amo)
+                return self._live(effect, external, amo)
+
+            return logged_outside
+
+        pure = home is None
+
+        # The fast path for in-memory handlers: call the handler directly and record its plain
+        # result; only a computation or an awaitable result needs more machinery.
+        infos = _infos
+        entries = self._entries
+
+        def logged(effect: Any) -> Any:
+            if self._cursor < self._n_old:
+                return self._replay(effect, False, False)
+            t = type(effect)
+            try:
+                info = infos[t]
+            except KeyError:
+                info = effect_info(t)
+            if needs_outside(t):
+                return self._live(effect, False, False)
+            try:
+                args = info.dump_args(effect)
+            except SerializationError as err:
+                return err
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            try:
+                result = fn(effect)
+            except Exception as err:
+                self._record_error(effect, seq, args, err)
+                return err
+            if not pure:
+                rtype = type(result)
+                if rtype not in _PRIMITIVE:
+                    if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
+                        _push(home, self._complete(result, effect, seq, args))
+                    if isinstance(result, BaseException):
+                        self._record_error(effect, seq, args, result)
+                        return result
+                    if result is SUSPEND:
+                        return result  # only a Yield suspends, and Yield goes the other way
+                    if inspect.isawaitable(result):
+                        return _RecordedAwait(result, self, effect, seq, args)
+            try:
+                data = (info.codec or result_codec(effect)).dump(result, info.where)
+            except SerializationError as err:
+                self._record_error(effect, seq, args, err)
+                return err
+            entries.append(make_entry(seq, info.name, fingerprint(args), args, "done", data))
+            return result
+
+        return logged
+
+    def _record_done(
+        self, effect: Any, seq: int, args: dict[str, Any], result: Any
+    ) -> SerializationError | None:
+        name = effect_name(type(effect))
+        try:
+            data = result_codec(effect).dump(result, f"{name}: result")
+        except SerializationError as err:
+            self._record_error(effect, seq, args, err)
+            return err
+        self._entries.append(make_entry(seq, name, fingerprint(args), args, "done", data))
+        return None
+
+    def _record_error(
+        self, effect: Any, seq: int, args: dict[str, Any], err: BaseException
+    ) -> None:
+        self._entries.append(
+            make_entry(
+                seq,
+                effect_name(type(effect)),
+                fingerprint(args),
+                args,
+                "error",
+                None,
+                dump_error(err),
+            )
+        )
+
+    def _complete(
+        self, comp: Any, effect: Any, seq: int, args: dict[str, Any]
+    ) -> Generator[Any, Any, Any]:
+        """Run a handler's computation (in the handler's home scope) and record its result."""
+        try:
+            result = yield comp
+        except Exception as err:
+            self._record_error(effect, seq, args, err)
+            raise
+        failed = self._record_done(effect, seq, args, result)
+        if failed is not None:
+            raise failed
+        return result
+
+    def _live(self, effect: Any, external: bool, amo: bool) -> Any:
+        try:
+            args = dump_args(effect)
+        except SerializationError as err:
+            return err
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        return self._perform(
+            effect, seq, args, fingerprint(args), external, amo or is_at_most_once(type(effect))
+        )
+
+    def _perform(
+        self,
+        effect: Any,
+        seq: int,
+        args: dict[str, Any],
+        fp: str,
+        external: bool,
+        amo: bool,
+    ) -> Generator[Any, Any, Any]:
+        """Run `effect` by its real handler (outside the logger) and record how it completed."""
+        entries = self._entries
+        name = effect_name(type(effect))
+        suspends = isinstance(effect, Yield)
+        pending = amo or suspends
+        if pending:
+            entries.append(make_entry(seq, name, fp, args, "pending"))
+            if amo and self.checkpoints:
+                yield Checkpoint(self._snapshot(), "write_ahead")
+        checkpoint = external and self.checkpoints
+        key = _idempotency_key
+        if suspends:
+            # No key for a Yield: the answer may come from another task or context.
+            prev: Any = None
+        else:
+            prev = key.get()
+            # Restored by value, not by token: a handler computation may suspend and be
+            # resumed in another context, where a token would not be valid.
+            key.set(f"{self._run_id}:{seq}")
+        try:
+            result = yield effect
+        except Exception as err:
+            if not suspends:
+                key.set(prev)
+            self._settle(
+                seq, pending, make_entry(seq, name, fp, args, "error", None, dump_error(err))
+            )
+            if checkpoint:
+                yield Checkpoint(self._snapshot(), "external")
+            raise
+        except BaseException:
+            # Cancellation (or the run being discarded): nothing completed, nothing to record.
+            if not suspends:
+                key.set(prev)
+            if suspends:
+                self._drop(seq)
+            raise
+        if not suspends:
+            key.set(prev)
+        try:
+            data = result_codec(effect).dump(result, f"{name}: result")
+        except SerializationError as err:
+            self._settle(
+                seq, pending, make_entry(seq, name, fp, args, "error", None, dump_error(err))
+            )
+            if checkpoint:
+                yield Checkpoint(self._snapshot(), "external")
+            raise
+        self._settle(seq, pending, make_entry(seq, name, fp, args, "done", data))
+        if checkpoint:
+            yield Checkpoint(self._snapshot(), "external")
+        return result
+
+    def _settle(self, seq: int, pending: bool, entry: LogEntry) -> None:
+        entries = self._entries
+        if pending:
+            for i in range(len(entries) - 1, -1, -1):
+                if entries[i].seq == seq:
+                    entries[i] = entry
+                    return
+        entries.append(entry)
+
+    def _drop(self, seq: int) -> None:
+        entries = self._entries
+        if entries and entries[-1].seq == seq and entries[-1].status == "pending":
+            entries.pop()
+
+    def _replay(self, effect: Any, external: bool, amo: bool) -> Any:
+        m = self._match(effect)
+        if m is _LIVE:
+            return self._live(effect, external, amo)
+        if not isinstance(m, LogEntry):
+            return m
+        status = m.status
+        self._next_seq = m.seq + 1
+        if status == "done":
+            self._entries.append(m)
+            try:
+                return _deliver(result_codec(effect).load(m.result))
+            except pydantic.ValidationError as err:
+                return self._bad_result(m, effect, err)
+        if status == "error":
+            self._entries.append(m)
+            assert m.error is not None
+            return load_error(m.error)
+        if isinstance(effect, Yield):
+            # The run was waiting here: replay ends, and the Yield is performed again live
+            # (same position, same prompt).
+            return self._perform(
+                effect, m.seq, m.args, m.fingerprint, external, amo or is_at_most_once(type(effect))
+            )
+        interrupted = InterruptedEffect(
+            f"{m.effect}({_format_args(m.args)}) at position {m.seq} is at-most-once and was "
+            "interrupted: it started before the run stopped and may or may not have happened, "
+            "so it is not run again"
+        )
+        self._entries.append(
+            make_entry(
+                m.seq, m.effect, m.fingerprint, m.args, "error", None, dump_error(interrupted)
+            )
+        )
+        return interrupted
+
+    def _match(self, effect: Any) -> Any:
+        """Consume the old entry for `effect`: the entry, an exception, or `_LIVE`."""
+        old = self._old
+        i = self._cursor
+        entry = old[i]
+        while entry.effect == _PATCHED:
+            # The marker of a patch the code no longer asks about (a removed `patched` call):
+            # its branch is now the only code path.
+            self._entries.append(entry)
+            self._next_seq = entry.seq + 1
+            i += 1
+            self._cursor = i
+            if i >= self._n_old:
+                return _LIVE
+            entry = old[i]
+        try:
+            args = dump_args(effect)
+        except SerializationError as err:
+            return err
+        name = effect_name(type(effect))
+        if entry.effect != name or entry.fingerprint != fingerprint(args):
+            return self._mismatch(entry, f"{name}({_format_args(args)})")
+        self._cursor = i + 1
+        return entry
+
+    def _mismatch(self, entry: LogEntry, got: str) -> Any:
+        if self.allow_divergence:
+            # Continue live from here: the rest of the old log no longer describes this run.
+            del self._old[self._cursor :]
+            self._n_old = self._cursor
+            return _LIVE
+        self._diverged = self._divergence(entry, got)
+        return self._diverged
+
+    def _divergence(self, entry: LogEntry, got: str) -> DivergenceError:
+        expected = f"{entry.effect}({_format_args(entry.args)})"
+        return DivergenceError(
+            f"replay diverged at log position {entry.seq}: the log has {expected} "
+            f"({entry.status}) but the computation now performs {got}. The code changed in a "
+            "way that is not compatible with this run; guard the change with "
+            "`patched(...)` or replay with allow_divergence=True",
+            position=entry.seq,
+            expected=expected,
+            got=got,
+        )
+
+    def _bad_result(self, entry: LogEntry, effect: Any, err: pydantic.ValidationError) -> Any:
+        expected = f"{entry.effect} result {entry.result!r}"
+        got = f"{effect_name(type(effect))} expecting {result_codec(effect).tp!r}"
+        self._diverged = DivergenceError(
+            f"replay diverged at log position {entry.seq}: the logged result of {entry.effect} "
+            f"does not validate as the result type the code now declares: {err}",
+            position=entry.seq,
+            expected=expected,
+            got=got,
+        )
+        return self._diverged
+
+    def _unconsumed(self) -> LogEntry | None:
+        for e in self._old[self._cursor : self._n_old]:
+            if e.effect != _PATCHED:
+                return e
+        return None
+
+    # -- versioning and loops (the logger's own effects) -----------------------------------
+
+    @handles(Patched)
+    def _patched(self, effect: Patched) -> Any:
+        if self._cursor >= self._n_old:
+            args = {"patch_id": effect.patch_id}
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self._entries.append(make_entry(seq, _PATCHED, fingerprint(args), args, "done", True))
+            return True
+        fp = fingerprint({"patch_id": effect.patch_id})
+        old = self._old
+        i = self._cursor
+        # Look through the markers recorded at this position: ours may follow markers of
+        # patches that were removed since.
+        while i < self._n_old and old[i].effect == _PATCHED:
+            if old[i].fingerprint == fp:
+                self._entries.extend(old[self._cursor : i + 1])
+                self._cursor = i + 1
+                self._next_seq = old[i].seq + 1
+                return bool(old[i].result)
+            i += 1
+        # The run passed this point before the patch existed.
+        return False
+
+    @handles(LoopState)
+    def _loop_state(self, effect: LoopState) -> Any:
+        state_codec = codec(effect.state_type)
+        if self._cursor < self._n_old:
+            m = self._match(effect)
+            if isinstance(m, LogEntry):
+                self._entries.append(m)
+                self._next_seq = m.seq + 1
+                try:
+                    iteration = int(m.result["iteration"])
+                    state = state_codec.load(m.result["state"])
+                except (pydantic.ValidationError, KeyError, TypeError, ValueError) as err:
+                    return self._bad_state(m, effect, err)
+                handle = LoopHandle(
+                    effect.key, len(self._entries) - 1, m.seq, iteration, state_codec
+                )
+                return (handle, iteration, state)
+            if m is not _LIVE:
+                return m
+        try:
+            args = dump_args(effect)
+            data = state_codec.dump(effect.initial, f"durable_loop {effect.key!r}: state")
+        except SerializationError as err:
+            return err
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self._entries.append(
+            make_entry(
+                seq,
+                effect_name(LoopState),
+                fingerprint(args),
+                args,
+                "done",
+                {"iteration": 0, "state": data},
+            )
+        )
+        return (
+            LoopHandle(effect.key, len(self._entries) - 1, seq, 0, state_codec),
+            0,
+            effect.initial,
+        )
+
+    def _bad_state(self, entry: LogEntry, effect: LoopState, err: Exception) -> Any:
+        self._diverged = DivergenceError(
+            f"replay diverged at log position {entry.seq}: the recorded state of loop "
+            f"{effect.key!r} does not validate as {effect.state_type!r}: {err}",
+            position=entry.seq,
+            expected=f"loop state {entry.result!r}",
+            got=f"state type {effect.state_type!r}",
+        )
+        return self._diverged
+
+    @handles(NextIteration)
+    def _next_iteration(self, effect: NextIteration) -> Any:
+        handle: LoopHandle = effect.handle
+        if self._cursor < self._n_old:
+            # A pruned log never holds entries past the iteration in progress, so the old run
+            # did not start another iteration here.
+            entry = self._old[self._cursor]
+            m = self._mismatch(entry, f"the next iteration of loop {handle.key!r}")
+            if m is not _LIVE:
+                return m
+        try:
+            data = handle.codec.dump(effect.state, f"durable_loop {handle.key!r}: state")
+        except SerializationError as err:
+            return err
+        entries = self._entries
+        index = handle.index
+        if index >= len(entries) or entries[index].seq != handle.seq:
+            return EffectsError(f"the log lost the state entry of loop {handle.key!r}")
+        head = entries[index]
+        # Prune: the completed iteration's entries go, one entry holds the new state.
+        del entries[index:]
+        handle.iteration += 1
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        handle.seq = seq
+        entries.append(
+            make_entry(
+                seq,
+                head.effect,
+                head.fingerprint,
+                head.args,
+                "done",
+                {"iteration": handle.iteration, "state": data},
+            )
+        )
+        return None

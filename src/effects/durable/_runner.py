@@ -1,0 +1,989 @@
+"""`DurableRunner`: runs registered computations durably on a SQL store.
+
+A run's truth is its row and its log in the store. A step (start, resume, cancel, recovery)
+holds the run's *lease* while it executes; between steps nothing is kept in memory: a run
+waiting for input is evicted and cold-resumed (replayed from its log) on its next input.
+
+Resume, in order: load the row and the log; replay them to the pending `Yield` (read-only: the
+replay performs no handler, takes no lease); validate the answer against the Yield's `input`
+type; only then take the lease with a conditional UPDATE on the revision that was read, which
+exactly one of several concurrent resumers wins; then continue live, checkpointing as the
+logger asks, and write the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+from anyio.abc import TaskGroup
+
+from .._computation import Comp, ComputationFunction, registered
+from .._exceptions import (
+    ConfigurationError,
+    ConflictError,
+    DivergenceError,
+    InvalidInput,
+    LogError,
+    ResumeError,
+    RunNotFound,
+    SerializationError,
+)
+from .._handler import Handler, Stack, _flatten, handles, with_handler
+from .._interpreter import Run as _Interpreter
+from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
+from .._std.world import uuid7
+from ._codec import Signature, dumps, input_schema, loose_json, signature
+from ._effects import Checkpoint
+from ._log import Log, make_log
+from ._logger import EffectLogger
+from ._serialize import codec, dump_error, load_error
+from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
+
+logger = logging.getLogger("effects.durable")
+
+DEFAULT_URL: Final = "sqlite+aiosqlite:///runs.db"
+
+
+class RunStatus(StrEnum):
+    """Where a durable run is. `RUNNING` means a step holds (or held, if its process died) the
+    run's lease; the last three are final."""
+
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A snapshot of a durable run, as committed to the store.
+
+    `outcome` is what the run is at: a `Suspend` report while it waits for input (`value` is the
+    prompt as JSON, `input` the JSON schema of the expected answer or `None`; resume through
+    the runner), `Done(result)` (rebuilt through the computation's return type when the
+    computation is registered in this process), `Throw(error)`, `Cancelled(reason)`, or `None`
+    while a step runs. From the call that ran the step, `Done` and `Throw` carry the very value
+    and exception (with its traceback); read back later, the error is rebuilt from its type and
+    message, and `error` holds the stored form (type, message, traceback text).
+    """
+
+    id: str
+    name: str
+    version: int
+    status: RunStatus
+    outcome: Outcome | None
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    args: dict[str, Any]
+    error: dict[str, Any] | None = None
+    lease_owner: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run is done, failed or cancelled."""
+        return self.status in FINAL_STATUSES
+
+    @property
+    def prompt(self) -> Any:
+        """The pending prompt of a suspended run (else `None`)."""
+        return self.outcome.value if type(self.outcome) is Suspend else None
+
+
+class _StepStopped(BaseException):
+    """Thrown into a computation whose checkpoint could not be written (another process took
+    the run, or the store failed): the step must stop without doing anything more. A
+    `BaseException`, so `except Exception` in user code cannot swallow it."""
+
+
+class _Step:
+    """One step of a run in this process."""
+
+    __slots__ = (
+        "cancel_reason",
+        "cancelling",
+        "done",
+        "failure",
+        "final_log",
+        "interp",
+        "leased",
+        "row",
+        "rows",
+        "scope",
+        "sig",
+    )
+
+    def __init__(self, row: RunRow, rows: LogRows, sig: Signature) -> None:
+        self.row = row  # the row as we last committed (or read) it
+        self.rows = rows
+        self.sig = sig
+        self.interp: _Interpreter | None = None
+        self.leased = False
+        self.scope: anyio.CancelScope | None = None
+        self.cancelling = False
+        self.cancel_reason: Any = None
+        self.failure: BaseException | None = None
+        self.final_log: Log | None = None
+        self.done = anyio.Event()
+
+    def set_log(self, log: Log) -> None:
+        self.final_log = log
+
+    def cancel(self, reason: Any) -> None:
+        if not self.cancelling:
+            self.cancelling, self.cancel_reason = True, reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class _Checkpoints(Handler):
+    """Writes the logger's `Checkpoint`s of one step to the store."""
+
+    def __init__(self, runner: DurableRunner, step: _Step) -> None:
+        self.runner = runner
+        self.step = step
+
+    def install(self) -> _Checkpoints:
+        return self
+
+    @handles(Checkpoint)
+    def _checkpoint(self, effect: Checkpoint) -> Awaitable[None]:
+        return self.runner._checkpoint(self.step, effect.log)
+
+    def __repr__(self) -> str:
+        return f"DurableRunner.checkpoints({self.step.row.id!r})"
+
+
+class Subscription:
+    """Follows one run: an async iterator of `Run` snapshots, the current one first, then one
+    per committed change, ending after a final status. A slow reader skips intermediate
+    snapshots (it always gets the newest). Use it as `async with runner.subscribe(id) as runs`
+    or iterate it directly (then `aclose()` it if you stop early)."""
+
+    def __init__(self, runner: DurableRunner, run_id: str) -> None:
+        self._runner = runner
+        self.run_id = run_id
+        self._latest: Run | None = None
+        self._seen = -1
+        self._changed = anyio.Event()
+        self._fetched = False
+        self._closed = False
+        runner._subscribers.setdefault(run_id, set()).add(self)
+
+    def _offer(self, run: Run) -> None:
+        if self._latest is None or run.revision > self._latest.revision:
+            self._latest = run
+            self._changed.set()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Run:
+        if self._closed:
+            raise StopAsyncIteration
+        if not self._fetched:
+            self._fetched = True
+            try:
+                self._offer(await self._runner.get(self.run_id))
+            except BaseException:
+                await self.aclose()
+                raise
+        while self._latest is None or self._latest.revision <= self._seen:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+        run = self._latest
+        self._seen = run.revision
+        if run.finished:
+            await self.aclose()
+        return run
+
+    async def aclose(self) -> None:
+        """Stop following the run."""
+        self._closed = True
+        subs = self._runner._subscribers.get(self.run_id)
+        if subs is not None:
+            subs.discard(self)
+            if not subs:
+                del self._runner._subscribers[self.run_id]
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _stamp(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _error_json(err: BaseException) -> str:
+    info: dict[str, Any] = dict(dump_error(err))
+    info["traceback"] = "".join(traceback.format_exception(err))
+    return dumps(loose_json(info))
+
+
+class DurableRunner:
+    """Runs `@computation`s durably: every effect is logged, checkpoints go to a SQL store, and
+    a run survives restarts of the process (see the durable guide).
+
+    ```
+    async with DurableRunner("sqlite+aiosqlite:///runs.db", handlers=Stack(...)) as runner:
+        await runner.recover()
+        run = await runner.start(signup("ada@example.com"))
+        run = await runner.resume(run.id, {"plan": "pro"})
+    ```
+
+    - `url`: SQLite through aiosqlite (the default, WAL mode) or PostgreSQL through asyncpg;
+      the schema is created and migrated on entry.
+    - `handlers`: handlers (or `Stack`s) installed around every run, first listed innermost.
+    - `owner`: this process's identity for leases (default `host:pid`). Give a stable one
+      (like DBOS's executor id) to let `recover()` continue this owner's runs at once after a
+      restart instead of waiting for their leases to expire.
+    - `lease`: seconds a step's lease lasts; renewed every third of it while the step runs.
+
+    Runs on asyncio only: SQLAlchemy's async drivers (aiosqlite, asyncpg) are asyncio-based.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        handlers: Handler | Stack | Iterable[Handler | Stack] = (),
+        owner: str | None = None,
+        lease: float = 30.0,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(handlers, Handler | Stack):
+            handlers = (handlers,)
+        if lease <= 0:
+            raise ConfigurationError("lease must be a positive number of seconds")
+        self.url = url
+        self.handlers = _flatten(handlers)
+        self.owner = owner or _default_owner()
+        self.lease = lease
+        self._engine_options = engine_options or {}
+        self._store: Store | None = None
+        self._tg: TaskGroup | None = None
+        self._steps: dict[str, _Step] = {}
+        self._background: set[_Step] = set()
+        self._background_changed = anyio.Event()
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DurableRunner:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                "DurableRunner needs asyncio (SQLAlchemy's async drivers are asyncio-based); "
+                "run it with anyio.run(..., backend='asyncio')"
+            ) from None
+        store = await Store.open(self.url, **self._engine_options)
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._store, self._tg = store, tg
+        try:
+            tg.start_soon(self._heartbeat)
+            if store.engine.dialect.driver == "asyncpg":
+                await tg.start(self._listen)
+        except BaseException as err:
+            await self.__aexit__(type(err), err, err.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        tg, store = self._tg, self._store
+        assert tg is not None
+        assert store is not None
+        try:
+            if exc_type is None:
+                # Like a task group: leaving the block waits for steps started with wait=False.
+                while self._background:
+                    await self._background_changed.wait()
+                    self._background_changed = anyio.Event()
+        finally:
+            # Otherwise (an error, a cancellation) steps in flight stop as in a crash: their
+            # runs stay `running` and `recover()` continues them from their last checkpoint.
+            tg.cancel_scope.cancel()
+            try:
+                # The body's own exception propagates as itself (not in an ExceptionGroup):
+                # the group only holds the runner's tasks, which catch their errors.
+                await tg.__aexit__(None, None, None)
+            finally:
+                self._tg = None
+                self._store = None
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()
+        return False
+
+    @property
+    def store(self) -> Store:
+        """The open store (only inside `async with`)."""
+        if self._store is None:
+            raise ConfigurationError("use the runner inside `async with DurableRunner(...)`")
+        return self._store
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def start(self, comp: Comp[Any], *, run_id: str | None = None, wait: bool = True) -> Run:
+        """Start a durable run of `comp` (a call of a `@computation` function).
+
+        Runs the first step (to the first `Yield`, the end, or an error) and returns the
+        committed `Run`. With `wait=False` it returns as soon as the run exists (status
+        `running`) and the step goes on in the runner's task group; follow it with
+        `subscribe`. `run_id` defaults to a new time-ordered uuid; starting again with the id
+        of an existing run of the same computation and arguments returns that run (a no-op),
+        with other ones it is a `ConflictError`.
+        """
+        store = self.store
+        function = _function_of(comp)
+        sig = signature(function)
+        args = sig.dump_args(comp)
+        run_id = run_id if run_id is not None else str(uuid7())
+        if run_id in self._steps:
+            raise ConflictError(f"run {run_id!r} is running a step in this process")
+        now = time.time()
+        row = RunRow(
+            id=run_id,
+            name=function.name,
+            version=function.version,
+            args=args,
+            status=RunStatus.RUNNING.value,
+            prompt=None,
+            input_schema=None,
+            answer=None,
+            result=None,
+            error=None,
+            revision=1,
+            lease_owner=self.owner,
+            lease_expires=now + self.lease,
+            cancel_requested=False,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with anyio.CancelScope(shield=True):
+                await store.insert(row)
+        except ConflictError:
+            existing = await store.get(run_id)
+            if existing.name == row.name and existing.args == row.args:
+                return self._to_run(existing)
+            raise ConflictError(
+                f"run id {run_id!r} is taken by another run ({existing.name} with other arguments)"
+            ) from None
+        step = _Step(row, LogRows(run_id), sig)
+        step.leased = True
+        self._publish(row)
+        log = make_log(function.name, function.version, run_id, [])
+        interp = self._interpreter(step, comp, function, log)
+        return await self._launch(step, lambda: interp.adrive(None, None), wait)
+
+    async def resume(
+        self, run_id: str, value: Any = None, *, revision: int | None = None, wait: bool = True
+    ) -> Run:
+        """Answer the pending `Yield` of a suspended run with `value` and run the next step.
+
+        The answer is validated (`Yield(input=...)`) before the store is touched: invalid
+        input raises `InvalidInput` and the run stays as it was. Of several concurrent
+        resumes of one run (tasks or processes) exactly one wins; the others get
+        `ConflictError`. Pass the `revision` of the `Run` you are answering to make sure you
+        answer that very step (a stale revision is a `ConflictError`). A run that is not
+        suspended raises `ConflictError` while a step runs, `ResumeError` once finished.
+        `wait=False` returns once the answer is accepted, the step going on in the background.
+        """
+        step, suspend = await self._cold(run_id, revision, "resume")
+        try:
+            answer = validate_input(suspend.input, value)
+            # Stored the way the logger will record it, so recovery rebuilds the same answer.
+            answer_codec = codec(Any if suspend.input is None else suspend.input)
+            stored = dumps(answer_codec.dump(answer, f"run {run_id!r}: the answer"))
+            await self._acquire(step, ("suspended",), answer=stored)
+        except BaseException:
+            self._drop(step)
+            raise
+        return await self._launch(step, lambda: suspend.aresume(answer), wait)
+
+    async def cancel(self, run_id: str, reason: Any = None) -> Run:
+        """Cancel a run: its cleanup (`finally` blocks, bracket releases) runs, then it is
+        `cancelled`. A finished run is returned unchanged. A run whose step runs in another
+        process is flagged; that process cancels it at its next checkpoint (the returned
+        `Run` is still `running`, with `cancel_requested`)."""
+        step = self._steps.get(run_id)
+        if step is not None:
+            if not step.leased:
+                raise ConflictError(f"run {run_id!r} is between two steps in this process")
+            step.cancel(reason)  # a step that has not begun yet starts cancelled
+            await step.done.wait()
+            return await self.get(run_id)
+        row = await self.store.get(run_id)
+        status = RunStatus(row.status)
+        if status in FINAL_STATUSES:
+            return self._to_run(row)
+        if status is RunStatus.RUNNING:
+            if row.lease_owner in (None, self.owner) or (row.lease_expires or 0) < time.time():
+                return await self._recover(row, cancel=(reason,))
+            return self._to_run(await self.store.request_cancel(run_id))
+        step, suspend = await self._cold(run_id, row.revision, "cancel")
+        try:
+            await self._acquire(step, ("suspended",))
+        except BaseException:
+            self._drop(step)
+            raise
+        # Not `step.cancel(...)`: that cancels the step's scope, which would interrupt the
+        # cleanup that `acancel` runs.
+        step.cancel_reason = reason
+        return await self._launch(step, lambda: suspend.acancel(reason), True)
+
+    async def get(self, run_id: str) -> Run:
+        """The run's committed state; `RunNotFound` if there is no such run."""
+        return self._to_run(await self.store.get(run_id))
+
+    async def get_log(self, run_id: str) -> Log:
+        """The run's committed effect log."""
+        row, entries = await self.store.load(run_id)
+        return make_log(row.name, row.version, row.id, entries)
+
+    async def list(
+        self,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        *,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Run]:
+        """Runs in the store, oldest first, optionally by status (one or several) and name."""
+        if status is None:
+            statuses: tuple[str, ...] = ()
+        elif isinstance(status, str):
+            statuses = (RunStatus(status).value,)
+        else:
+            statuses = tuple(RunStatus(s).value for s in status)
+        rows = await self.store.list(status=statuses, name=name, limit=limit)
+        return [self._to_run(r) for r in rows]
+
+    async def recover(self) -> builtins.list[Run]:
+        """Continue the runs whose step was cut off (status `running`, lease expired, absent
+        or held by this `owner`), each from its last checkpoint; returns their new states.
+
+        A run that cannot be replayed with the code now deployed (`DivergenceError`,
+        `LogError`, an unknown computation) is left as it is, with its lease released, and
+        logged; an at-most-once effect that was interrupted fails its run with
+        `InterruptedEffect`, as documented.
+        """
+        results: builtins.list[Run] = []
+        for row in await self.store.recoverable(self.owner, time.time()):
+            if row.id in self._steps:
+                continue
+            try:
+                results.append(await self._recover(row))
+            except ConflictError:
+                continue  # another process got there first
+            except (DivergenceError, LogError, ConfigurationError, LookupError) as err:
+                logger.warning("run %s cannot be recovered: %s", row.id, err)
+        return results
+
+    def subscribe(self, run_id: str) -> Subscription:
+        """Follow a run: `async for run in runner.subscribe(run_id)` yields the current `Run`,
+        then a snapshot after each change committed by this process, until it finishes.
+
+        Across processes, changes arrive through PostgreSQL LISTEN/NOTIFY (asyncpg); on SQLite
+        only changes made by this process are seen.
+        """
+        self.store  # noqa: B018 - fails clearly outside `async with`
+        return Subscription(self, run_id)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _interpreter(
+        self, step: _Step, comp: Comp[Any], function: ComputationFunction[Any, Any], log: Log
+    ) -> _Interpreter:
+        effect_logger = EffectLogger(
+            log,
+            checkpoints=True,
+            run_id=step.row.id,
+            computation=function,
+            on_log=step.set_log,
+        )
+        interp = _Interpreter(
+            with_handler(comp, effect_logger), (_Checkpoints(self, step), *self.handlers)
+        )
+        step.interp = interp
+        return interp
+
+    async def _cold(self, run_id: str, revision: int | None, action: str) -> tuple[_Step, Suspend]:
+        """Rebuild a suspended run by replaying its log, without taking its lease."""
+        if run_id in self._steps:
+            raise ConflictError(f"run {run_id!r} is running a step in this process")
+        store = self.store
+        # Reserve the run in this process before the first await: of two tasks resuming the
+        # same run, the second fails here at once.
+        placeholder = _Step(_placeholder_row(run_id), LogRows(run_id), None)  # type: ignore[arg-type]
+        self._steps[run_id] = placeholder
+        try:
+            row, entries = await store.load(run_id)
+            status = RunStatus(row.status)
+            if status is RunStatus.RUNNING:
+                holder = f" (lease held by {row.lease_owner})" if row.lease_owner else ""
+                raise ConflictError(f"cannot {action} run {run_id!r}: a step is running{holder}")
+            if status is not RunStatus.SUSPENDED:
+                raise ResumeError(f"cannot {action} run {run_id!r}: it is {status.value}")
+            if revision is not None and revision != row.revision:
+                raise ConflictError(
+                    f"cannot {action} run {run_id!r} at revision {revision}: it is at revision "
+                    f"{row.revision} (another answer was taken first)"
+                )
+            function = _registered(row)
+            sig = signature(function)
+            comp = sig.load_args(run_id, row.args)
+            step = _Step(row, LogRows(run_id, entries), sig)
+            log = make_log(row.name, row.version, row.id, entries)
+            interp = self._interpreter(step, comp, function, log)
+            outcome = await interp.adrive(None, None)
+            if step.failure is not None:
+                raise step.failure
+            if type(outcome) is Throw:
+                raise outcome.error
+            if type(outcome) is not Suspend:
+                raise LogError(
+                    f"run {run_id!r} is stored as suspended but its log does not end at a "
+                    f"pending Yield (replay ended with {outcome!r})"
+                )
+        except BaseException:
+            del self._steps[run_id]
+            raise
+        self._steps[run_id] = step
+        return step, outcome
+
+    def _drop(self, step: _Step) -> None:
+        if self._steps.get(step.row.id) is step:
+            del self._steps[step.row.id]
+        step.done.set()
+
+    async def _acquire(
+        self, step: _Step, from_status: Sequence[str], *, answer: str | None = None
+    ) -> None:
+        row = step.row
+        now = time.time()
+        lease_until = now + self.lease
+        with anyio.CancelScope(shield=True):
+            revision = await self.store.acquire(
+                row.id,
+                revision=row.revision,
+                owner=self.owner,
+                lease_until=lease_until,
+                from_status=from_status,
+                answer=answer,
+                now=now,
+            )
+        step.row = replace(
+            row,
+            status=RunStatus.RUNNING.value,
+            revision=revision,
+            lease_owner=self.owner,
+            lease_expires=lease_until,
+            answer=answer,
+            updated_at=now,
+        )
+        step.leased = True
+        self._publish(step.row)
+
+    async def _recover(self, row: RunRow, cancel: tuple[Any] | None = None) -> Run:
+        if row.id in self._steps:
+            raise ConflictError(f"run {row.id!r} is running a step in this process")
+        placeholder = _Step(row, LogRows(row.id), None)  # type: ignore[arg-type]
+        self._steps[row.id] = placeholder
+        try:
+            row, entries = await self.store.load(row.id)
+            if row.status != RunStatus.RUNNING.value:
+                raise ConflictError(f"run {row.id!r} is no longer running ({row.status})")
+            function = _registered(row)
+            sig = signature(function)
+            comp = sig.load_args(row.id, row.args)
+            step = _Step(row, LogRows(row.id, entries), sig)
+            now = time.time()
+            lease_until = now + self.lease
+            with anyio.CancelScope(shield=True):
+                revision = await self.store.acquire(
+                    row.id,
+                    revision=row.revision,
+                    owner=self.owner,
+                    lease_until=lease_until,
+                    from_status=("running",),
+                    keep_answer=True,
+                    expired_before=now,
+                    now=now,
+                )
+        except BaseException:
+            del self._steps[row.id]
+            raise
+        self._steps[row.id] = step
+        step.row = replace(
+            row,
+            revision=revision,
+            lease_owner=self.owner,
+            lease_expires=lease_until,
+            updated_at=now,
+        )
+        step.leased = True
+        if cancel is not None:
+            step.cancelling, step.cancel_reason = True, cancel[0]
+        elif row.cancel_requested:
+            step.cancelling, step.cancel_reason = True, "cancel requested"
+        self._publish(step.row)
+        log = make_log(row.name, row.version, row.id, entries)
+        interp = self._interpreter(step, comp, function, log)
+        answer = json.loads(row.answer) if row.answer is not None else None
+        has_answer = row.answer is not None
+
+        async def drive() -> Outcome:
+            outcome = await interp.adrive(None, None)
+            if has_answer and type(outcome) is Suspend and not step.cancelling:
+                # The process died after `resume` accepted this answer and before a
+                # checkpoint recorded it: give it again.
+                try:
+                    outcome = await outcome.aresume(answer)
+                except InvalidInput as err:
+                    logger.warning("run %s: the stored answer is no longer valid: %s", row.id, err)
+            return outcome
+
+        return await self._launch(step, drive, True, recovering=True)
+
+    async def _launch(
+        self,
+        step: _Step,
+        drive: Callable[[], Awaitable[Outcome]],
+        wait: bool,
+        *,
+        recovering: bool = False,
+    ) -> Run:
+        self._steps[step.row.id] = step
+        if wait:
+            return await self._run_step(step, drive, recovering)
+        assert self._tg is not None
+        self._background.add(step)
+        self._tg.start_soon(self._run_background, step, drive)
+        return self._to_run(step.row)
+
+    async def _run_background(self, step: _Step, drive: Callable[[], Awaitable[Outcome]]) -> None:
+        try:
+            await self._run_step(step, drive, False)
+        except Exception:
+            logger.exception("durable run %s: the step failed", step.row.id)
+        finally:
+            self._background.discard(step)
+            self._background_changed.set()
+
+    async def _run_step(
+        self, step: _Step, drive: Callable[[], Awaitable[Outcome]], recovering: bool
+    ) -> Run:
+        try:
+            with anyio.CancelScope() as scope:
+                step.scope = scope
+                if step.cancelling:
+                    scope.cancel()
+                outcome = await drive()
+            step.scope = None
+            if step.failure is not None:
+                raise step.failure
+            if scope.cancelled_caught:
+                # adrive unwound the computation (its cleanup ran) before re-raising.
+                outcome = Cancelled(step.cancel_reason)
+            elif step.cancelling and type(outcome) is Suspend:
+                outcome = await outcome.acancel(step.cancel_reason)
+                if step.failure is not None:
+                    raise step.failure
+            return await self._finish(step, outcome, recovering)
+        except anyio.get_cancelled_exc_class():
+            # Whoever awaited this step is being cancelled (the runner is shutting down):
+            # stop as a crash would, but hand the run over at once.
+            with anyio.CancelScope(shield=True):
+                await self._release(step)
+            raise
+        except BaseException as err:
+            if not isinstance(err, ConflictError | RunNotFound):
+                with anyio.CancelScope(shield=True):
+                    await self._release(step)
+            raise
+        finally:
+            self._drop(step)
+
+    async def _release(self, step: _Step) -> None:
+        if not step.leased:
+            return
+        step.leased = False
+        try:
+            await self.store.release(step.row.id, revision=step.row.revision, owner=self.owner)
+        except Exception as err:  # the store is what failed: the lease will expire instead
+            logger.warning("run %s: could not release its lease: %s", step.row.id, err)
+
+    async def _checkpoint(self, step: _Step, log: Log) -> None:
+        if step.failure is not None:
+            return
+        interp = step.interp
+        if interp is not None and interp.cancelling:
+            # Cleanup of a cancelled step: the final checkpoint records how it ended. (When
+            # the runner shuts down, nothing more may be written: recovery must replay the
+            # run's normal path, not its cleanup.)
+            return
+        if not step.leased:
+            # Replaying to the pending Yield must not perform anything live.
+            if step.rows.diff(log.entries):
+                step.failure = LogError(
+                    f"run {step.row.id!r} is stored as suspended but its log ends before the "
+                    "pending Yield: the replay went on performing effects"
+                )
+                raise _StepStopped()
+            return
+        changes: dict[str, Any] = {}
+        if step.row.answer is not None:
+            changes["answer"] = None
+        try:
+            await self._commit(step, changes, log)
+        except Exception as err:
+            step.failure = err
+            raise _StepStopped() from err
+
+    async def _commit(self, step: _Step, changes: dict[str, Any], log: Log | None) -> None:
+        row = step.row
+        if log is not None and log.version is not None and log.version != row.version:
+            # The code that continued the run is newer (a `patched` change): from now on
+            # only that version or a newer one may replay it.
+            changes["version"] = log.version
+        now = time.time()
+        changes["updated_at"] = now
+        if "lease_owner" not in changes:
+            changes["lease_expires"] = now + self.lease
+        diff = step.rows.diff(log.entries) if log is not None else None
+        with anyio.CancelScope(shield=True):
+            revision, cancel = await self.store.checkpoint(
+                row.id, revision=row.revision, owner=self.owner, changes=changes, log=diff
+            )
+        step.row = replace(row, revision=revision, **changes)
+        if cancel and not step.cancelling:
+            step.cancel("cancel requested")
+        self._publish(step.row)
+
+    async def _finish(self, step: _Step, outcome: Outcome, recovering: bool) -> Run:
+        changes: dict[str, Any] = {
+            "lease_owner": None,
+            "lease_expires": None,
+            "answer": None,
+            "prompt": None,
+            "input_schema": None,
+            "result": None,
+            "error": None,
+            "cancel_requested": False,
+        }
+        log = step.final_log
+        live: Outcome = outcome
+        if type(outcome) is Suspend:
+            log = outcome.data.get(EffectLogger, log)
+            schema = input_schema(outcome.input)
+            changes.update(
+                status=RunStatus.SUSPENDED.value,
+                prompt=dumps(loose_json(outcome.value)),
+                input_schema=dumps(schema) if schema is not None else None,
+            )
+        elif type(outcome) is Done:
+            try:
+                changes.update(
+                    status=RunStatus.DONE.value, result=step.sig.dump_result(outcome.value)
+                )
+            except SerializationError as unstorable:
+                live = Throw(unstorable)
+                changes.update(status=RunStatus.FAILED.value, error=_error_json(unstorable))
+        elif type(outcome) is Throw:
+            error = outcome.error
+            if recovering and isinstance(error, DivergenceError | LogError):
+                # The code deployed cannot continue this run; leave it for a fixed deployment.
+                raise error
+            changes.update(status=RunStatus.FAILED.value, error=_error_json(error))
+        else:
+            assert type(outcome) is Cancelled
+            changes.update(
+                status=RunStatus.CANCELLED.value, result=dumps(loose_json(outcome.reason))
+            )
+        await self._commit(step, changes, log)
+        step.leased = False
+        return self._to_run(step.row, live)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _publish(self, row: RunRow) -> None:
+        subs = self._subscribers.get(row.id)
+        if subs:
+            run = self._to_run(row)
+            for sub in builtins.list(subs):
+                sub._offer(run)
+
+    def _to_run(self, row: RunRow, live: Outcome | None = None) -> Run:
+        status = RunStatus(row.status)
+        outcome: Outcome | None = None
+        error: dict[str, Any] | None = None
+        if status is RunStatus.SUSPENDED:
+            schema = json.loads(row.input_schema) if row.input_schema else None
+            prompt = json.loads(row.prompt) if row.prompt is not None else None
+            outcome = Suspend(prompt, {}, schema)
+        elif status is RunStatus.DONE:
+            if type(live) is Done:
+                outcome = live
+            else:
+                outcome = Done(_load_result(row))
+        elif status is RunStatus.FAILED:
+            error = json.loads(row.error) if row.error else {"type": "?", "message": ""}
+            if type(live) is Throw:
+                outcome = live
+            else:
+                outcome = Throw(load_error(error))  # type: ignore[arg-type]
+        elif status is RunStatus.CANCELLED:
+            outcome = Cancelled(json.loads(row.result) if row.result else None)
+        return Run(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            status=status,
+            outcome=outcome,
+            revision=row.revision,
+            created_at=_stamp(row.created_at),
+            updated_at=_stamp(row.updated_at),
+            args=json.loads(row.args),
+            error=error,
+            lease_owner=row.lease_owner,
+            cancel_requested=bool(row.cancel_requested),
+        )
+
+    # -- background tasks -------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self.lease / 3)
+            ids = [run_id for run_id, step in self._steps.items() if step.leased]
+            if ids:
+                try:
+                    await self.store.renew(self.owner, ids, time.time() + self.lease)
+                except Exception as err:
+                    logger.warning("could not renew leases: %s", err)
+
+    async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Follow changes committed by other processes (PostgreSQL NOTIFY)."""
+        send, receive = anyio.create_memory_object_stream[str](1024)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                send.send_nowait(payload)
+            except anyio.WouldBlock:
+                pass  # subscribers re-read the run on the next notification
+
+        started = False
+        with send, receive:
+            try:
+                async with self.store.engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    driver: Any = raw.driver_connection
+                    await driver.add_listener(NOTIFY_CHANNEL, on_notify)
+                    task_status.started()
+                    started = True
+                    try:
+                        async for payload in receive:
+                            await self._notified(payload)
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await driver.remove_listener(NOTIFY_CHANNEL, on_notify)
+            except Exception as err:
+                if not started:
+                    raise
+                # A crash here would take the runner's task group (and its owner) down:
+                # subscribers keep seeing this process's own changes.
+                logger.warning("stopped listening for changes of other processes: %s", err)
+
+    async def _notified(self, payload: str) -> None:
+        run_id, _, revision = payload.rpartition(":")
+        subs = self._subscribers.get(run_id)
+        if not subs or not revision.isdigit():
+            return
+        if all(s._latest is not None and s._latest.revision >= int(revision) for s in subs):
+            return
+        try:
+            self._publish(await self.store.get(run_id))
+        except Exception as err:
+            logger.warning("run %s: could not read a change: %s", run_id, err)
+
+
+def _placeholder_row(run_id: str) -> RunRow:
+    return RunRow(
+        run_id, "", 0, "{}", "running", None, None, None, None, None, 0, None, None, False, 0, 0
+    )
+
+
+def _function_of(comp: Any) -> ComputationFunction[Any, Any]:
+    if not isinstance(comp, Comp):
+        raise ConfigurationError(
+            f"a durable run needs a call of a @computation function, got {comp!r}"
+        )
+    function = comp.function
+    try:
+        found = registered(function.name)
+    except LookupError:
+        found = None
+    if found is not function:
+        raise ConfigurationError(
+            f"{function!r} is not the computation registered under {function.name!r}; "
+            "a restarted process finds computations by name"
+        )
+    return function
+
+
+def _registered(row: RunRow) -> ComputationFunction[Any, Any]:
+    try:
+        function = registered(row.name)
+    except LookupError as err:
+        raise ConfigurationError(f"run {row.id!r}: {err}") from None
+    if function.version < row.version:
+        raise LogError(
+            f"run {row.id!r} was last run by version {row.version} of {row.name!r}; this "
+            f"process has version {function.version}, which cannot replay it"
+        )
+    return function
+
+
+def _load_result(row: RunRow) -> Any:
+    if row.result is None:
+        return None
+    try:
+        function = registered(row.name)
+    except LookupError:
+        return json.loads(row.result)
+    try:
+        return signature(function).load_result(row.result)
+    except Exception:
+        return json.loads(row.result)

@@ -1,0 +1,97 @@
+"""The SQL schema of the durable store (SQLAlchemy Core) and its migrations.
+
+The tables below are always the *latest* schema. A fresh database gets them with `create_all`
+and is stamped with `SCHEMA_VERSION`; an older database gets the `MIGRATIONS` steps after its
+recorded version, in order. Changing a table therefore means two edits: the table here and a new
+step at the end of `MIGRATIONS` (which bumps `SCHEMA_VERSION`).
+
+Times are UTC epoch seconds in float columns: one portable, comparable form on SQLite and
+PostgreSQL (lease expiry is compared in SQL). JSON is stored as text the library encodes itself,
+so both dialects hold exactly the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "effects_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.Double, nullable=False),
+)
+"""One row per applied schema version; the highest is the database's version."""
+
+runs = sa.Table(
+    "effects_runs",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    # {"parameter": json value}, encoded through the computation function's type hints.
+    sa.Column("args", sa.Text, nullable=False),
+    # running | suspended | done | failed | cancelled
+    sa.Column("status", sa.String(16), nullable=False),
+    # The pending Yield's prompt (JSON) and the JSON schema of its `input` type, if any.
+    sa.Column("prompt", sa.Text, nullable=True),
+    sa.Column("input_schema", sa.Text, nullable=True),
+    # An accepted answer not yet covered by a checkpoint: recovery resumes with it, so an
+    # answer is not lost when the process dies right after `resume` took the lease.
+    sa.Column("answer", sa.Text, nullable=True),
+    sa.Column("result", sa.Text, nullable=True),
+    # {"type": qualified name, "message": str, "traceback": str | None}
+    sa.Column("error", sa.Text, nullable=True),
+    # Bumped by every committed change; every write is guarded by the revision it read.
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("lease_owner", sa.String(255), nullable=True),
+    sa.Column("lease_expires", sa.Double, nullable=True),
+    # Set by `cancel` from a process that does not run the step; the owner sees it at its
+    # next checkpoint.
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Index("effects_runs_status", "status", "created_at"),
+)
+"""One row per durable run: what it is, where it is, who holds it."""
+
+log = sa.Table(
+    "effects_log",
+    metadata,
+    sa.Column(
+        "run_id",
+        sa.String(255),
+        sa.ForeignKey("effects_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    # The LogEntry as JSON with the owning run's id prepended under "run" (so a row copied from
+    # another run is recognised as foreign).
+    sa.Column("entry", sa.Text, nullable=False),
+)
+"""The effect log of every run, one row per entry (rows of pruned loop iterations are deleted)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: applied in a transaction to databases older than `version`."""
+
+    version: int
+    description: str
+    apply: Callable[[sa.Connection], None]
+
+
+def _initial(conn: sa.Connection) -> None:
+    # Version 1 is the first published schema: a database "older" than it is empty.
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "runs and effect log", _initial),)
+"""Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
+
+SCHEMA_VERSION = MIGRATIONS[-1].version

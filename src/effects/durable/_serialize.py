@@ -1,0 +1,448 @@
+"""Typed JSON for effect arguments, results and errors (pydantic; no pickle anywhere).
+
+Results are dumped and loaded with a `TypeAdapter` of the effect's declared result type
+(`Effect[User]` -> `User`), cached per type, so a model, a datetime, a UUID or an enum comes back
+as itself. Two effects carry their result type on the instance: `Yield(input=Model)` (the
+validated answer is a `Model`) and `Call(fn)` (the return annotation of `fn`).
+
+An undeclared result type (`Any`, or a bare `dict`/`list`/`tuple`) accepts plain JSON values
+only: anything else could not be rebuilt as itself on replay, so it fails at the effect instead
+of coming back silently as a string or a list.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import operator
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import pydantic
+import pydantic_core
+
+from .._effect import Effect, result_type
+from .._exceptions import EffectsError, SerializationError
+from .._std.call import Call
+from .._std.control import Yield
+from ._log import ErrorInfo
+
+
+class ReplayedError(EffectsError):
+    """A recorded exception whose type could not be rebuilt on replay.
+
+    Replay rebuilds builtin exceptions and exception classes of already imported modules as
+    themselves (`cls(*args)`, or `cls(message)`); any other recorded error comes back as a
+    `ReplayedError` carrying the original `type_name` (`module.qualname`) and `message`.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+_PRIMITIVE = (str, int, float, bool, type(None))
+_UNTYPED = (Any, object, dict, list, tuple, set, frozenset)
+
+
+def _public_module(module: str) -> str:
+    # The library's own classes are named by the package that exports them, not by the
+    # private module that defines them: stored logs must survive a reorganisation of private
+    # modules (`effects._std.control.Yield` is logged as `effects.Yield`).
+    if module.startswith("effects.durable._"):
+        return "effects.durable"
+    if module.startswith("effects._"):
+        return "effects"
+    return module
+
+
+def type_name(obj: Any) -> str:
+    """`module.qualname` of a class or function: how logs name effects and errors."""
+    return f"{_public_module(obj.__module__)}.{obj.__qualname__}"
+
+
+_names: dict[type, str] = {}
+
+
+def effect_name(effect_type: type) -> str:
+    """The name an effect type is logged under (cached per type)."""
+    try:
+        return _names[effect_type]
+    except KeyError:
+        name = _names[effect_type] = type_name(effect_type)
+        return name
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+# Options that change how an effect is carried out, not what it asks for, stay out of its
+# identity: a new retry policy must not make old runs diverge.
+_ARG_FIELDS: dict[type, tuple[str, ...]] = {Call: ("fn", "args", "kwargs")}
+
+
+def register_arg_fields(effect_type: type, fields: tuple[str, ...]) -> None:
+    """Log only `fields` of `effect_type` as its arguments."""
+    _ARG_FIELDS[effect_type] = fields
+    _fields_cache.clear()
+    _dumpers.clear()
+    _infos.clear()
+
+
+_fields_cache: dict[type, tuple[str, ...]] = {}
+
+
+def _arg_fields(effect_type: type) -> tuple[str, ...]:
+    try:
+        return _fields_cache[effect_type]
+    except KeyError:
+        pass
+    fields: tuple[str, ...] = getattr(effect_type, "__effect_fields__", ())
+    for cls in effect_type.__mro__:
+        if cls in _ARG_FIELDS:
+            fields = _ARG_FIELDS[cls]
+            break
+    _fields_cache[effect_type] = fields
+    return fields
+
+
+def _symbol(value: Any) -> Any:
+    """pydantic's fallback for argument values it cannot serialize by itself.
+
+    Functions and classes are named by `module.qualname` (stable across processes, unlike
+    their repr); typing constructs (`list[int]`) by their repr. Anything else is refused.
+    """
+    if isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
+        return type_name(value)
+    if isinstance(value, types.MethodType):
+        return type_name(value.__func__)
+    if isinstance(value, functools.partial):
+        return f"partial({_symbol(value.func)})"
+    if isinstance(value, types.GenericAlias | types.UnionType):
+        return repr(value)
+    if type(value).__module__ == "typing":
+        return repr(value)
+    raise TypeError(f"cannot serialize {type(value).__qualname__} as JSON")
+
+
+def _dump_field(effect: Any, f: str) -> Any:
+    v = getattr(effect, "_" + f)
+    if type(v) in _PRIMITIVE:
+        return v
+    try:
+        return pydantic_core.to_jsonable_python(v, fallback=_symbol)
+    except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as err:
+        raise SerializationError(
+            f"{effect_name(type(effect))}: argument {f!r} ({type(v).__qualname__}) cannot be "
+            f"stored as JSON: {err}"
+        ) from None
+
+
+def _dump_slow(effect: Any) -> dict[str, Any]:
+    return {f: _dump_field(effect, f) for f in _arg_fields(type(effect))}
+
+
+ArgDumper = Callable[[Any], dict[str, Any]]
+
+
+def _no_args(effect: Any) -> dict[str, Any]:
+    return {}
+
+
+def _make_dumper(effect_type: type) -> ArgDumper:
+    fields = _arg_fields(effect_type)
+    if not fields:
+        return _no_args
+    getter: Callable[[Any], Any] = operator.attrgetter(*("_" + f for f in fields))
+    if len(fields) == 1:
+        (only,) = fields
+
+        def dump_one(effect: Any) -> dict[str, Any]:
+            v = getter(effect)
+            if type(v) in _PRIMITIVE:
+                return {only: v}
+            return _dump_slow(effect)
+
+        return dump_one
+
+    def dump_many(effect: Any) -> dict[str, Any]:
+        values = getter(effect)
+        for v in values:
+            if type(v) not in _PRIMITIVE:
+                return _dump_slow(effect)
+        return dict(zip(fields, values, strict=True))
+
+    return dump_many
+
+
+_dumpers: dict[type, ArgDumper] = {}
+
+
+def _dumper(effect_type: type) -> ArgDumper:
+    try:
+        return _dumpers[effect_type]
+    except KeyError:
+        dumper = _dumpers[effect_type] = _make_dumper(effect_type)
+        return dumper
+
+
+def dump_args(effect: Any) -> dict[str, Any]:
+    """The effect's arguments as JSON values; raises `SerializationError` naming the field."""
+    return _dumper(type(effect))(effect)
+
+
+_SHORT = 40
+
+
+def fingerprint(args: dict[str, Any]) -> str:
+    """A stable identity of an effect's JSON arguments: their compact JSON text when it is at
+    most 40 bytes (readable, and no hashing on the common path), else a 64-bit BLAKE2b of it
+    in hex."""
+    text = pydantic_core.to_json(args)
+    if len(text) <= _SHORT:
+        return text.decode()
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+class Codec:
+    """Dumps and loads values of one declared type."""
+
+    __slots__ = ("adapter", "kind", "tp")
+
+    def __init__(self, tp: Any) -> None:
+        self.tp = tp
+        if tp in _PRIMITIVE or tp is None:
+            self.kind = "primitive"
+            self.tp = type(None) if tp is None else tp
+        elif tp in _UNTYPED:
+            self.kind = "untyped"
+        else:
+            self.kind = "typed"
+        self.adapter: pydantic.TypeAdapter[Any] | None = None
+
+    def _adapt(self) -> pydantic.TypeAdapter[Any]:
+        if self.adapter is None:
+            self.adapter = pydantic.TypeAdapter(self.tp)
+        return self.adapter
+
+    def dump(self, value: Any, where: str) -> Any:
+        """`value` as JSON; raises `SerializationError` naming `where`."""
+        kind = self.kind
+        if kind == "primitive" and type(value) is self.tp:
+            return value if self.tp is not float or math.isfinite(value) else _no_json(where, value)
+        if kind == "untyped":
+            top = self.tp
+            if top in (tuple, set, frozenset) and type(value) is top:
+                items = list(value)
+                if _native(items):
+                    return items
+            elif (top is dict and type(value) is dict) or (top is list and type(value) is list):
+                if _native(value):
+                    return value
+            elif top not in (dict, list, tuple, set, frozenset) and _native(value):
+                return value
+            raise SerializationError(
+                f"{where}: {_describe(value)} is not plain JSON and the declared type "
+                f"({_type_repr(top)}) does not say how to rebuild it on replay; declare a precise "
+                "type (`Effect[T]`, a return annotation, `Yield(input=T)`, `state_type=T`)"
+            )
+        try:
+            return self._adapt().dump_python(value, mode="json", warnings="error")
+        except pydantic_core.PydanticSerializationError as err:
+            message = str(err)
+            if "Expected" in message:
+                raise SerializationError(
+                    f"{where}: {_describe(value)} does not match the declared type "
+                    f"{_type_repr(self.tp)}, so it could not be rebuilt on replay"
+                ) from None
+            raise SerializationError(f"{where}: cannot be stored as JSON: {message}") from None
+        except (TypeError, ValueError) as err:
+            raise SerializationError(f"{where}: cannot be stored as JSON: {err}") from None
+
+    def load(self, data: Any) -> Any:
+        """Rebuild a value from its JSON form (raises `pydantic.ValidationError`)."""
+        kind = self.kind
+        if kind == "primitive":
+            if type(data) is self.tp:
+                return data
+        elif kind == "untyped":
+            top = self.tp
+            if top in (tuple, set, frozenset):
+                return top(data)
+            return data
+        return self._adapt().validate_python(data)
+
+
+def _no_json(where: str, value: Any) -> NoReturn:
+    raise SerializationError(f"{where}: {value!r} has no JSON form")
+
+
+def _native(value: Any) -> bool:
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is list:
+        return all(_native(v) for v in value)
+    if t is dict:
+        return all(type(k) is str and _native(v) for k, v in value.items())
+    return False
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__qualname__})"
+
+
+def _type_repr(tp: Any) -> str:
+    if tp is Any:
+        return "Any"
+    if isinstance(tp, type):
+        return tp.__qualname__
+    return repr(tp)
+
+
+_codecs: dict[Any, Codec] = {}
+
+
+def codec(tp: Any) -> Codec:
+    """The codec of a declared type (cached: one TypeAdapter per type)."""
+    try:
+        return _codecs[tp]
+    except KeyError:
+        c = _codecs[tp] = Codec(tp)
+        return c
+    except TypeError:  # an unhashable annotation: build one each time
+        return Codec(tp)
+
+
+_declared: dict[type, Codec] = {}
+
+
+def _declared_codec(effect_type: type) -> Codec:
+    try:
+        return _declared[effect_type]
+    except KeyError:
+        c = _declared[effect_type] = codec(result_type(effect_type))
+        return c
+
+
+_call_returns: dict[Any, Codec] = {}
+
+
+def _call_codec(fn: Any) -> Codec:
+    key = getattr(fn, "__func__", fn)
+    try:
+        return _call_returns[key]
+    except KeyError:
+        pass
+    except TypeError:
+        return codec(Any)
+    try:
+        hints = typing.get_type_hints(key)
+    except Exception:
+        # Unresolvable annotations (forward references to names that do not exist at run
+        # time) leave the result untyped: plain JSON only.
+        hints = {}
+    c = codec(hints.get("return", Any))
+    try:
+        _call_returns[key] = c
+    except TypeError:
+        pass
+    return c
+
+
+def result_codec(effect: Any) -> Codec:
+    """The codec for an effect's result: its declared type, or the instance's own for `Yield`
+    (`input`) and `Call` (the function's return annotation)."""
+    t = type(effect)
+    if t is Yield:
+        return codec(effect._input) if effect._input is not None else _declared_codec(t)
+    if t is Call:
+        return _call_codec(effect._fn)
+    return _declared_codec(t)
+
+
+class EffectInfo:
+    """What recording needs to know about one effect type, computed once."""
+
+    __slots__ = ("codec", "dump_args", "name", "where")
+
+    def __init__(self, effect_type: type) -> None:
+        self.name = effect_name(effect_type)
+        self.where = f"{self.name}: result"
+        self.dump_args = _dumper(effect_type)
+        # None: the result type depends on the instance (Yield's input, Call's function).
+        self.codec: Codec | None = (
+            None if effect_type is Yield or effect_type is Call else _declared_codec(effect_type)
+        )
+
+
+_infos: dict[type, EffectInfo] = {}
+
+
+def effect_info(effect_type: type) -> EffectInfo:
+    """The cached `EffectInfo` of an effect type."""
+    try:
+        return _infos[effect_type]
+    except KeyError:
+        info = _infos[effect_type] = EffectInfo(effect_type)
+        return info
+
+
+def dump_result(effect: Effect[Any], value: Any) -> Any:
+    """An effect's result as JSON; raises `SerializationError` naming the effect."""
+    return result_codec(effect).dump(value, f"{effect_name(type(effect))}: result")
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def dump_error(err: BaseException) -> ErrorInfo:
+    """The recorded form of an exception."""
+    info: ErrorInfo = {"type": type_name(type(err)), "message": str(err)}
+    args = list(err.args)
+    if _native(args):
+        info["args"] = args
+    return info
+
+
+def _lookup(name: str) -> Any:
+    # Only modules already imported: replaying a log must never import code named by it.
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None:
+            obj: Any = module
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+                if obj is None:
+                    return None
+            return obj
+    return None
+
+
+def load_error(info: ErrorInfo) -> Exception:
+    """Rebuild a recorded exception: the class itself when it is a builtin or defined in an
+    imported module and accepts its recorded arguments, else a `ReplayedError`."""
+    cls = _lookup(info["type"])
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        args = info.get("args")
+        try:
+            err = cls(*args) if args is not None else cls(info["message"])
+        except Exception:
+            pass
+        else:
+            if isinstance(err, Exception):
+                return err
+    return ReplayedError(info["type"], info["message"])

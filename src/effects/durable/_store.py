@@ -1,0 +1,742 @@
+"""The SQL store of durable runs: engines, schema migration, and the transactions of a run.
+
+Every write is one transaction guarded by the run's revision (and, while a step runs, by the
+lease owner): `UPDATE ... WHERE id = ? AND revision = ?`. A writer that matches no row lost a
+race and gets `ConflictError`; nothing it meant to write is committed.
+
+SQLite runs in WAL mode with `BEGIN IMMEDIATE` for writes (the write lock is taken up front, so
+two writers queue on `busy_timeout` instead of failing on a lock upgrade), PostgreSQL at READ
+COMMITTED (a conditional UPDATE re-checks its WHERE clause after waiting for the row lock).
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import json
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+import aiosqlite
+import anyio
+import pydantic
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .._exceptions import ConfigurationError, ConflictError, LogError, RunNotFound
+from . import _schema as S
+from ._log import LogEntry
+
+# Taken (transaction-scoped) by every migrating process on PostgreSQL, so two processes that
+# open a fresh database at once do not both create the tables.
+_PG_MIGRATION_LOCK = 0x6566_6665_6374_73  # "effects"
+NOTIFY_CHANNEL = "effects_runs"
+"""PostgreSQL channel on which every committed change of a run is announced (`id:revision`)."""
+
+_SQLITE_DEFAULTS = {"journal_mode": "WAL", "synchronous": "NORMAL", "busy_timeout": "10000"}
+_SQLITE_CHOICES = {
+    "journal_mode": {"WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"},
+    "synchronous": {"OFF", "NORMAL", "FULL", "EXTRA"},
+}
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(slots=True)
+class RunRow:
+    """One row of the runs table, JSON columns still as text."""
+
+    id: str
+    name: str
+    version: int
+    args: str
+    status: str
+    prompt: str | None
+    input_schema: str | None
+    answer: str | None
+    result: str | None
+    error: str | None
+    revision: int
+    lease_owner: str | None
+    lease_expires: float | None
+    cancel_requested: bool
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> RunRow:
+        """Build from a selected row of the runs table."""
+        m = row._mapping
+        return cls(**{f: m[f] for f in _ROW_FIELDS})
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(RunRow))
+
+
+def create_engine(url: str | sa.URL, **options: Any) -> AsyncEngine:
+    """An async engine for a store URL: SQLite (aiosqlite) or PostgreSQL (asyncpg, psycopg).
+
+    A bare `sqlite://` or `postgresql://` URL gets the async driver. SQLite URLs may carry
+    `journal_mode`, `synchronous` and `busy_timeout` (milliseconds) in the query string.
+    """
+    u = sa.make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if u.drivername == "sqlite":
+            u = u.set(drivername="sqlite+aiosqlite")
+        pragmas = dict(_SQLITE_DEFAULTS)
+        for key in list(u.query):
+            if key in pragmas:
+                pragmas[key] = str(u.query[key]).upper()
+                u = u.difference_update_query([key])
+        for key, allowed in _SQLITE_CHOICES.items():
+            if pragmas[key] not in allowed:
+                raise ConfigurationError(
+                    f"SQLite {key}={pragmas[key]!r} is not one of {', '.join(sorted(allowed))}"
+                )
+        if not pragmas["busy_timeout"].isdigit():
+            raise ConfigurationError("SQLite busy_timeout must be a number of milliseconds")
+        engine = create_async_engine(u, **options)
+        _configure_sqlite(engine, pragmas)
+        return engine
+    if backend == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+asyncpg")
+        return create_async_engine(u, **options)
+    raise ConfigurationError(
+        f"unsupported store URL {u.render_as_string(hide_password=True)!r}: use "
+        "sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
+    )
+
+
+_sqlite_pragmas: weakref.WeakKeyDictionary[sa.Engine, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _apply_pragmas(dbapi_connection: Any, pragmas: dict[str, str]) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(pragmas['busy_timeout'])}")
+    cursor.execute(f"PRAGMA journal_mode={pragmas['journal_mode']}")
+    cursor.execute(f"PRAGMA synchronous={pragmas['synchronous']}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _configure_sqlite(engine: AsyncEngine, pragmas: dict[str, str]) -> None:
+    _sqlite_pragmas[engine.sync_engine] = pragmas
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # The sqlite3 module's own transaction handling issues BEGIN lazily (and not before
+        # DDL); turn it off and emit BEGIN ourselves, so every transaction is explicit.
+        dbapi_connection.isolation_level = None
+        _apply_pragmas(dbapi_connection, pragmas)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("effects_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class LogRows:
+    """Which entries of one run's log the store holds, so a checkpoint writes only the
+    difference: new entries, entries that left `pending`, and rows of pruned entries.
+
+    Entries that were written as done or failed never change again, so a checkpoint costs
+    O(new entries) plus a binary search, not O(log length).
+    """
+
+    __slots__ = ("last", "pending", "prefix", "seqs")
+
+    def __init__(self, run_id: str, stored: Iterable[LogEntry] = ()) -> None:
+        self.prefix = '{"run":' + json.dumps(run_id) + ","
+        self.seqs: list[int] = []
+        self.pending: set[int] = set()
+        for entry in stored:
+            self.seqs.append(entry.seq)
+            if entry.status == "pending":
+                self.pending.add(entry.seq)
+        self.last = self.seqs[-1] if self.seqs else -1
+
+    def encode(self, entry: LogEntry) -> str:
+        """The stored text of an entry: its JSON with the run id first."""
+        return self.prefix + entry.model_dump_json()[1:]
+
+    def diff(self, entries: Sequence[LogEntry]) -> LogDiff:
+        """What a checkpoint of `entries` (sorted by seq) must write."""
+        cut = bisect.bisect_right(entries, self.last, key=_seq)
+        inserts = [(e.seq, self.encode(e)) for e in entries[cut:]]
+        updates: list[tuple[int, str]] = []
+        for seq in self.pending:
+            i = bisect.bisect_left(entries, seq, 0, cut, key=_seq)
+            if i < cut and entries[i].seq == seq and entries[i].status != "pending":
+                updates.append((seq, self.encode(entries[i])))
+        deletes: list[int] = []
+        if cut != len(self.seqs):  # some stored entries are gone (loop pruning)
+            kept = {e.seq for e in entries[:cut]}
+            deletes = [s for s in self.seqs if s not in kept]
+        return LogDiff(self, entries, cut, inserts, updates, deletes)
+
+
+def _seq(entry: LogEntry) -> int:
+    return entry.seq
+
+
+class LogDiff:
+    """A pending change to a run's stored log; `applied()` records it once committed."""
+
+    __slots__ = ("cut", "deletes", "entries", "inserts", "rows", "updates")
+
+    def __init__(
+        self,
+        rows: LogRows,
+        entries: Sequence[LogEntry],
+        cut: int,
+        inserts: list[tuple[int, str]],
+        updates: list[tuple[int, str]],
+        deletes: list[int],
+    ) -> None:
+        self.rows = rows
+        self.entries = entries
+        self.cut = cut
+        self.inserts = inserts
+        self.updates = updates
+        self.deletes = deletes
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.updates or self.deletes)
+
+    def applied(self) -> None:
+        """The transaction committed: the store now holds exactly `entries`."""
+        rows = self.rows
+        if self.deletes:
+            rows.seqs = [e.seq for e in self.entries[: self.cut]]
+            rows.pending.difference_update(self.deletes)
+        for seq, _ in self.updates:
+            rows.pending.discard(seq)
+        for e in self.entries[self.cut :]:
+            rows.seqs.append(e.seq)
+            if e.status == "pending":
+                rows.pending.add(e.seq)
+        if self.entries:
+            rows.last = max(rows.last, self.entries[-1].seq)
+
+
+def decode_log(run_id: str, rows: Iterable[tuple[int, str]]) -> list[LogEntry]:
+    """Rebuild a run's entries from stored rows; a corrupted or foreign row is a `LogError`."""
+    prefix = '{"run":' + json.dumps(run_id) + ","
+    entries: list[LogEntry] = []
+    for seq, text in rows:
+        if text.startswith(prefix):
+            try:
+                entry = LogEntry.model_validate_json("{" + text[len(prefix) :])
+            except pydantic.ValidationError as err:
+                raise LogError(
+                    f"run {run_id!r}: log entry {seq} is corrupted: {_first(err)}"
+                ) from None
+        else:
+            entry = _decode_slow(run_id, seq, text)
+        if entry.seq != seq:
+            raise LogError(
+                f"run {run_id!r}: the log row numbered {seq} holds entry {entry.seq}; "
+                "the log was edited or copied from elsewhere"
+            )
+        entries.append(entry)
+    return entries
+
+
+def _decode_slow(run_id: str, seq: int, text: str) -> LogEntry:
+    # The fast path expects the text exactly as we wrote it; anything else is either the same
+    # data re-encoded by some tool (accepted), another run's entry or damage.
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise LogError(f"run {run_id!r}: log entry {seq} is corrupted: not JSON ({err})") from None
+    if not isinstance(data, dict) or "run" not in data:
+        raise LogError(
+            f"run {run_id!r}: log entry {seq} is corrupted: not a log entry of this library"
+        )
+    owner = data.pop("run")
+    if owner != run_id:
+        raise LogError(
+            f"run {run_id!r}: log entry {seq} belongs to run {owner!r}: "
+            "a foreign log was copied into this run"
+        )
+    try:
+        return LogEntry.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise LogError(f"run {run_id!r}: log entry {seq} is corrupted: {_first(err)}") from None
+
+
+def _first(err: pydantic.ValidationError) -> str:
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    more = err.error_count() - 1
+    return (f"{where}: " if where else "") + first["msg"] + (f" (and {more} more)" if more else "")
+
+
+class _SQLiteCheckpoints:
+    """Checkpoints on SQLite through one dedicated aiosqlite connection, outside SQLAlchemy.
+
+    Why: every statement through SQLAlchemy's aiosqlite adapter costs several round trips to
+    the connection's thread (cursor, execute, fetch, close), about 2 ms per checkpoint here,
+    while SQLite itself commits in WAL mode in ~35 us. On this connection the sqlite3 module
+    opens the transaction itself (`BEGIN IMMEDIATE` before the first UPDATE), so a checkpoint
+    is three round trips: the guarded UPDATE, the log rows, the commit. The statements are
+    compiled once from the Core tables of `_schema`, so there is still one definition.
+    """
+
+    def __init__(self, path: str, engine: AsyncEngine, pragmas: dict[str, str]) -> None:
+        self.path = path
+        self.dialect = engine.dialect
+        self.pragmas = pragmas
+        self.conn: aiosqlite.Connection | None = None
+        # One transaction at a time on the one connection (SQLite has one writer anyway).
+        self.lock = anyio.Lock()
+        self.updates: dict[frozenset[str], tuple[str, tuple[str, ...]]] = {}
+        self.insert = self._sql(S.log.insert())[0]
+        self.rewrite = self._sql(
+            S.log.update()
+            .where(S.log.c.run_id == sa.bindparam("r"), S.log.c.seq == sa.bindparam("s"))
+            .values(entry=sa.bindparam("e"))
+        )[0]
+        self.delete = self._sql(
+            S.log.delete().where(
+                S.log.c.run_id == sa.bindparam("r"), S.log.c.seq == sa.bindparam("s")
+            )
+        )[0]
+
+    def _sql(self, stmt: Any) -> tuple[str, tuple[str, ...]]:
+        compiled = stmt.compile(dialect=self.dialect)
+        return compiled.string, tuple(compiled.positiontup or ())
+
+    def _update(self, keys: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+        try:
+            return self.updates[keys]
+        except KeyError:
+            stmt = (
+                S.runs.update()
+                .where(
+                    S.runs.c.id == sa.bindparam("w_id"),
+                    S.runs.c.revision == sa.bindparam("w_revision"),
+                    S.runs.c.lease_owner == sa.bindparam("w_owner"),
+                )
+                .values({k: sa.bindparam(k) for k in sorted(keys)})
+                .returning(S.runs.c.cancel_requested)
+            )
+            compiled = self.updates[keys] = self._sql(stmt)
+            return compiled
+
+    async def _connect(self) -> aiosqlite.Connection:
+        if self.conn is None:
+            conn = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
+            try:
+                cursor = await conn.cursor()
+                for pragma in (
+                    f"busy_timeout={int(self.pragmas['busy_timeout'])}",
+                    f"synchronous={self.pragmas['synchronous']}",
+                    "foreign_keys=ON",
+                ):
+                    await cursor.execute(f"PRAGMA {pragma}")
+                await cursor.close()
+            except BaseException:
+                await conn.close()
+                raise
+            self.conn = conn
+        return self.conn
+
+    async def checkpoint(
+        self, run_id: str, revision: int, owner: str, values: dict[str, Any], log: LogDiff | None
+    ) -> bool | None:
+        """The checkpoint transaction; `None` if the guarded UPDATE matched no row."""
+        sql, names = self._update(frozenset(values))
+        params = {**values, "w_id": run_id, "w_revision": revision, "w_owner": owner}
+        async with self.lock:
+            conn = await self._connect()
+            try:
+                rows = await conn.execute_fetchall(sql, [params[n] for n in names])
+                if not rows:
+                    await conn.rollback()
+                    return None
+                if log is not None:
+                    if log.deletes:
+                        await conn.executemany(self.delete, [(run_id, s) for s in log.deletes])
+                    if log.updates:
+                        await conn.executemany(
+                            self.rewrite, [(text, run_id, s) for s, text in log.updates]
+                        )
+                    if log.inserts:
+                        await conn.executemany(
+                            self.insert, [(run_id, s, text) for s, text in log.inserts]
+                        )
+                await conn.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await conn.rollback()
+                raise
+            return bool(next(iter(rows))[0])
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.close()
+
+
+class Store:
+    """The durable store behind one URL. Open with `await Store.open(url)`; `aclose()` at the end.
+
+    All methods are one transaction each. Writes that lose a race raise `ConflictError`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._writer = engine.execution_options(effects_write=True)
+        self._reader = (
+            engine.execution_options(isolation_level="REPEATABLE READ")
+            if self.dialect == "postgresql"
+            else engine
+        )
+        self._fast: _SQLiteCheckpoints | None = None
+        pragmas = _sqlite_pragmas.get(engine.sync_engine)
+        database = engine.url.database
+        if (
+            pragmas is not None
+            and engine.dialect.driver == "aiosqlite"
+            and database
+            and database != ":memory:"
+            and not engine.url.query
+        ):
+            self._fast = _SQLiteCheckpoints(database, engine, pragmas)
+
+    @classmethod
+    async def open(cls, url: str | sa.URL, *, migrate: bool = True, **options: Any) -> Store:
+        """Connect to `url` and (by default) create or migrate the schema."""
+        store = cls(create_engine(url, **options))
+        try:
+            if migrate:
+                await store.migrate()
+            if store._fast is not None:
+                await store._fast._connect()
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        try:
+            if self._fast is not None:
+                await self._fast.aclose()
+        finally:
+            await self.engine.dispose()
+
+    @property
+    def url(self) -> str:
+        """The store URL without its password."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- schema ---------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Bring the schema to `SCHEMA_VERSION`; returns the version found before."""
+        async with self._writer.begin() as conn:
+            return await conn.run_sync(self._migrate)
+
+    def _migrate(self, conn: sa.Connection) -> int:
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        inspector = sa.inspect(conn)
+        now = _now()
+        if not inspector.has_table(S.schema_version.name):
+            if inspector.has_table(S.runs.name):
+                raise ConfigurationError(
+                    f"{self.url}: table {S.runs.name} exists without "
+                    f"{S.schema_version.name}; it was not created by this library"
+                )
+            S.metadata.create_all(conn)
+            conn.execute(
+                S.schema_version.insert(),
+                [{"version": S.SCHEMA_VERSION, "description": "created", "applied_at": now}],
+            )
+            return 0
+        current: int = conn.scalar(sa.select(sa.func.max(S.schema_version.c.version))) or 0
+        if current > S.SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{self.url}: the schema is at version {current}, newer than this library "
+                f"knows ({S.SCHEMA_VERSION}); upgrade the library"
+            )
+        for step in S.MIGRATIONS:
+            if step.version > current:
+                step.apply(conn)
+                conn.execute(
+                    S.schema_version.insert(),
+                    [{"version": step.version, "description": step.description, "applied_at": now}],
+                )
+        return current
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database (0 if none)."""
+        async with self._reader.connect() as conn:
+            if not await conn.run_sync(lambda c: sa.inspect(c).has_table(S.schema_version.name)):
+                return 0
+            return (await conn.scalar(sa.select(sa.func.max(S.schema_version.c.version)))) or 0
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._writer.begin() as conn:
+            yield conn
+
+    async def _notify(self, conn: AsyncConnection, run_id: str, revision: int) -> None:
+        if self.dialect == "postgresql":
+            # Delivered to listeners when (and only if) the transaction commits.
+            await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, f"{run_id}:{revision}")))
+
+    # -- runs -----------------------------------------------------------------------------
+
+    async def insert(self, row: RunRow) -> None:
+        """Create a run; `ConflictError` if the id is taken."""
+        try:
+            async with self._write() as conn:
+                await conn.execute(S.runs.insert(), [{f: getattr(row, f) for f in _ROW_FIELDS}])
+                await self._notify(conn, row.id, row.revision)
+        except IntegrityError:
+            raise ConflictError(f"a run with id {row.id!r} already exists") from None
+
+    async def get(self, run_id: str) -> RunRow:
+        """The run's row; `RunNotFound` if there is none."""
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return RunRow.from_row(row)
+
+    async def load(self, run_id: str) -> tuple[RunRow, list[LogEntry]]:
+        """The run's row and its log, read in one transaction."""
+        async with self._reader.begin() as conn:
+            row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            result = await conn.execute(
+                sa.select(S.log.c.seq, S.log.c.entry)
+                .where(S.log.c.run_id == run_id)
+                .order_by(S.log.c.seq)
+            )
+            texts = [(seq, text) for seq, text in result]
+        return RunRow.from_row(row), decode_log(run_id, texts)
+
+    async def list(
+        self,
+        *,
+        status: Sequence[str] = (),
+        name: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[RunRow]:
+        """Runs, oldest first (or newest first), optionally filtered."""
+        query = sa.select(S.runs)
+        if status:
+            query = query.where(S.runs.c.status.in_(list(status)))
+        if name is not None:
+            query = query.where(S.runs.c.name == name)
+        order = S.runs.c.created_at.desc() if newest_first else S.runs.c.created_at
+        query = query.order_by(order, S.runs.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._reader.connect() as conn:
+            return [RunRow.from_row(r) for r in await conn.execute(query)]
+
+    async def acquire(
+        self,
+        run_id: str,
+        *,
+        revision: int,
+        owner: str,
+        lease_until: float,
+        from_status: Sequence[str],
+        answer: str | None = None,
+        keep_answer: bool = False,
+        expired_before: float | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Take the run's lease and mark it running, if it is still at `revision` in one of
+        `from_status`; returns the new revision. `expired_before` additionally requires the
+        current lease to be gone, expired by then, or our own (recovery). `answer` is stored
+        for recovery unless `keep_answer` (recovery keeps the one already stored)."""
+        now = _now() if now is None else now
+        values: dict[str, Any] = {
+            "status": "running",
+            "revision": revision + 1,
+            "lease_owner": owner,
+            "lease_expires": lease_until,
+            "updated_at": now,
+        }
+        if not keep_answer:
+            values["answer"] = answer
+        stmt = (
+            S.runs.update()
+            .where(
+                S.runs.c.id == run_id,
+                S.runs.c.revision == revision,
+                S.runs.c.status.in_(list(from_status)),
+            )
+            .values(**values)
+        )
+        if expired_before is not None:
+            stmt = stmt.where(
+                sa.or_(
+                    S.runs.c.lease_owner.is_(None),
+                    S.runs.c.lease_owner == owner,
+                    S.runs.c.lease_expires < expired_before,
+                )
+            )
+        async with self._write() as conn:
+            if (await conn.execute(stmt)).rowcount != 1:
+                raise await self._conflict(conn, run_id, revision)
+            await self._notify(conn, run_id, revision + 1)
+        return revision + 1
+
+    async def checkpoint(
+        self,
+        run_id: str,
+        *,
+        revision: int,
+        owner: str,
+        changes: dict[str, Any],
+        log: LogDiff | None,
+    ) -> tuple[int, bool]:
+        """One checkpoint: the run row's `changes` (guarded by revision and lease owner) and
+        the log difference, in one transaction. Returns the new revision and whether a cancel
+        was requested meanwhile."""
+        values = {"revision": revision + 1, "updated_at": _now(), **changes}
+        if self._fast is not None:
+            cancel = await self._fast.checkpoint(run_id, revision, owner, values, log)
+            if cancel is None:
+                async with self._reader.connect() as conn:
+                    raise await self._conflict(conn, run_id, revision)
+            if log is not None:
+                log.applied()
+            return revision + 1, cancel
+        stmt = (
+            S.runs.update()
+            .where(
+                S.runs.c.id == run_id,
+                S.runs.c.revision == revision,
+                S.runs.c.lease_owner == owner,
+            )
+            .values(values)
+            .returning(S.runs.c.cancel_requested)
+        )
+        async with self._write() as conn:
+            # The guarded UPDATE goes first: a loser fails before writing anything, and on
+            # PostgreSQL it holds the row lock for the rest of the transaction.
+            cancel = (await conn.execute(stmt)).scalar()
+            if cancel is None:
+                raise await self._conflict(conn, run_id, revision)
+            if log is not None:
+                if log.deletes:
+                    await conn.execute(
+                        S.log.delete().where(S.log.c.run_id == run_id, S.log.c.seq.in_(log.deletes))
+                    )
+                if log.updates:
+                    await conn.execute(
+                        S.log.update()
+                        .where(
+                            S.log.c.run_id == sa.bindparam("r"),
+                            S.log.c.seq == sa.bindparam("s"),
+                        )
+                        .values(entry=sa.bindparam("e")),
+                        [{"r": run_id, "s": s, "e": text} for s, text in log.updates],
+                    )
+                if log.inserts:
+                    await conn.execute(
+                        S.log.insert(),
+                        [{"run_id": run_id, "seq": s, "entry": text} for s, text in log.inserts],
+                    )
+            await self._notify(conn, run_id, revision + 1)
+        if log is not None:
+            log.applied()
+        return revision + 1, bool(cancel)
+
+    async def renew(self, owner: str, run_ids: Sequence[str], lease_until: float) -> None:
+        """Extend the lease of runs this owner still holds (no revision change)."""
+        if not run_ids:
+            return
+        async with self._write() as conn:
+            await conn.execute(
+                S.runs.update()
+                .where(
+                    S.runs.c.id.in_(list(run_ids)),
+                    S.runs.c.lease_owner == owner,
+                    S.runs.c.status == "running",
+                )
+                .values(lease_expires=lease_until)
+            )
+
+    async def release(self, run_id: str, *, revision: int, owner: str) -> bool:
+        """Give up the lease of a running run without changing its state (the step was
+        stopped, as in a crash); `recover()` anywhere may continue it at once."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                S.runs.update()
+                .where(
+                    S.runs.c.id == run_id,
+                    S.runs.c.revision == revision,
+                    S.runs.c.lease_owner == owner,
+                )
+                .values(lease_owner=None, lease_expires=None)
+            )
+            return result.rowcount == 1
+
+    async def request_cancel(self, run_id: str) -> RunRow:
+        """Flag a running run for cancellation by whichever process runs its step."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                S.runs.update()
+                .where(S.runs.c.id == run_id, S.runs.c.status == "running")
+                .values(cancel_requested=True)
+            )
+            row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            if result.rowcount:
+                await self._notify(conn, run_id, row.revision)
+        return RunRow.from_row(row)
+
+    async def recoverable(self, owner: str, now: float) -> builtins.list[RunRow]:
+        """Running runs whose step has no live owner: the lease is ours (a previous life of
+        this process), absent, or expired."""
+        query = (
+            sa.select(S.runs)
+            .where(
+                S.runs.c.status == "running",
+                sa.or_(
+                    S.runs.c.lease_owner.is_(None),
+                    S.runs.c.lease_owner == owner,
+                    S.runs.c.lease_expires < now,
+                ),
+            )
+            .order_by(S.runs.c.created_at, S.runs.c.id)
+        )
+        async with self._reader.connect() as conn:
+            return [RunRow.from_row(r) for r in await conn.execute(query)]
+
+    async def _conflict(self, conn: AsyncConnection, run_id: str, revision: int) -> Exception:
+        row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
+        if row is None:
+            return RunNotFound(f"no run with id {run_id!r}")
+        m = row._mapping
+        holder = f", leased by {m['lease_owner']}" if m["lease_owner"] else ""
+        return ConflictError(
+            f"run {run_id!r} was changed by another task or process: expected revision "
+            f"{revision}, found revision {m['revision']} ({m['status']}{holder})"
+        )

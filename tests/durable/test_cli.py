@@ -1,0 +1,145 @@
+"""`python -m effects runs list|show|resume|cancel`, run as a subprocess against a real store."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+
+from effects.durable import DurableRunner, Run
+from effects.durable._cli import main
+
+WORKERS = Path(__file__).parent / "workers"
+
+
+@pytest.fixture
+def flows(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(WORKERS))
+    return importlib.import_module("crash_flows")
+
+
+@pytest.fixture
+def store(tmp_path: Path, flows: ModuleType) -> tuple[str, list[Run]]:
+    """A store with a suspended run of 4 steps and a finished one."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+
+    async def setup() -> list[Run]:
+        async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
+            waiting = await runner.start(flows.flow(4, counter), run_id="waiting")
+            done = await runner.start(flows.charge_flow(counter), run_id="paid")
+            return [waiting, done]
+
+    return db, anyio.run(setup, backend="asyncio")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKERS), *sys.path])}
+    return subprocess.run(
+        [sys.executable, "-m", "effects", "runs", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_list(store: tuple[str, list[Run]]) -> None:
+    """`list` prints a table of runs; `--status` filters; `--json` is machine-readable."""
+    db, _ = store
+    done = cli("list", "--db", db)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "V", "STATUS", "REV", "UPDATED", "(UTC)"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        ["waiting", "crash.flow", "1", "suspended"],
+        ["paid", "crash.charge", "1", "done"],
+    ]
+    done = cli("list", "--db", db, "--status", "done", "--json")
+    assert done.returncode == 0, done.stderr
+    [run] = json.loads(done.stdout)
+    assert (run["id"], run["status"], run["result"]) == ("paid", "done", 10)
+
+
+def test_show(store: tuple[str, list[Run]]) -> None:
+    """`show` prints the run and its log, one readable line per entry."""
+    db, _ = store
+    done = cli("show", "waiting", "--db", db)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "status   suspended (revision" in out
+    assert 'prompt   {"ask":"bonus","after":1}' in out
+    assert "input    integer" in out
+    assert "log (5 entries)" in out
+    assert '    1  done     Call(fn="crash_flows.side_effect"' in out
+    assert out.rstrip().splitlines()[-1].startswith("    4  pending  Yield(value=")
+
+    done = cli("show", "paid", "--db", db, "--json")
+    data = json.loads(done.stdout)
+    assert data["run"]["result"] == 10
+    assert [e["status"] for e in data["log"]["entries"]] == ["done", "done"]
+
+
+def test_resume_and_cancel(store: tuple[str, list[Run]], flows: ModuleType, tmp_path: Path) -> None:
+    """`resume` answers with a JSON value and runs the step; `cancel` cancels; invalid input
+    fails without changing the run."""
+    db, [waiting, _] = store
+    code = ("--import", "crash_flows", "--handlers", "crash_flows:HANDLERS")
+    unknown = cli("resume", "waiting", "100", "--db", db)
+    assert unknown.returncode == 1
+    assert "no computation registered as 'crash.flow'" in unknown.stderr
+    bad = cli("resume", "waiting", '"many"', "--db", db, *code)
+    assert bad.returncode == 1
+    assert "invalid input for int" in bad.stderr
+    done = cli("resume", "waiting", "100", "--db", db, *code, "--json")
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert (run["status"], run["result"]) == ("done", 0 + 1 + 100 + 2 + 3)
+    assert run["revision"] > waiting.revision
+
+    async def another() -> str:
+        async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
+            return (await runner.start(flows.flow(2, str(tmp_path / "counter.db")))).id
+
+    run_id = anyio.run(another, backend="asyncio")
+    done = cli("cancel", run_id, "--db", db, "--reason", "not needed", *code)
+    assert done.returncode == 0, done.stderr
+    assert "status   cancelled" in done.stdout
+    assert 'reason   "not needed"' in done.stdout
+
+
+def test_errors_exit_with_status_1(store: tuple[str, list[Run]], tmp_path: Path) -> None:
+    """Unknown runs, bad values, missing stores and unknown code are reported, not raised."""
+    db, _ = store
+    for args, message in [
+        (["show", "nope", "--db", db], "RunNotFound: no run with id 'nope'"),
+        (["resume", "waiting", "not json", "--db", db], "VALUE must be JSON"),
+        (["list", "--db", f"sqlite+aiosqlite:///{tmp_path / 'missing.db'}"], "no store at"),
+        (["cancel", "waiting", "--db", db, "--handlers", "nowhere"], "expected MODULE:NAME"),
+    ]:
+        err = io.StringIO()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "stderr", err)
+            assert main(["runs", *args], out=io.StringIO()) == 1, args
+        assert message in err.getvalue(), (args, err.getvalue())
+
+
+def test_help_and_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--help` works; a missing command is a usage error (status 2)."""
+    done = cli("--help")
+    assert done.returncode == 0
+    assert "resume" in done.stdout
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with pytest.raises(SystemExit) as caught:
+        main(["runs"])
+    assert caught.value.code == 2

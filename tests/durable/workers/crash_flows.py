@@ -1,0 +1,101 @@
+"""Computations of the crash, PostgreSQL and CLI tests, shared by the test process and the
+worker processes (both import this module by the same name, so the logged effects match).
+
+Side effects go to a separate SQLite "counter" file: `attempts` gets a row for every time an
+effect's function ran, `applied` one row per idempotency key (the effect made idempotent the
+documented way). `KILL_AT` (set only in worker processes) makes the process SIGKILL itself at a
+named point: `before:N` (effect N about to run), `after:N` (effect N done, not checkpointed),
+`charge` (inside the at-most-once effect, after its write-ahead checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import Generator
+from contextlib import closing
+from typing import Any
+
+from effects import Call, Effect, Fresh, Yield, computation, handler
+from effects.durable import at_most_once, idempotency_key
+
+KILL_AT: str | None = None
+
+
+def _hook(point: str) -> None:
+    if KILL_AT == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init_counter(path: str) -> None:
+    """Create the counter tables."""
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT NOT NULL, i INTEGER NOT NULL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS applied (key TEXT PRIMARY KEY, i INTEGER, token TEXT)"
+        )
+
+
+def read_counter(path: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(attempts, applied) rows as (key, i), in insertion order."""
+    with closing(sqlite3.connect(path)) as db:
+        attempts = db.execute("SELECT key, i FROM attempts ORDER BY rowid").fetchall()
+        applied = db.execute("SELECT key, i FROM applied ORDER BY rowid").fetchall()
+    return attempts, applied
+
+
+def side_effect(counter: str, i: int, token: str) -> int:
+    """An external effect, idempotent through the idempotency key."""
+    key = idempotency_key()
+    _hook(f"before:{i}")
+    with closing(sqlite3.connect(counter)) as db, db:
+        db.execute("INSERT INTO attempts (key, i) VALUES (?, ?)", (key, i))
+        db.execute(
+            "INSERT OR IGNORE INTO applied (key, i, token) VALUES (?, ?, ?)", (key, i, token)
+        )
+    _hook(f"after:{i}")
+    return i
+
+
+@computation(name="crash.flow", version=1)
+def flow(steps: int, counter: str) -> Generator[Any, Any, int]:
+    """`steps` external effects, each after an in-memory one (a fresh uuid), with a Yield for
+    a bonus after the first half."""
+    total = 0
+    for i in range(steps):
+        token = yield Fresh.uuid()
+        total += yield Call(side_effect, counter, i, str(token))
+        if i == steps // 2 - 1:
+            bonus: int = yield Yield({"ask": "bonus", "after": i}, input=int)
+            total += bonus
+    return total
+
+
+@at_most_once
+class Charge(Effect[int]):
+    """Charge a card: must never happen twice, so it is at-most-once."""
+
+    counter: str
+    amount: int
+
+
+def _charge(effect: Charge) -> int:
+    with closing(sqlite3.connect(effect.counter)) as db, db:
+        db.execute("INSERT INTO attempts (key, i) VALUES (?, ?)", ("charge", effect.amount))
+    _hook("charge")
+    return effect.amount
+
+
+charges = handler({Charge: _charge}, name="charges", external=True)
+
+
+@computation(name="crash.charge", version=1)
+def charge_flow(counter: str) -> Generator[Any, Any, int]:
+    """An at-least-once effect, then an at-most-once charge."""
+    yield Call(side_effect, counter, 0, "t")
+    paid: int = yield Charge(counter, 10)
+    return paid
+
+
+HANDLERS = (Fresh(), charges)

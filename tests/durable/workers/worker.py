@@ -1,0 +1,76 @@
+"""A worker process for the durable tests: one action on one run, then a JSON line on stdout.
+
+    python worker.py --db URL --action start|resume|recover [--kill-at POINT] ...
+
+`--kill-at` makes the process SIGKILL itself at that point (see crash_flows), so a test can
+stop it at an exact place without any timing. `run(argv)` is the same as a function, for
+workers forked from a fork server that has this module imported already.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import anyio
+import crash_flows
+
+from effects import ConflictError, EffectsError
+from effects.durable import DurableRunner
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    async with DurableRunner(args.db, handlers=crash_flows.HANDLERS, owner=args.owner) as runner:
+        try:
+            if args.action == "start":
+                comp = (
+                    crash_flows.charge_flow(args.counter)
+                    if args.flow == "charge"
+                    else crash_flows.flow(args.steps, args.counter)
+                )
+                run = await runner.start(comp, run_id=args.run_id)
+                if args.answer is not None and run.status == "suspended":
+                    run = await runner.resume(run.id, json.loads(args.answer))
+            elif args.action == "resume":
+                if args.ready:
+                    # Tell the parent we are up, then wait for its go: both workers then
+                    # race for the same revision.
+                    print("ready", flush=True)
+                    sys.stdin.readline()
+                run = await runner.resume(
+                    args.run_id, json.loads(args.answer), revision=args.revision
+                )
+            else:
+                runs = await runner.recover()
+                return {"recovered": [r.id for r in runs]}
+        except ConflictError as err:
+            return {"conflict": str(err)}
+        except EffectsError as err:
+            return {"error": type(err).__name__, "message": str(err)}
+        return {"status": run.status.value, "revision": run.revision, "id": run.id}
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """Parse `argv`, do the action, return the report (also the target of forked workers)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--action", choices=["start", "resume", "recover"], required=True)
+    parser.add_argument("--flow", choices=["flow", "charge"], default="flow")
+    parser.add_argument("--counter", default="")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--run-id")
+    parser.add_argument("--answer")
+    parser.add_argument("--revision", type=int)
+    parser.add_argument("--owner", default="worker")
+    parser.add_argument("--kill-at")
+    parser.add_argument("--ready", action="store_true")
+    options = parser.parse_args(argv)
+    crash_flows.KILL_AT = options.kill_at
+    report: dict[str, Any] = anyio.run(main, options, backend="asyncio")
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1:])), flush=True)
