@@ -188,6 +188,7 @@ class Run:
         "cancel_reason",
         "cancelling",
         "frames",
+        "discard_on_interrupt",
         "interrupt_reason",
         "unwound",
     )
@@ -202,6 +203,10 @@ class Run:
         # computation's cleanup sees. `unwound` is the outcome of that unwinding.
         self.interrupt_reason: Any = None
         self.unwound: Outcome | None = None
+        # Durable runs treat a cancellation nobody asked for (the process shutting down) as a
+        # crash: the log is the truth and recovery continues the run, so cleanup must not run
+        # (and perform effects) now. Such runs are discarded instead of unwound.
+        self.discard_on_interrupt = False
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -363,6 +368,9 @@ class Run:
                     value, exc = await out.awaitable, None
                 except anyio.get_cancelled_exc_class():
                     reason = self.interrupt_reason
+                    if reason is None and self.discard_on_interrupt:
+                        self.discard()
+                        raise
                     if reason is None:
                         reason = "cancelled by the task group"
                     with anyio.CancelScope(shield=True):

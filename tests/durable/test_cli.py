@@ -124,6 +124,7 @@ def test_errors_exit_with_status_1(store: tuple[str, list[Run]], tmp_path: Path)
     for args, message in [
         (["show", "nope", "--db", db], "RunNotFound: no run with id 'nope'"),
         (["resume", "waiting", "not json", "--db", db], "VALUE must be JSON"),
+        (["resume", "waiting", "1", "--db", db], "MissingHandlerError: no handler for"),
         (["list", "--db", f"sqlite+aiosqlite:///{tmp_path / 'missing.db'}"], "no store at"),
         (["cancel", "waiting", "--db", db, "--handlers", "nowhere"], "expected MODULE:NAME"),
     ]:

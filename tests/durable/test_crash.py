@@ -156,6 +156,24 @@ async def test_recover_of_an_interrupted_at_most_once_effect_fails_the_run(
     assert [k for k, _ in attempts].count("charge") == 1
 
 
+async def test_recover_finishes_an_interrupted_cancellation(
+    tmp_path: Path, flows: ModuleType, forked: Callable[..., None]
+) -> None:
+    """Killed while a cancellation's cleanup runs, the run is not resumed as if nothing had
+    happened: recovery completes the cancellation, and the cleanup effect is applied once."""
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    forked("--db", url(tmp_path), "--counter", counter, "--run-id", "x1", "--owner", "w1",
+           "--action", "cancel", "--flow", "cleanup", "--kill-at", "before:99")  # fmt: skip
+    async with DurableRunner(url(tmp_path), handlers=flows.HANDLERS, owner="w1") as runner:
+        stopped = await runner.get("x1")
+        assert (stopped.status, stopped.cancel_requested) == (RunStatus.RUNNING, True)
+        [run] = await runner.recover()
+        assert run.status is RunStatus.CANCELLED
+    _, applied = flows.read_counter(counter)
+    assert [i for _, i in applied] == [0, 99]
+
+
 async def test_at_most_once_effect_completes_normally_without_a_crash(
     tmp_path: Path, flows: ModuleType
 ) -> None:

@@ -598,6 +598,23 @@ async def test_subscription_ends_when_the_run_finishes(db: str) -> None:
                 pass
 
 
+async def test_closing_ends_waiting_subscriptions(db: str) -> None:
+    """A reader waiting for the next snapshot stops when its subscription or the runner is
+    closed."""
+    async with runner(db) as r:
+        run = await r.start(wizard(1))
+        sub = r.subscribe(run.id)
+        assert (await sub.__anext__()).status is RunStatus.SUSPENDED
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sub.aclose)
+            with pytest.raises(StopAsyncIteration):
+                await sub.__anext__()
+        other = r.subscribe(run.id)
+        await other.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await other.__anext__()
+
+
 async def test_leaving_the_runner_waits_for_background_steps(db: str) -> None:
     """Like a task group, the runner's block waits for steps started with wait=False."""
     GATES["g"] = anyio.Event()
@@ -631,9 +648,9 @@ async def test_an_interrupted_runner_hands_its_runs_to_recovery(db: str) -> None
         GATES["g"].set()
         [recovered] = await b.recover()
         assert recovered.prompt == "more?"
-    # The cleanup ran when the step was stopped, but was not recorded: the log shows only
-    # the run's normal path.
-    assert RECORD == ["cleanup", "gate g", "after gate"]
+    # Stopping the runner is a crash, not a cancel: the step's cleanup effects did not run
+    # (they would have run twice), and the log shows only the run's normal path.
+    assert RECORD == ["gate g", "after gate"]
 
 
 def test_the_runner_needs_asyncio(db: str) -> None:

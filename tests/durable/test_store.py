@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from effects import ConfigurationError, ConflictError, LogError, RunNotFound
 from effects.durable import _schema
 from effects.durable._log import LogEntry, make_entry
-from effects.durable._store import LogRows, RunRow, Store, decode_log
+from effects.durable._store import LogRows, RunRow, Store, create_engine, decode_log
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +86,20 @@ async def test_sqlite_runs_in_wal_mode_with_url_options(tmp_path: Path) -> None:
         finally:
             await store.aclose()
         assert (sync, mode) == expected
+
+
+async def test_bare_urls_get_the_async_drivers(tmp_path: Path) -> None:
+    """`sqlite:///` means aiosqlite, `postgresql://` asyncpg."""
+    store = await Store.open(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        assert store.engine.dialect.driver == "aiosqlite"
+    finally:
+        await store.aclose()
+    engine = create_engine("postgresql://user@127.0.0.1/db")
+    try:
+        assert engine.dialect.driver == "asyncpg"
+    finally:
+        await engine.dispose()
 
 
 async def test_bad_urls_and_options_are_configuration_errors(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from ._effects import Checkpoint, at_most_once, idempotency_key
 from ._log import ErrorInfo, Log, LogEntry
 from ._logger import EffectLogger
 from ._loop import LoopDone, durable_loop
-from ._runner import DurableRunner, Run, RunStatus, Subscription
+from ._run import Run, RunStatus, Subscription
+from ._runner import DurableRunner
 from ._serialize import ReplayedError
 from ._versioning import Patched, patched
 

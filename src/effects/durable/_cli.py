@@ -32,7 +32,8 @@ from .._exceptions import ConfigurationError, EffectsError, InvalidInput
 from .._handler import Handler, Stack
 from .._outcome import Done, Suspend, Throw
 from ._log import Log, LogEntry
-from ._runner import DEFAULT_URL, DurableRunner, Run, RunStatus
+from ._run import Run, RunStatus
+from ._runner import DEFAULT_URL, DurableRunner
 
 _WIDTH = 100
 

@@ -22,9 +22,8 @@ import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final
 
@@ -39,6 +38,7 @@ from .._exceptions import (
     DivergenceError,
     InvalidInput,
     LogError,
+    MissingHandlerError,
     ResumeError,
     RunNotFound,
     SerializationError,
@@ -51,63 +51,13 @@ from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._log import Log, make_log
 from ._logger import EffectLogger
+from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
 from ._serialize import codec, dump_error, load_error
 from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
 
 logger = logging.getLogger("effects.durable")
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///runs.db"
-
-
-class RunStatus(StrEnum):
-    """Where a durable run is. `RUNNING` means a step holds (or held, if its process died) the
-    run's lease; the last three are final."""
-
-    RUNNING = "running"
-    SUSPENDED = "suspended"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINAL_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED})
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """A snapshot of a durable run, as committed to the store.
-
-    `outcome` is what the run is at: a `Suspend` report while it waits for input (`value` is the
-    prompt as JSON, `input` the JSON schema of the expected answer or `None`; resume through
-    the runner), `Done(result)` (rebuilt through the computation's return type when the
-    computation is registered in this process), `Throw(error)`, `Cancelled(reason)`, or `None`
-    while a step runs. From the call that ran the step, `Done` and `Throw` carry the very value
-    and exception (with its traceback); read back later, the error is rebuilt from its type and
-    message, and `error` holds the stored form (type, message, traceback text).
-    """
-
-    id: str
-    name: str
-    version: int
-    status: RunStatus
-    outcome: Outcome | None
-    revision: int
-    created_at: datetime
-    updated_at: datetime
-    args: dict[str, Any]
-    error: dict[str, Any] | None = None
-    lease_owner: str | None = None
-    cancel_requested: bool = False
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run is done, failed or cancelled."""
-        return self.status in FINAL_STATUSES
-
-    @property
-    def prompt(self) -> Any:
-        """The pending prompt of a suspended run (else `None`)."""
-        return self.outcome.value if type(self.outcome) is Suspend else None
 
 
 class _StepStopped(BaseException):
@@ -152,6 +102,9 @@ class _Step:
     def cancel(self, reason: Any) -> None:
         if not self.cancelling:
             self.cancelling, self.cancel_reason = True, reason
+        if self.interp is not None:
+            # A requested cancel unwinds the computation (cleanup runs and is recorded).
+            self.interp.interrupt_reason = self.cancel_reason
         if self.scope is not None:
             self.scope.cancel()
 
@@ -172,65 +125,6 @@ class _Checkpoints(Handler):
 
     def __repr__(self) -> str:
         return f"DurableRunner.checkpoints({self.step.row.id!r})"
-
-
-class Subscription:
-    """Follows one run: an async iterator of `Run` snapshots, the current one first, then one
-    per committed change, ending after a final status. A slow reader skips intermediate
-    snapshots (it always gets the newest). Use it as `async with runner.subscribe(id) as runs`
-    or iterate it directly (then `aclose()` it if you stop early)."""
-
-    def __init__(self, runner: DurableRunner, run_id: str) -> None:
-        self._runner = runner
-        self.run_id = run_id
-        self._latest: Run | None = None
-        self._seen = -1
-        self._changed = anyio.Event()
-        self._fetched = False
-        self._closed = False
-        runner._subscribers.setdefault(run_id, set()).add(self)
-
-    def _offer(self, run: Run) -> None:
-        if self._latest is None or run.revision > self._latest.revision:
-            self._latest = run
-            self._changed.set()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Run:
-        if self._closed:
-            raise StopAsyncIteration
-        if not self._fetched:
-            self._fetched = True
-            try:
-                self._offer(await self._runner.get(self.run_id))
-            except BaseException:
-                await self.aclose()
-                raise
-        while self._latest is None or self._latest.revision <= self._seen:
-            await self._changed.wait()
-            self._changed = anyio.Event()
-        run = self._latest
-        self._seen = run.revision
-        if run.finished:
-            await self.aclose()
-        return run
-
-    async def aclose(self) -> None:
-        """Stop following the run."""
-        self._closed = True
-        subs = self._runner._subscribers.get(self.run_id)
-        if subs is not None:
-            subs.discard(self)
-            if not subs:
-                del self._runner._subscribers[self.run_id]
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 def _default_owner() -> str:
@@ -336,6 +230,9 @@ class DurableRunner:
             # Otherwise (an error, a cancellation) steps in flight stop as in a crash: their
             # runs stay `running` and `recover()` continues them from their last checkpoint.
             tg.cancel_scope.cancel()
+            for subs in builtins.list(self._subscribers.values()):
+                for sub in builtins.list(subs):
+                    sub._close()
             try:
                 # The body's own exception propagates as itself (not in an ExceptionGroup):
                 # the group only holds the runner's tasks, which catch their errors.
@@ -392,6 +289,11 @@ class DurableRunner:
             created_at=now,
             updated_at=now,
         )
+        step = _Step(row, LogRows(run_id), sig)
+        # Built before the row exists: a handler that fails to install leaves nothing behind.
+        interp = self._interpreter(
+            step, comp, function, make_log(function.name, function.version, run_id, [])
+        )
         try:
             with anyio.CancelScope(shield=True):
                 await store.insert(row)
@@ -402,11 +304,8 @@ class DurableRunner:
             raise ConflictError(
                 f"run id {run_id!r} is taken by another run ({existing.name} with other arguments)"
             ) from None
-        step = _Step(row, LogRows(run_id), sig)
         step.leased = True
         self._publish(row)
-        log = make_log(function.name, function.version, run_id, [])
-        interp = self._interpreter(step, comp, function, log)
         return await self._launch(step, lambda: interp.adrive(None, None), wait)
 
     async def resume(
@@ -456,7 +355,9 @@ class DurableRunner:
             return self._to_run(await self.store.request_cancel(run_id))
         step, suspend = await self._cold(run_id, row.revision, "cancel")
         try:
-            await self._acquire(step, ("suspended",))
+            # Flagged in the same transaction: if this process dies during the cleanup,
+            # recovery finishes the cancellation instead of continuing the run.
+            await self._acquire(step, ("suspended",), cancel=True)
         except BaseException:
             self._drop(step)
             raise
@@ -537,6 +438,8 @@ class DurableRunner:
         interp = _Interpreter(
             with_handler(comp, effect_logger), (_Checkpoints(self, step), *self.handlers)
         )
+        # A cancellation that was not requested (shutdown) is a crash, not a cancel.
+        interp.discard_on_interrupt = True
         step.interp = interp
         return interp
 
@@ -572,7 +475,7 @@ class DurableRunner:
             if step.failure is not None:
                 raise step.failure
             if type(outcome) is Throw:
-                raise outcome.error
+                raise _replay_error(outcome.error)
             if type(outcome) is not Suspend:
                 raise LogError(
                     f"run {run_id!r} is stored as suspended but its log does not end at a "
@@ -590,7 +493,12 @@ class DurableRunner:
         step.done.set()
 
     async def _acquire(
-        self, step: _Step, from_status: Sequence[str], *, answer: str | None = None
+        self,
+        step: _Step,
+        from_status: Sequence[str],
+        *,
+        answer: str | None = None,
+        cancel: bool = False,
     ) -> None:
         row = step.row
         now = time.time()
@@ -603,6 +511,7 @@ class DurableRunner:
                 lease_until=lease_until,
                 from_status=from_status,
                 answer=answer,
+                cancel=cancel,
                 now=now,
             )
         step.row = replace(
@@ -612,6 +521,7 @@ class DurableRunner:
             lease_owner=self.owner,
             lease_expires=lease_until,
             answer=answer,
+            cancel_requested=cancel or row.cancel_requested,
             updated_at=now,
         )
         step.leased = True
@@ -630,6 +540,9 @@ class DurableRunner:
             sig = signature(function)
             comp = sig.load_args(row.id, row.args)
             step = _Step(row, LogRows(row.id, entries), sig)
+            log = make_log(row.name, row.version, row.id, entries)
+            interp = self._interpreter(step, comp, function, log)
+            answer = json.loads(row.answer) if row.answer is not None else None
             now = time.time()
             lease_until = now + self.lease
             with anyio.CancelScope(shield=True):
@@ -660,9 +573,6 @@ class DurableRunner:
         elif row.cancel_requested:
             step.cancelling, step.cancel_reason = True, "cancel requested"
         self._publish(step.row)
-        log = make_log(row.name, row.version, row.id, entries)
-        interp = self._interpreter(step, comp, function, log)
-        answer = json.loads(row.answer) if row.answer is not None else None
         has_answer = row.answer is not None
 
         async def drive() -> Outcome:
@@ -710,7 +620,7 @@ class DurableRunner:
             with anyio.CancelScope() as scope:
                 step.scope = scope
                 if step.cancelling:
-                    scope.cancel()
+                    step.cancel(step.cancel_reason)
                 outcome = await drive()
             step.scope = None
             if step.failure is not None:
@@ -826,7 +736,7 @@ class DurableRunner:
             error = outcome.error
             if recovering and isinstance(error, DivergenceError | LogError):
                 # The code deployed cannot continue this run; leave it for a fixed deployment.
-                raise error
+                raise _replay_error(error)
             changes.update(status=RunStatus.FAILED.value, error=_error_json(error))
         else:
             assert type(outcome) is Cancelled
@@ -937,6 +847,14 @@ class DurableRunner:
             self._publish(await self.store.get(run_id))
         except Exception as err:
             logger.warning("run %s: could not read a change: %s", run_id, err)
+
+
+def _replay_error(err: BaseException) -> BaseException:
+    # A handler missing in this process makes the replay raise where the recording process
+    # got an answer, which the logger then reports as a divergence: name the real cause.
+    if isinstance(err, DivergenceError) and isinstance(err.__context__, MissingHandlerError):
+        return err.__context__
+    return err
 
 
 def _placeholder_row(run_id: str) -> RunRow:

@@ -565,13 +565,15 @@ class Store:
         from_status: Sequence[str],
         answer: str | None = None,
         keep_answer: bool = False,
+        cancel: bool = False,
         expired_before: float | None = None,
         now: float | None = None,
     ) -> int:
         """Take the run's lease and mark it running, if it is still at `revision` in one of
         `from_status`; returns the new revision. `expired_before` additionally requires the
         current lease to be gone, expired by then, or our own (recovery). `answer` is stored
-        for recovery unless `keep_answer` (recovery keeps the one already stored)."""
+        for recovery unless `keep_answer` (recovery keeps the one already stored); `cancel`
+        flags the run for cancellation in the same transaction."""
         now = _now() if now is None else now
         values: dict[str, Any] = {
             "status": "running",
@@ -582,6 +584,8 @@ class Store:
         }
         if not keep_answer:
             values["answer"] = answer
+        if cancel:
+            values["cancel_requested"] = True
         stmt = (
             S.runs.update()
             .where(

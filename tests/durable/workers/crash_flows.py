@@ -98,4 +98,15 @@ def charge_flow(counter: str) -> Generator[Any, Any, int]:
     return paid
 
 
+@computation(name="crash.cleanup", version=1)
+def cleanup_flow(counter: str) -> Generator[Any, Any, int]:
+    """Waits for an answer; its cleanup is an external effect (number 99)."""
+    try:
+        yield Call(side_effect, counter, 0, "t")
+        answer: int = yield Yield("wait", input=int)
+        return answer
+    finally:
+        yield Call(side_effect, counter, 99, "cleanup")
+
+
 HANDLERS = (Fresh(), charges)
