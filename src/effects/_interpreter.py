@@ -187,8 +187,8 @@ class Run:
         "__weakref__",
         "cancel_reason",
         "cancelling",
-        "frames",
         "discard_on_interrupt",
+        "frames",
         "interrupt_reason",
         "unwound",
     )
