@@ -1,1 +1,1 @@
-"""Bridges."""
+"""UI bridges for `effects` computations. `bridges.live` is the Starlette live bridge."""

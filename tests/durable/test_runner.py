@@ -23,6 +23,7 @@ from effects import (
     Done,
     Effect,
     Fresh,
+    Handler,
     InvalidInput,
     LogError,
     ResumeError,
@@ -40,6 +41,7 @@ from effects.durable import (
     Run,
     RunStatus,
     at_most_once,
+    current_run_id,
     durable_loop,
     idempotency_key,
     patched,
@@ -668,3 +670,34 @@ async def test_the_runner_is_used_inside_async_with(db: str) -> None:
     """Calls outside the `async with` block fail clearly."""
     with pytest.raises(ConfigurationError, match="async with"):
         await runner(db).get("x")
+
+
+async def test_handlers_learn_their_run_id_also_when_recovered(db: str) -> None:
+    """current_run_id() names the run a handler is installed for: on start, resume and in
+    steps that recover() continues (which no request started)."""
+    seen: list[str | None] = []
+
+    class Spy(Handler):
+        def install(self) -> Spy:
+            seen.append(current_run_id())
+            return self
+
+    GATES["r"] = anyio.Event()
+
+    async def interrupted() -> str:
+        async with DurableRunner(db, handlers=[Spy()], owner="a") as a:
+            run = await a.start(gated("r"), wait=False)
+            async with a.subscribe(run.id) as updates:
+                await updates.__anext__()
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await interrupted()
+    [run_id] = {s for s in seen if s is not None}
+    seen.clear()
+    async with DurableRunner(db, handlers=[Spy()], owner="b") as b:
+        GATES["r"].set()
+        [recovered] = await b.recover()
+    assert recovered.id == run_id
+    assert seen == [run_id]
+    assert current_run_id() is None

@@ -15,7 +15,7 @@ from ._log import ErrorInfo, Log, LogEntry
 from ._logger import EffectLogger
 from ._loop import LoopDone, durable_loop
 from ._run import Run, RunStatus, Subscription
-from ._runner import DurableRunner
+from ._runner import DurableRunner, current_run_id
 from ._serialize import ReplayedError
 from ._versioning import Patched, patched
 
@@ -24,6 +24,7 @@ __all__ = (
     "Run",
     "RunStatus",
     "Subscription",
+    "current_run_id",
     "EffectLogger",
     "Log",
     "LogEntry",

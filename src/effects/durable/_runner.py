@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import json
 import logging
 import os
@@ -107,6 +108,18 @@ class _Step:
             self.interp.interrupt_reason = self.cancel_reason
         if self.scope is not None:
             self.scope.cancel()
+
+
+_current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "effects_durable_current_run", default=None
+)
+
+
+def current_run_id() -> str | None:
+    """The id of the durable run whose handlers are being installed (call it from
+    `Handler.install`): lets a handler passed to `DurableRunner(handlers=...)` know which run
+    each installation serves. None outside a `DurableRunner`."""
+    return _current_run.get()
 
 
 class _Checkpoints(Handler):
@@ -435,9 +448,15 @@ class DurableRunner:
             computation=function,
             on_log=step.set_log,
         )
-        interp = _Interpreter(
-            with_handler(comp, effect_logger), (_Checkpoints(self, step), *self.handlers)
-        )
+        # Handlers are installed while the interpreter is built: `current_run_id()` tells them
+        # which run they serve, whichever task (a request, recover()) started the step.
+        token = _current_run.set(step.row.id)
+        try:
+            interp = _Interpreter(
+                with_handler(comp, effect_logger), (_Checkpoints(self, step), *self.handlers)
+            )
+        finally:
+            _current_run.reset(token)
         # A cancellation that was not requested (shutdown) is a crash, not a cancel.
         interp.discard_on_interrupt = True
         step.interp = interp

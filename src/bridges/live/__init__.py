@@ -1,0 +1,62 @@
+"""The live bridge: Starlette pages that project a run's state as regions.
+
+A page is a set of `id`-keyed regions, each a pure function of its view's state and stamped with
+the revision at which it last changed. The page is served as full HTML (it works without
+JavaScript), kept current over Server-Sent Events (or an optional WebSocket) with a snapshot on
+every connect and patches after, and commanded with POSTs that carry a CSRF token and an
+idempotency key. See docs/live/protocol.md for the wire format.
+
+- `wizard_app(computation, secret=..., url=...)`: each `Yield` of a durable computation is a
+  page with a generated form; `progress_app(...)`: long work with task trees, progress bars and
+  output, shared by every visitor; `run_app(...)` returns the `LiveApp` behind both.
+- `LiveApp` + `LiveView` (mount / handle_event / handle_info / render) for pages of your own.
+"""
+
+from ._app import LiveApp
+from ._forms import Form, FormField, Option, build_form, parse_form
+from ._page import Page
+from ._regions import Projection, Region
+from ._runs import (
+    IndexView,
+    Prompt,
+    RunChanged,
+    RunsConfig,
+    RunView,
+    TasksChanged,
+    progress_app,
+    run_app,
+    wizard_app,
+)
+from ._session import Session
+from ._tasks_view import TasksHub
+from ._view import Event, LiveView, NotFound, Reply
+
+__all__ = (
+    # apps for durable runs
+    "wizard_app",
+    "progress_app",
+    "run_app",
+    "RunView",
+    "IndexView",
+    "RunsConfig",
+    "Prompt",
+    "RunChanged",
+    "TasksChanged",
+    "TasksHub",
+    # pages of your own
+    "LiveApp",
+    "LiveView",
+    "Page",
+    "Event",
+    "Reply",
+    "NotFound",
+    "Session",
+    # building blocks
+    "Projection",
+    "Region",
+    "Form",
+    "FormField",
+    "Option",
+    "build_form",
+    "parse_form",
+)

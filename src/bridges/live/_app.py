@@ -1,0 +1,416 @@
+"""`LiveApp`: the Starlette application that serves live pages.
+
+For every page path `P` it serves:
+
+- `GET P`: the whole document, server-rendered;
+- `POST P`: a command (form fields `_csrf`, `_event`, `_key` + the event's fields); answers
+  303 back to the page (or to the reply's redirect), or JSON when the request says
+  `X-Live: 1`;
+- `GET P/_live/sse`: the Server-Sent Events stream (a snapshot, then patches and pings);
+- `WS P/_live/ws`: the optional WebSocket carrying the same envelopes both ways;
+
+plus the client at `/_live/static/live.js`. See docs/live/protocol.md for the wire format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jinja2
+from anyio.abc import TaskGroup
+from starlette.applications import Starlette
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ._page import Page, Pages
+from ._session import Session, Sessions, same_origin
+from ._stream import parse_last_event_id, sse
+from ._view import Event, LiveView, NotFound, Reply
+
+log = logging.getLogger("bridges.live")
+
+HERE = Path(__file__).parent
+SSE_SUFFIX = "/_live/sse"
+WS_SUFFIX = "/_live/ws"
+
+DEFAULT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+"""The Content-Security-Policy of live pages: the bridge's own script and styles only."""
+
+ViewFactory = Callable[[], LiveView]
+Lifespan = Callable[["LiveApp"], AbstractAsyncContextManager[Any]]
+
+
+def _route_path(conn: HTTPConnection) -> str:
+    path: str = conn.scope["path"]
+    root: str = conn.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _json_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # pydantic's error context may hold exception objects: keep what a client can use.
+    return [
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ]
+
+
+def make_templates(template_dirs: Sequence[str | Path] = ()) -> jinja2.Environment:
+    """The Jinja environment: the app's own directories first, then the bridge's templates.
+    Autoescaping is on for every template, whatever its name."""
+    loader = jinja2.ChoiceLoader(
+        [
+            jinja2.FileSystemLoader([str(d) for d in template_dirs]),
+            jinja2.FileSystemLoader(str(HERE / "templates")),
+        ]
+    )
+    return jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
+class LiveApp:
+    """Serves `LiveView`s as live pages; `build()` returns the Starlette app.
+
+    ::
+
+        live = LiveApp(secret=SECRET)
+        live.page("/", CounterView)
+        app = live.build()
+
+    Options: `title` (default document title), `template_dirs` (searched before the bridge's
+    own templates, so any of them can be overridden), `throttle` (seconds between two renders
+    of a page driven by messages), `settle` (how long a command sent without JavaScript may
+    wait for its effect before the 303, so that the next page already shows it), `heartbeat`
+    (seconds between pings on an idle stream), `noscript_refresh` (seconds between reloads of
+    a busy page without JavaScript), `page_ttl` and `max_pages` (eviction of idle pages),
+    `allowed_origins` (other origins trusted for WebSockets and POSTs), `https_only` (secure
+    cookie), `websocket` (serve `P/_live/ws`), `csp` (the Content-Security-Policy of pages;
+    None sends none) and `lifespan`: `lifespan(live_app)`, an async context manager entered
+    at start-up (before any page) and left at shutdown (after every page).
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | bytes,
+        title: str = "",
+        template_dirs: Sequence[str | Path] = (),
+        throttle: float = 0.05,
+        settle: float = 2.0,
+        heartbeat: float = 15.0,
+        noscript_refresh: int = 2,
+        page_ttl: float = 600.0,
+        max_pages: int = 10_000,
+        allowed_origins: Sequence[str] = (),
+        https_only: bool = False,
+        websocket: bool = True,
+        lifespan: Lifespan | None = None,
+        csp: str | None = DEFAULT_CSP,
+        debug: bool = False,
+    ) -> None:
+        self.sessions = Sessions(secret, https_only=https_only)
+        self.title = title
+        self.templates = make_templates(template_dirs)
+        self.throttle = throttle
+        self.settle = settle
+        self.heartbeat = heartbeat
+        self.noscript_refresh = noscript_refresh
+        self.page_ttl = page_ttl
+        self.max_pages = max_pages
+        self.allowed_origins = frozenset(allowed_origins)
+        self.websocket = websocket
+        self.debug = debug
+        self.headers = {
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin",
+            **({"Content-Security-Policy": csp} if csp else {}),
+        }
+        self.pages = Pages(self)
+        self.state: dict[str, Any] = {}
+        self._lifespans: list[Lifespan] = [lifespan] if lifespan is not None else []
+        self._routes: list[BaseRoute] = []
+        self._tg: TaskGroup | None = None
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def page(self, path: str, view: ViewFactory) -> None:
+        """Serve the view made by `view()` at `path` (Starlette path syntax: `/runs/{id}`)."""
+        base = path.rstrip("/")
+        self._routes.append(
+            Route(path, self._page_endpoint(view), methods=["GET", "POST"], name=None)
+        )
+        self._routes.append(Route(base + SSE_SUFFIX, self._sse_endpoint(view)))
+        if self.websocket:
+            self._routes.append(WebSocketRoute(base + WS_SUFFIX, self._ws_endpoint(view)))
+
+    def route(self, route: BaseRoute) -> None:
+        """Add a plain Starlette route."""
+        self._routes.append(route)
+
+    def add_lifespan(self, lifespan: Lifespan) -> None:
+        """Enter `lifespan(live_app)` at start-up, after the ones added before."""
+        self._lifespans.append(lifespan)
+
+    @property
+    def task_group(self) -> TaskGroup:
+        """The app's task group (pages live in it); only while the app runs."""
+        if self._tg is None:
+            raise RuntimeError("the live app is not running (its lifespan has not started)")
+        return self._tg
+
+    def build(self) -> Starlette:
+        """The Starlette application."""
+        routes = [
+            Mount("/_live/static", StaticFiles(directory=HERE / "static"), name="live-static"),
+            *self._routes,
+        ]
+        return Starlette(debug=self.debug, routes=routes, lifespan=self._lifespan)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for lifespan in self._lifespans:
+                await stack.enter_async_context(lifespan(self))
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._janitor)
+                try:
+                    yield
+                finally:
+                    self.pages.close_all()
+                    tg.cancel_scope.cancel()
+                    self._tg = None
+
+    async def _janitor(self) -> None:
+        interval = max(1.0, self.page_ttl / 4) if math.isfinite(self.page_ttl) else math.inf
+        while True:
+            await anyio.sleep(interval)
+            self.pages.evict_idle(self.page_ttl)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def _open(
+        self, conn: HTTPConnection, session: Session, view: ViewFactory, path: str
+    ) -> Page:
+        try:
+            return await self.pages.open(
+                session,
+                path,
+                conn.path_params,
+                dict(conn.query_params),
+                view,
+                conn.scope.get("root_path", ""),
+            )
+        except NotFound:
+            raise HTTPException(404) from None
+
+    def _page_endpoint(self, view: ViewFactory) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            if request.method == "POST":
+                return await self._post(request, view)
+            session = self.sessions.load_or_create(request)
+            fresh = (session.id, _route_path(request)) not in self.pages
+            page = await self._open(request, session, view, _route_path(request))
+            await (page.flush() if fresh else page.reload())
+            response = HTMLResponse(page.document(), headers=self.headers)
+            self.sessions.save(response, session)
+            return response
+
+        return endpoint
+
+    async def _post(self, request: Request, view: ViewFactory) -> Response:
+        session = self.sessions.load(request)
+        if session is None or not same_origin(request, self.allowed_origins):
+            return Response("forbidden: no session or a foreign origin", status_code=403)
+        form = await request.form()
+        token = form.get("_csrf") or request.headers.get("x-csrf-token")
+        if not self.sessions.check_csrf(session, token if isinstance(token, str) else None):
+            return Response("forbidden: missing or invalid CSRF token", status_code=403)
+        page = await self._open(request, session, view, _route_path(request))
+        live = request.headers.get("x-live") == "1"
+        # Only a browser without JavaScript waits for the command's effect: it is about to
+        # load a page. A live client gets the effect over its stream as soon as it happens.
+        reply = await self._command(page, _event_from_form(form), settle=not live)
+        if live:
+            return JSONResponse(
+                self._reply_envelope(page, reply), status_code=200 if reply.ok else 422
+            )
+        return RedirectResponse(reply.redirect or page.action, status_code=303)
+
+    async def _command(self, page: Page, event: Event, *, settle: bool) -> Reply:
+        reply = await page.command(event)
+        if settle and reply.settle is not None and self.settle > 0:
+            with anyio.move_on_after(self.settle):
+                await reply.settle.wait()
+        await page.flush()
+        return reply
+
+    def _reply_envelope(self, page: Page, reply: Reply) -> dict[str, Any]:
+        return page.projection.envelope(
+            "reply",
+            ok=reply.ok,
+            duplicate=reply.duplicate,
+            errors=_json_errors(reply.errors),
+            redirect=reply.redirect,
+            busy=page.busy,
+        )
+
+    async def _open_stream(
+        self, conn: HTTPConnection, view: ViewFactory, suffix: str
+    ) -> tuple[Page, int | None]:
+        session = self.sessions.load(conn)
+        if session is None:
+            raise HTTPException(404)
+        path = _route_path(conn)[: -len(suffix)] or "/"
+        page = await self._open(conn, session, view, path)
+        last = parse_last_event_id(
+            conn.headers.get("last-event-id") or conn.query_params.get("last_event_id")
+        )
+        await page.flush()
+        return page, last
+
+    def _sse_endpoint(self, view: ViewFactory) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            page, last = await self._open_stream(request, view, SSE_SUFFIX)
+            conn = page.connect(last)
+
+            async def events() -> AsyncIterator[bytes]:
+                try:
+                    yield b"retry: 1000\n\n"
+                    proj = page.projection
+                    snapshot = proj.envelope("snapshot", busy=page.busy, heartbeat=self.heartbeat)
+                    yield sse("snapshot", snapshot, proj.revision)
+                    while not conn.closed:
+                        ids = await conn.changes(self.heartbeat)
+                        if conn.closed:
+                            break
+                        if ids is None:
+                            yield sse("ping", {"type": "ping", "revision": proj.revision})
+                            continue
+                        proj = page.projection
+                        ids_now = [i for i in ids if i in proj]
+                        patch = proj.envelope("patch", ids_now, busy=page.busy)
+                        yield sse("patch", patch, proj.revision)
+                finally:
+                    page.disconnect(conn)
+
+            return StreamingResponse(
+                events(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+
+        return endpoint
+
+    def _ws_endpoint(self, view: ViewFactory) -> Callable[[WebSocket], Any]:
+        async def endpoint(websocket: WebSocket) -> None:
+            # The Origin check comes first: browsers attach cookies to cross-site WebSocket
+            # handshakes, and a WebSocket carries no CSRF token of its own.
+            if not same_origin(websocket, self.allowed_origins):
+                await websocket.close(code=1008)
+                return
+            session = self.sessions.load(websocket)
+            if session is None:
+                await websocket.close(code=1008)
+                return
+            try:
+                page, last = await self._open_stream(websocket, view, WS_SUFFIX)
+            except HTTPException:
+                await websocket.close(code=4404)
+                return
+            await websocket.accept()
+            conn = page.connect(last)
+            send_lock = anyio.Lock()
+
+            async def send(data: dict[str, Any]) -> None:
+                async with send_lock:
+                    await websocket.send_text(json.dumps(data, separators=(",", ":")))
+
+            async def sender() -> None:
+                proj = page.projection
+                await send(proj.envelope("snapshot", busy=page.busy, heartbeat=self.heartbeat))
+                while not conn.closed:
+                    ids = await conn.changes(self.heartbeat)
+                    if conn.closed:
+                        break
+                    proj = page.projection
+                    if ids is None:
+                        await send({"type": "ping", "revision": proj.revision})
+                    else:
+                        ids_now = [i for i in ids if i in proj]
+                        await send(proj.envelope("patch", ids_now, busy=page.busy))
+
+            async def receiver() -> None:
+                while True:
+                    try:
+                        message = await websocket.receive_json()
+                    except (WebSocketDisconnect, json.JSONDecodeError, KeyError):
+                        return
+                    await send(await self._ws_command(page, session, message))
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(sender)
+                    await receiver()
+                    tg.cancel_scope.cancel()
+            except WebSocketDisconnect:
+                pass
+            finally:
+                page.disconnect(conn)
+
+        return endpoint
+
+    async def _ws_command(self, page: Page, session: Session, message: Any) -> dict[str, Any]:
+        ref = message.get("ref") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or message.get("type") != "event":
+            return {"type": "error", "ref": ref, "msg": "expected an event envelope"}
+        if not self.sessions.check_csrf(session, message.get("csrf")):
+            return {"type": "error", "ref": ref, "msg": "missing or invalid CSRF token"}
+        raw = message.get("params") or {}
+        params = {
+            str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in raw.items()
+        }
+        event = Event(str(message.get("event", "")), params, str(message.get("key", "")))
+        reply = await self._command(page, event, settle=False)
+        return {**self._reply_envelope(page, reply), "ref": ref}
+
+
+def _event_from_form(form: FormData) -> Event:
+    params: dict[str, list[str]] = {}
+    for name in form.keys():
+        if name.startswith("_"):
+            continue
+        params[name] = [v for v in form.getlist(name) if isinstance(v, str)]
+    event = form.get("_event")
+    key = form.get("_key")
+    return Event(
+        event if isinstance(event, str) else "",
+        params,
+        key if isinstance(key, str) else "",
+    )

@@ -1,0 +1,708 @@
+"""The ready-made views that bind durable runs to pages, and the apps built from them.
+
+`RunView` shows one run at `/runs/{run_id}`: a suspended run renders its prompt with a form
+generated from the `Yield`'s input (or a template chosen for that step), a running one its
+progress, a failed one an alert, a cancelled or finished one its state. `IndexView` at `/`
+starts runs and lists them. `wizard_app` and `progress_app` assemble both with a
+`DurableRunner` into a Starlette app.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pydantic
+from markupsafe import Markup
+from starlette.applications import Starlette
+
+from effects import (
+    Comp,
+    ComputationFunction,
+    ConflictError,
+    Handler,
+    InvalidInput,
+    ResumeError,
+    RunNotFound,
+    Stack,
+)
+from effects._std.tasks import TaskSnapshot
+from effects.durable import DurableRunner, Run
+
+from ._app import LiveApp
+from ._forms import Form, build_form, parse_form, validation_errors
+from ._page import Page
+from ._session import Session
+from ._tasks_view import TasksHub, acting_on, progress_of, task_context
+from ._view import Event, LiveView, NotFound, Reply
+
+log = logging.getLogger("bridges.live")
+
+Authorize = Callable[[Session, Run], "bool | Awaitable[bool]"]
+"""`authorize(session, run)`: may this session (not the run's owner) act on the run?"""
+
+DEFAULT_URL = "sqlite+aiosqlite:///runs.db"
+_CANCEL_RETRIES = 20  # a cancel meeting a step being set up retries, a bounded number of times
+
+
+# -- messages the views receive -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunChanged:
+    """`handle_info` message: a committed snapshot of the run."""
+
+    run: Run
+
+
+@dataclass(frozen=True, slots=True)
+class TasksChanged:
+    """`handle_info` message: the run's task tree changed."""
+
+    run_id: str
+    tasks: TaskSnapshot
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Prompt:
+    """A suspended run's prompt, as templates see it. The `Yield` value may be a string (the
+    title) or a dict with `title`, `text`, `submit` (the button) and `template` (the step's
+    template); anything else is shown as text."""
+
+    value: Any
+    title: str
+    text: str | None = None
+    submit: str = "Continue"
+    template: str | None = None
+
+    @classmethod
+    def of(cls, value: Any) -> Prompt:
+        """Read a prompt from a `Yield` value (as stored: JSON)."""
+        if value is None:
+            return cls(value, "Your answer")
+        if isinstance(value, str):
+            return cls(value, value)
+        if isinstance(value, dict):
+            title = (
+                value.get("title") or value.get("question") or value.get("prompt") or "Your answer"
+            )
+            text = value.get("text") or value.get("description")
+            template = value.get("template")
+            return cls(
+                value,
+                str(title),
+                str(text) if text is not None else None,
+                str(value.get("submit") or "Continue"),
+                str(template) if template else None,
+            )
+        return cls(value, str(value))
+
+
+@dataclass(slots=True)
+class RunsConfig:
+    """What the run views share: the computation, the runner, the hub and the options."""
+
+    computation: ComputationFunction[..., Any] | Comp[Any]
+    hub: TasksHub
+    shared: bool = False
+    authorize: Authorize | None = None
+    templates: dict[str, str] = field(default_factory=dict)
+    start_input: type[pydantic.BaseModel] | None = None
+    runner: DurableRunner | None = None
+    list_limit: int = 50
+    output_limit: int = 200
+
+    @property
+    def name(self) -> str:
+        """The computation's registered name (runs of other computations are not shown)."""
+        return self.computation.name
+
+    def the_runner(self) -> DurableRunner:
+        """The app's runner (only while the app runs)."""
+        if self.runner is None:
+            raise RuntimeError("the run app's DurableRunner is not open (lifespan not started)")
+        return self.runner
+
+    def make(self, answers: pydantic.BaseModel | None) -> Comp[Any]:
+        """The `Comp` to start, with the start form's answers as keyword arguments."""
+        comp = self.computation
+        if isinstance(comp, Comp):
+            return comp
+        if answers is None:
+            return comp()
+        return comp(**{name: getattr(answers, name) for name in type(answers).model_fields})
+
+    async def allowed(self, session: Session, run: Run) -> bool:
+        """Whether `session` may act on `run` (answer, cancel): its owner, or authorized."""
+        if session.owns(run.id):
+            return True
+        if self.authorize is None:
+            return False
+        verdict = self.authorize(session, run)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return bool(verdict)
+
+
+def _error_text(run: Run) -> str:
+    if run.error:
+        kind = str(run.error.get("type", "")).rsplit(".", 1)[-1]
+        message = str(run.error.get("message", ""))
+        return f"{kind}: {message}" if kind and message else kind or message
+    outcome = run.outcome
+    error = getattr(outcome, "error", None)
+    if error is not None:
+        return f"{type(error).__name__}: {error}"
+    return "the run failed"
+
+
+# -- the run page ---------------------------------------------------------------------------
+
+
+class RunView(LiveView):
+    """One durable run as a page, at a path with a `{run_id}` parameter.
+
+    Regions: `status` (a polite live region), `main` (the step's form, the running notice,
+    the result, the alert or the cancelled state), `tasks` (the task tree with progress bars),
+    `output` (output lines) and `controls` (the cancel button, shown only to those allowed to
+    cancel while the run can be cancelled). Events: `answer` (the form; its key is the step's
+    revision, so an answer to a step that is no longer current is a no-op) and `cancel`.
+    """
+
+    region_attrs: ClassVar[Mapping[str, Mapping[str, str]]] = {
+        "status": {"role": "status", "aria-live": "polite", "aria-atomic": "true"},
+        "output": {"aria-live": "off"},
+    }
+
+    def __init__(self, config: RunsConfig) -> None:
+        self.config = config
+        self.run: Run | None = None
+        self.tasks: TaskSnapshot | None = None
+        self.allowed = False
+        self.values: dict[str, list[str]] | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.notice: str | None = None
+        self._waiters: list[tuple[int, anyio.Event]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def mount(self, page: Page) -> None:
+        run_id = str(page.params.get("run_id", ""))
+        if not run_id or (not self.config.shared and not page.session.owns(run_id)):
+            raise NotFound(run_id)
+        try:
+            run = await self.config.the_runner().get(run_id)
+        except RunNotFound:
+            raise NotFound(run_id) from None
+        if run.name != self.config.name:
+            raise NotFound(run_id)
+        self.run = run
+        self.allowed = await self.config.allowed(page.session, run)
+        self.tasks = self.config.hub.latest(run_id)
+        page.spawn(self._follow, page, run_id)
+
+    async def _follow(self, page: Page, run_id: str) -> None:
+        stop = self.config.hub.listen(
+            run_id, lambda rid, snap: page.send_info(TasksChanged(rid, snap), key="tasks")
+        )
+        try:
+            async with self.config.the_runner().subscribe(run_id) as runs:
+                status = None
+                async for run in runs:
+                    # A step that ends shows at once; checkpoints while it runs are throttled.
+                    page.send_info(RunChanged(run), key="run", urgent=run.status != status)
+                    status = run.status
+            await anyio.sleep_forever()  # finished: only task snapshots may still come
+        finally:
+            stop()
+
+    async def refresh(self, page: Page) -> None:
+        assert self.run is not None
+        try:
+            self._take(await self.config.the_runner().get(self.run.id))
+        except RunNotFound:
+            pass
+
+    async def handle_info(self, message: Any, page: Page) -> None:
+        if isinstance(message, RunChanged):
+            self._take(message.run)
+        elif isinstance(message, TasksChanged):
+            self.tasks = message.tasks
+
+    def _release_waiters(self, done: Callable[[int], bool]) -> None:
+        keep = []
+        for revision, event in self._waiters:
+            if done(revision):
+                event.set()
+            else:
+                keep.append((revision, event))
+        self._waiters = keep
+
+    def _take(self, run: Run) -> None:
+        old = self.run
+        if old is not None and run.revision < old.revision:
+            return  # older than the snapshot shown
+        if old is not None and run.revision != old.revision:
+            # The run moved: the previous step's answer, errors and notice no longer apply.
+            self.values, self.errors, self.notice = None, [], None
+        self.run = run
+        if run.status != "running":
+            self._release_waiters(lambda revision: run.revision > revision)
+
+    def _settle_after(self, revision: int) -> anyio.Event:
+        event = anyio.Event()
+        self._waiters.append((revision, event))
+        return event
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def handle_event(self, event: Event, page: Page) -> Reply | None:
+        if event.name == "answer":
+            return await self._answer(event, page)
+        if event.name == "cancel":
+            return await self._cancel(page)
+        return await super().handle_event(event, page)
+
+    async def _answer(self, event: Event, page: Page) -> Reply:
+        run = self.run
+        assert run is not None
+        if not self.allowed:
+            return Reply(ok=False, errors=[{"loc": (), "msg": "you may not answer this run"}])
+        try:
+            revision = int(event.key.rpartition(":")[2])
+        except ValueError:
+            return Reply(ok=False, errors=[{"loc": (), "msg": "the form has no valid step key"}])
+        if run.status != "suspended" or run.revision != revision:
+            return self._stale()
+        schema = getattr(run.outcome, "input", None)
+        answer = parse_form(schema, event.params) if schema else None
+        runner = self.config.the_runner()
+        try:
+            with acting_on(run.id):
+                new = await runner.resume(run.id, answer, revision=revision, wait=False)
+        except InvalidInput as err:
+            self.values = {k: list(v) for k, v in event.params.items()}
+            self.errors = list(err.errors)
+            return Reply(ok=False, errors=self.errors)
+        except (ConflictError, ResumeError):
+            self._take(await runner.get(run.id))
+            return self._stale()
+        self.values, self.errors, self.notice = None, [], None
+        self._take(new)
+        return Reply(settle=self._settle_after(new.revision))
+
+    def _stale(self) -> Reply:
+        self.notice = "That step was already answered; this is where the run is now."
+        return Reply(duplicate=True)
+
+    async def _cancel(self, page: Page) -> Reply:
+        run = self.run
+        assert run is not None
+        if not self.allowed:
+            return Reply(ok=False, errors=[{"loc": (), "msg": "you may not cancel this run"}])
+        if run.finished:
+            return Reply(duplicate=True)
+        settle = anyio.Event()
+        page.spawn(self._do_cancel, page, run.id, settle)
+        self.notice = "Cancelling…"
+        return Reply(settle=settle)
+
+    async def _do_cancel(self, page: Page, run_id: str, settle: anyio.Event) -> None:
+        runner = self.config.the_runner()
+        try:
+            for _ in range(_CANCEL_RETRIES):
+                try:
+                    with acting_on(run_id):
+                        run = await runner.cancel(run_id, "cancelled from the page")
+                    break
+                except ConflictError:
+                    # A step is being set up or torn down right now: try again once it is.
+                    await anyio.sleep(0.05)
+            else:
+                run = await runner.get(run_id)
+            page.send_info(RunChanged(run), key="run")
+            await page.flush()
+        finally:
+            settle.set()
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def busy(self, page: Page) -> bool:
+        return self.run is not None and self.run.status == "running"
+
+    def title(self, page: Page) -> str:
+        run = self.run
+        if run is not None and run.status == "suspended":
+            prompt = Prompt.of(run.prompt)
+            return f"{prompt.title} — {page.app.title}" if page.app.title else prompt.title
+        return page.app.title or "Run"
+
+    def render(self, page: Page) -> Mapping[str, str]:
+        run = self.run
+        assert run is not None
+        tasks = task_context(self.tasks, self.config.output_limit)
+        return {
+            "status": self._status(page, run),
+            "main": self._main(page, run),
+            "tasks": page.render_template("live/tasks.html", **tasks),
+            "output": page.render_template("live/output.html", **tasks),
+            "controls": page.render_template(
+                "live/controls.html",
+                can_cancel=self.allowed and not run.finished,
+                cancel_key=f"cancel:{run.id}",
+                shared=self.config.shared,
+                owner=page.session.owns(run.id),
+                run=run,
+            ),
+        }
+
+    def _status(self, page: Page, run: Run) -> Markup:
+        status = str(run.status)
+        if status == "running":
+            text = "Cancelling…" if run.cancel_requested else "Working…"
+        elif status == "suspended":
+            text = "Waiting for your answer." if self.allowed else "Waiting for the owner's answer."
+        elif status == "done":
+            text = "Finished."
+        elif status == "failed":
+            text = "Failed."
+        else:
+            text = "Cancelled."
+        return page.render_template(
+            "live/run_status.html", status=status, text=text, notice=self.notice, run=run
+        )
+
+    def _template(self, key: str, default: str) -> str:
+        return self.config.templates.get(key, default)
+
+    def _main(self, page: Page, run: Run) -> Markup:
+        status = str(run.status)
+        outcome = run.outcome
+        if status == "suspended":
+            prompt = Prompt.of(run.prompt)
+            schema = getattr(outcome, "input", None)
+            form = build_form(schema, self.values, self.errors) if schema else Form([])
+            template = (
+                prompt.template
+                or (form.title and self.config.templates.get(form.title))
+                or self._template("step", "live/step.html")
+            )
+            return page.render_template(
+                template,
+                run=run,
+                prompt=prompt,
+                form=form,
+                key=f"answer:{run.revision}",
+                readonly=not self.allowed,
+            )
+        if status == "running":
+            return page.render_template(self._template("running", "live/run_running.html"), run=run)
+        if status == "done":
+            result = getattr(outcome, "value", None)
+            return page.render_template(
+                self._template("done", "live/run_done.html"), run=run, result=result
+            )
+        if status == "failed":
+            return page.render_template(
+                self._template("failed", "live/run_failed.html"), run=run, error=_error_text(run)
+            )
+        reason = getattr(outcome, "reason", None)
+        return page.render_template(
+            self._template("cancelled", "live/run_cancelled.html"), run=run, reason=reason
+        )
+
+
+# -- the start page -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunItem:
+    """A run as the index lists it."""
+
+    run: Run
+    label: str
+    owner: bool
+    fraction: float | None
+
+
+class IndexView(LiveView):
+    """The start page: a start form (generated from `start_input`, or a single button) and
+    the runs this session may see — its own, or every run of the computation when shared —
+    with their status and progress, kept current.
+
+    Event `start` starts a run owned by the session and redirects to its page.
+    """
+
+    def __init__(self, config: RunsConfig) -> None:
+        self.config = config
+        self.runs: list[Run] = []
+        self.values: dict[str, list[str]] | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.started = 0
+        self._following: set[str] = set()
+        self._unknown: set[str] = set()
+
+    async def mount(self, page: Page) -> None:
+        await self._list(page)
+        session = page.session
+
+        def on_tasks(run_id: str, snapshot: TaskSnapshot) -> None:
+            if self.config.shared or session.owns(run_id):
+                page.send_info(TasksChanged(run_id, snapshot), key=("tasks", run_id))
+
+        stop = self.config.hub.listen(None, on_tasks)
+
+        async def hold() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                stop()
+
+        page.spawn(hold)
+
+    async def refresh(self, page: Page) -> None:
+        await self._list(page)
+
+    async def _list(self, page: Page) -> None:
+        runs = await self.config.the_runner().list(name=self.config.name)
+        if not self.config.shared:
+            runs = [r for r in runs if page.session.owns(r.id)]
+        self.runs = list(reversed(runs))[: self.config.list_limit]
+        for run in self.runs:
+            self._follow(page, run)
+
+    def _follow(self, page: Page, run: Run) -> None:
+        # Statuses come from the runner's subscriptions (one per unfinished run listed),
+        # progress from the hub: nothing polls the store.
+        if run.finished or run.id in self._following:
+            return
+        self._following.add(run.id)
+        runner = self.config.the_runner()
+
+        async def follow() -> None:
+            try:
+                async with runner.subscribe(run.id) as runs:
+                    async for snapshot in runs:
+                        page.send_info(RunChanged(snapshot), key=("run", run.id))
+            finally:
+                self._following.discard(run.id)
+
+        page.spawn(follow)
+
+    async def handle_info(self, message: Any, page: Page) -> None:
+        if isinstance(message, RunChanged):
+            run = message.run
+            self.runs = [
+                run if r.id == run.id and run.revision >= r.revision else r for r in self.runs
+            ]
+        elif isinstance(message, TasksChanged):
+            known = any(r.id == message.run_id for r in self.runs)
+            if not known and message.run_id not in self._unknown:
+                # A run started elsewhere (another session, when shared): list again, once.
+                self._unknown.add(message.run_id)
+                await self._list(page)
+
+    async def handle_event(self, event: Event, page: Page) -> Reply | None:
+        if event.name != "start":
+            return await super().handle_event(event, page)
+        answers: pydantic.BaseModel | None = None
+        model = self.config.start_input
+        if model is not None:
+            data = parse_form(model, event.params)
+            errors = validation_errors(model, data)
+            if errors:
+                self.values = {k: list(v) for k, v in event.params.items()}
+                self.errors = errors
+                return Reply(ok=False, errors=errors)
+            answers = model.model_validate(data)
+        comp = self.config.make(answers)
+        run_id = page.session.new_run_id()
+        runner = self.config.the_runner()
+        with acting_on(run_id):
+            run = await runner.start(comp, run_id=run_id, wait=False)
+        self.values, self.errors = None, []
+        self.started += 1
+        self.runs.insert(0, run)
+        self._follow(page, run)
+        settle = anyio.Event()
+        page.spawn(_settle, runner, run_id, settle)
+        return Reply(redirect=page.url(f"/runs/{run_id}"), settle=settle)
+
+    def render(self, page: Page) -> Mapping[str, str]:
+        model = self.config.start_input
+        form = build_form(model, self.values, self.errors) if model is not None else None
+        items = [
+            RunItem(
+                run,
+                f"{run.created_at:%Y-%m-%d %H:%M:%S} · {run.id.rsplit('.', 1)[-1][:8]}",
+                page.session.owns(run.id),
+                progress_of(self.config.hub.latest(run.id)) if run.status == "running" else None,
+            )
+            for run in self.runs
+        ]
+        return {
+            "start": page.render_template(
+                self.config.templates.get("index", "live/index.html"),
+                form=form,
+                key=f"start:{self.started}",
+            ),
+            "runs": page.render_template("live/runs.html", runs=items, shared=self.config.shared),
+        }
+
+
+async def _settle(runner: DurableRunner, run_id: str, done: anyio.Event) -> None:
+    """Set `done` once the run's first step is over (it suspended or ended)."""
+    try:
+        with anyio.move_on_after(60):
+            async with runner.subscribe(run_id) as runs:
+                async for run in runs:
+                    if run.status != "running":
+                        break
+    finally:
+        done.set()
+
+
+# -- the apps -------------------------------------------------------------------------------
+
+
+def run_app(
+    computation: ComputationFunction[..., Any] | Comp[Any],
+    *,
+    secret: str | bytes,
+    url: str = DEFAULT_URL,
+    handlers: Handler | Stack | Iterable[Handler | Stack] = (),
+    runner: DurableRunner | None = None,
+    hub: TasksHub | None = None,
+    shared: bool = False,
+    authorize: Authorize | None = None,
+    start_input: type[pydantic.BaseModel] | None = None,
+    templates: Mapping[str | type, str] | None = None,
+    template_dirs: Sequence[str | Path] = (),
+    title: str = "",
+    recover: bool = True,
+    **options: Any,
+) -> LiveApp:
+    """A `LiveApp` serving `computation` as durable runs: `/` starts and lists runs,
+    `/runs/{run_id}` shows one. Add pages or routes to it, then `build()` it.
+
+    - `computation`: a `@computation` function (called with the start form's fields, or with
+      no arguments) or a `Comp` (always started as is).
+    - `url`, `handlers`: the `DurableRunner` the app opens at start-up (handlers installed
+      around every run; the app adds its task-tree handler). At start-up `recover()`
+      continues runs a previous process left mid-step (`recover=False` skips it).
+    - `runner`: a runner you opened yourself instead (then pass the `hub` whose `handler()`
+      you installed in it, or task trees are not shown).
+    - `shared=False`: a run is visible only to the session that started it (404 for others).
+      `shared=True`: every session sees every run; only its owner — or a session that
+      `authorize(session, run)` accepts — may answer or cancel it.
+    - `start_input`: a pydantic model whose fields the start page asks for (passed to the
+      computation as keyword arguments).
+    - `templates`: template names overriding the defaults per step — keyed by the `Yield`
+      input model (class or name) — or per state: `"step"`, `"running"`, `"done"`,
+      `"failed"`, `"cancelled"`, `"index"`. `template_dirs` are searched first.
+    - `options`: passed to `LiveApp` (`title`, `throttle`, `settle`, `heartbeat`, ...).
+    """
+    names = {
+        (key.__name__ if isinstance(key, type) else str(key)): value
+        for key, value in (templates or {}).items()
+    }
+    hub = hub or TasksHub()
+    config = RunsConfig(
+        computation=computation,
+        hub=hub,
+        shared=shared,
+        authorize=authorize,
+        templates=names,
+        start_input=start_input,
+        runner=runner,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: LiveApp) -> AsyncIterator[None]:
+        if runner is not None:
+            yield
+            return
+        stack = Stack(*_as_list(handlers), hub.handler())
+        try:
+            async with DurableRunner(url, handlers=stack) as opened:
+                config.runner = opened
+                async with anyio.create_task_group() as tg:
+                    if recover:
+                        # In the background: recovered steps run to their next suspension,
+                        # which may take long; the app serves meanwhile.
+                        tg.start_soon(_recover, opened)
+                    yield
+                    tg.cancel_scope.cancel()
+                # Steps still running stop as in a crash (their runs stay `running` and the
+                # next start-up's recover() continues them): a deploy must not wait for a
+                # long task to finish.
+                raise _Shutdown
+        except _Shutdown:
+            pass
+        finally:
+            config.runner = None
+
+    live = LiveApp(
+        secret=secret, title=title, template_dirs=template_dirs, lifespan=lifespan, **options
+    )
+    live.state["runs"] = config
+    live.page("/", lambda: IndexView(config))
+    live.page("/runs/{run_id}", lambda: RunView(config))
+    return live
+
+
+async def _recover(runner: DurableRunner) -> None:
+    try:
+        await runner.recover()
+    except Exception:
+        log.exception("recovering the runs left mid-step failed")
+
+
+class _Shutdown(Exception):
+    """Leaves the runner's block as an error, so that it stops steps instead of waiting."""
+
+
+def _as_list(handlers: Handler | Stack | Iterable[Handler | Stack]) -> list[Handler | Stack]:
+    if isinstance(handlers, Handler | Stack):
+        return [handlers]
+    return list(handlers)
+
+
+def wizard_app(
+    computation: ComputationFunction[..., Any] | Comp[Any],
+    *,
+    secret: str | bytes,
+    url: str = DEFAULT_URL,
+    handlers: Handler | Stack | Iterable[Handler | Stack] = (),
+    **options: Any,
+) -> Starlette:
+    """A multi-step wizard: each `Yield` of `computation` is a page with a generated form,
+    runs private to the session that started them, durable in `url`. See `run_app` for the
+    options; returns the Starlette app (run it with uvicorn)."""
+    return run_app(computation, secret=secret, url=url, handlers=handlers, **options).build()
+
+
+def progress_app(
+    computation: ComputationFunction[..., Any] | Comp[Any],
+    *,
+    secret: str | bytes,
+    url: str = DEFAULT_URL,
+    handlers: Handler | Stack | Iterable[Handler | Stack] = (),
+    shared: bool = True,
+    **options: Any,
+) -> Starlette:
+    """Long work with live progress: runs of `computation` show their task tree, progress bars
+    and output; by default every visitor sees every run (`shared=True`) and only the owner may
+    cancel. See `run_app` for the options."""
+    return run_app(
+        computation, secret=secret, url=url, handlers=handlers, shared=shared, **options
+    ).build()

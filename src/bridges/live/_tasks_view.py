@@ -1,0 +1,139 @@
+"""Task trees on pages: the hub that routes a run's `TaskTree` snapshots to the pages showing
+that run, and the regions that render them (progress bars and output lines).
+
+The hub's handler is a `TaskTree` installed around every run of the app's `DurableRunner`.
+Its snapshots reach pages without passing through the store: they are in-memory state, rebuilt
+by replay after a restart (see `effects._std.tasks`). They still never run ahead of what is
+durable: a checkpoint is written before the computation continues past an external effect, so
+when a task reports progress, everything it did before is already committed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from effects._std.tasks import ROOT, OutputLine, TaskSnapshot, TaskTree
+from effects.durable import current_run_id
+
+Listener = Callable[[str, TaskSnapshot], None]
+
+# The run a step is being started, resumed or cancelled for. The runner builds a step's
+# handlers inside these calls, in the caller's task, so the hub's `TaskTree` learns its run id
+# when it is installed.
+_current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bridges_live_current_run", default=None
+)
+
+
+@contextmanager
+def acting_on(run_id: str) -> Iterator[None]:
+    """Mark the enclosed runner calls (start/resume/cancel) as being about `run_id`."""
+    token = _current_run.set(run_id)
+    try:
+        yield
+    finally:
+        _current_run.reset(token)
+
+
+class _HubTaskTree(TaskTree):
+    def __init__(self, hub: TasksHub, *, title: str = "", max_lines: int = 200) -> None:
+        super().__init__(None, title=title, max_lines=max_lines)
+        self._hub = hub
+
+    def install(self) -> _HubTaskTree:
+        inst: _HubTaskTree = super().install()  # type: ignore[assignment]
+        # A durable runner names the run it installs handlers for (also for steps that
+        # recover() continues); the app's own marker covers runners that do not.
+        run_id = current_run_id() or _current_run.get()
+        inst.on_change = (lambda snap: self._hub.publish(run_id, snap)) if run_id else None
+        return inst
+
+
+class TasksHub:
+    """Routes the task trees of the runs in this process to whoever listens.
+
+    `handler()` is the `TaskTree` to install around every run (in the `DurableRunner`'s
+    handlers); `listen(run_id, fn)` calls `fn(run_id, snapshot)` on every change of that run
+    (`run_id=None`: of every run); `latest(run_id)` is the newest snapshot kept (the trees of
+    the last `keep` runs that reported are remembered).
+    """
+
+    def __init__(self, *, keep: int = 200) -> None:
+        self.keep = keep
+        self._latest: OrderedDict[str, TaskSnapshot] = OrderedDict()
+        self._listeners: dict[str | None, set[Listener]] = {}
+
+    def handler(self, *, title: str = "", max_lines: int = 200) -> TaskTree:
+        """The `TaskTree` handler that publishes to this hub (keeping the newest `max_lines`
+        lines per task: what a page shows)."""
+        return _HubTaskTree(self, title=title, max_lines=max_lines)
+
+    def publish(self, run_id: str, snapshot: TaskSnapshot) -> None:
+        """Record `snapshot` as the newest of `run_id` and tell the listeners."""
+        self._latest[run_id] = snapshot
+        self._latest.move_to_end(run_id)
+        while len(self._latest) > self.keep:
+            self._latest.popitem(last=False)
+        for key in (run_id, None):
+            for listener in list(self._listeners.get(key, ())):
+                listener(run_id, snapshot)
+
+    def latest(self, run_id: str) -> TaskSnapshot | None:
+        """The newest snapshot of `run_id` seen by this process, if any."""
+        return self._latest.get(run_id)
+
+    def listen(self, run_id: str | None, listener: Listener) -> Callable[[], None]:
+        """Call `listener(run_id, snapshot)` on changes; returns the function that stops it."""
+        self._listeners.setdefault(run_id, set()).add(listener)
+
+        def stop() -> None:
+            listeners = self._listeners.get(run_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[run_id]
+
+        return stop
+
+
+def progress_of(snapshot: TaskSnapshot | None) -> float | None:
+    """One number for a whole tree: the root's progress, else that of the newest task that
+    has a total."""
+    if snapshot is None:
+        return None
+    if snapshot.root.fraction is not None:
+        return snapshot.root.fraction
+    for node in reversed(snapshot.nodes):
+        if node.fraction is not None and node.status == "running":
+            return node.fraction
+    return None
+
+
+def output_lines(
+    snapshot: TaskSnapshot | None, limit: int = 200
+) -> tuple[list[tuple[str, OutputLine]], int]:
+    """The tree's output lines in `seq` order with their task's title (the newest `limit`),
+    and how many earlier lines are not included."""
+    if snapshot is None:
+        return [], 0
+    lines: list[tuple[str, OutputLine]] = []
+    dropped = 0
+    for node in snapshot.nodes:
+        title = node.title if node.id != ROOT else ""
+        lines.extend((title, line) for line in node.lines)
+        dropped += node.dropped
+    lines.sort(key=lambda pair: pair[1].seq)
+    if len(lines) > limit:
+        dropped += len(lines) - limit
+        lines = lines[-limit:]
+    return lines, dropped
+
+
+def task_context(snapshot: TaskSnapshot | None, limit: int = 200) -> dict[str, Any]:
+    """Template context for `live/tasks.html` and `live/output.html`."""
+    lines, dropped = output_lines(snapshot, limit)
+    return {"tasks": snapshot, "lines": lines, "dropped": dropped}

@@ -1,0 +1,232 @@
+/* bridges.live client: keeps the page's regions current and sends commands.
+ *
+ * The server sends envelopes {type, revision, regions: {id: {rev, html}}}. A region is only
+ * replaced by a fragment with a higher revision than the one it shows, so a duplicate or a late
+ * fragment is harmless. Every (re)connection starts with a full snapshot; the reconnect uses a
+ * jittered exponential backoff and waits while the tab is hidden.
+ *
+ * Without this file the page still works: forms post, the server answers 303, and a busy page
+ * refreshes itself through <noscript>.
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var revs = {};
+  var lastRevision = Number(body.getAttribute("data-live-revision")) || 0;
+  var csrfMeta = document.querySelector('meta[name="live-csrf"]');
+  var csrf = csrfMeta ? csrfMeta.getAttribute("content") : "";
+  var transport = body.getAttribute("data-live-transport") || window.LIVE_TRANSPORT || "sse";
+  var source = null;      // EventSource or WebSocket
+  var attempt = 0;        // reconnect attempts since the last snapshot
+  var timer = null;       // pending reconnect
+  var watchdog = null;    // no message for too long: reconnect
+  var heartbeat = 15000;
+  var pending = {};       // WebSocket command replies by ref
+  var refs = 0;
+
+  Array.prototype.forEach.call(document.querySelectorAll("[data-live-region]"), function (el) {
+    revs[el.getAttribute("data-live-region")] = Number(el.getAttribute("data-live-rev")) || 0;
+  });
+
+  function regionElement(id) {
+    return document.querySelector('[data-live-region="' + (window.CSS && CSS.escape ? CSS.escape(id) : id) + '"]');
+  }
+
+  function replace(el, html) {
+    var active = document.activeElement;
+    var focusId = active && el.contains(active) ? active.id : null;
+    var selection = null;
+    if (focusId && typeof active.selectionStart === "number") {
+      selection = [active.selectionStart, active.selectionEnd];
+    }
+    var lists = el.querySelectorAll("[data-live-lines]");
+    var pinned = Array.prototype.map.call(lists, function (list) {
+      return list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+    });
+    el.innerHTML = html;
+    Array.prototype.forEach.call(el.querySelectorAll("[data-live-lines]"), function (list, i) {
+      if (pinned[i] !== false) list.scrollTop = list.scrollHeight;
+    });
+    if (focusId) {
+      var again = document.getElementById(focusId);
+      if (again) {
+        again.focus();
+        if (selection && typeof again.setSelectionRange === "function") {
+          try { again.setSelectionRange(selection[0], selection[1]); } catch (e) { /* not text */ }
+        }
+      }
+    }
+  }
+
+  function apply(envelope) {
+    if (!envelope || !envelope.regions) return;
+    var regions = envelope.regions;
+    Object.keys(regions).forEach(function (id) {
+      var fragment = regions[id];
+      if ((revs[id] || 0) >= fragment.rev) return; // older or the same: keep what we show
+      var el = regionElement(id);
+      if (!el) return;
+      revs[id] = fragment.rev;
+      el.setAttribute("data-live-rev", String(fragment.rev));
+      replace(el, fragment.html);
+    });
+    if (envelope.revision > lastRevision) lastRevision = envelope.revision;
+    if (typeof envelope.busy === "boolean") {
+      body.setAttribute("aria-busy", envelope.busy ? "true" : "false");
+    }
+    if (typeof envelope.heartbeat === "number") heartbeat = envelope.heartbeat * 1000;
+  }
+
+  // -- connection ---------------------------------------------------------------------------
+
+  function alive() {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(function () { reconnect(); }, heartbeat * 2.5 + 1000);
+  }
+
+  function onEnvelope(envelope) {
+    alive();
+    if (envelope.type === "snapshot") attempt = 0;
+    if (envelope.type === "reply" && envelope.ref && pending[envelope.ref]) {
+      pending[envelope.ref](envelope);
+      delete pending[envelope.ref];
+    }
+    apply(envelope);
+  }
+
+  function connect() {
+    timer = null;
+    var base = transport === "ws" ? body.getAttribute("data-live-socket") : body.getAttribute("data-live-stream");
+    if (!base) return;
+    var url = base + "?last_event_id=" + encodeURIComponent(String(lastRevision));
+    if (transport === "ws") {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      var ws = new WebSocket(scheme + location.host + url);
+      source = ws;
+      ws.onmessage = function (m) {
+        try { onEnvelope(JSON.parse(m.data)); } catch (e) { /* ignore a bad frame */ }
+      };
+      ws.onclose = function () { if (source === ws) reconnect(); };
+      ws.onerror = function () { if (source === ws) reconnect(); };
+    } else {
+      var es = new EventSource(url);
+      source = es;
+      var handler = function (m) {
+        try { onEnvelope(JSON.parse(m.data)); } catch (e) { /* ignore a bad event */ }
+      };
+      es.addEventListener("snapshot", handler);
+      es.addEventListener("patch", handler);
+      es.addEventListener("ping", handler);
+      // EventSource would retry on its own without our backoff or Last-Event-ID choice.
+      es.onerror = function () { if (source === es) reconnect(); };
+    }
+    alive();
+  }
+
+  function close() {
+    var s = source;
+    source = null;
+    if (s) { try { s.close(); } catch (e) { /* already closed */ } }
+    clearTimeout(watchdog);
+  }
+
+  function reconnect() {
+    close();
+    if (timer !== null) return;
+    if (document.hidden) return; // visibilitychange reconnects when the tab is shown again
+    var delay = Math.min(15000, 500 * Math.pow(2, attempt));
+    attempt += 1;
+    delay = delay / 2 + Math.random() * delay / 2; // jitter: clients do not come back in step
+    timer = setTimeout(connect, delay);
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && source === null) {
+      clearTimeout(timer);
+      timer = null;
+      connect();
+    }
+  });
+  window.addEventListener("online", function () {
+    if (source === null) { clearTimeout(timer); timer = null; connect(); }
+  });
+
+  // -- commands -----------------------------------------------------------------------------
+
+  function setBusy(form, busy) {
+    Array.prototype.forEach.call(form.querySelectorAll("button, input[type=submit]"), function (b) {
+      b.disabled = busy;
+      if (busy) b.setAttribute("aria-busy", "true"); else b.removeAttribute("aria-busy");
+    });
+    if (busy) form.setAttribute("aria-busy", "true"); else form.removeAttribute("aria-busy");
+  }
+
+  function params(data) {
+    var out = {};
+    data.forEach(function (value, name) {
+      if (name.charAt(0) === "_") return;
+      (out[name] = out[name] || []).push(String(value));
+    });
+    return out;
+  }
+
+  function afterReply(form, reply) {
+    apply(reply);
+    if (reply.redirect) { location.assign(reply.redirect); return; }
+    if (document.body.contains(form)) setBusy(form, false);
+  }
+
+  function sendHttp(form, data, tries) {
+    return fetch(form.action, {
+      method: "POST",
+      body: new URLSearchParams(data),
+      headers: { "X-Live": "1", "X-CSRF-Token": csrf },
+      credentials: "same-origin"
+    }).then(function (response) {
+      if (response.status === 403 || response.status === 404) { location.reload(); return null; }
+      return response.json();
+    }).catch(function (err) {
+      // The idempotency key makes a retry safe: a command that did arrive is not done twice.
+      if (tries > 0) {
+        return new Promise(function (r) { setTimeout(r, 500 + Math.random() * 500); })
+          .then(function () { return sendHttp(form, data, tries - 1); });
+      }
+      throw err;
+    });
+  }
+
+  function sendSocket(data) {
+    return new Promise(function (resolve, reject) {
+      refs += 1;
+      var ref = "r" + refs;
+      pending[ref] = resolve;
+      try {
+        source.send(JSON.stringify({
+          type: "event", ref: ref, csrf: csrf,
+          event: data.get("_event") || "", key: data.get("_key") || "", params: params(data)
+        }));
+      } catch (e) { delete pending[ref]; reject(e); }
+    });
+  }
+
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-live-form")) return;
+    if (!window.fetch || !window.URLSearchParams) return; // let the browser post it
+    ev.preventDefault();
+    if (form.getAttribute("aria-busy") === "true") return;
+    var data = new FormData(form);
+    if (ev.submitter && ev.submitter.name) data.append(ev.submitter.name, ev.submitter.value);
+    setBusy(form, true);
+    var useSocket = transport === "ws" && source && source.readyState === 1;
+    (useSocket ? sendSocket(data) : sendHttp(form, data, 2)).then(function (reply) {
+      if (reply) afterReply(form, reply);
+    }, function () {
+      setBusy(form, false);
+      form.submit(); // the network is flaky: fall back to a plain POST (same key, no double)
+    });
+  });
+
+  connect();
+})();

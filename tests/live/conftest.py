@@ -1,0 +1,33 @@
+"""Fixtures of the live bridge's tests: real uvicorn servers on 127.0.0.1 (see live_client)
+and a SQLite file for durable runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from live_client import LiveServer
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], LiveServer]]:
+    """`serve(app)` starts a server for `app`; every server is stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(app: Any) -> LiveServer:
+        server = LiveServer(app).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.thread.is_alive():
+            server.stop()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A SQLite database file for the durable runs of one test."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"

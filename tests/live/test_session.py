@@ -1,0 +1,96 @@
+"""Sessions, CSRF tokens, run ids bound to a session, and the Origin check."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from bridges.live._session import COOKIE, Sessions, same_origin
+
+SECRET = "a-secret-that-is-long-enough"
+
+
+def conn(
+    headers: dict[str, str] | None = None, kind: str = "http", scheme: str = "http"
+) -> HTTPConnection:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {"type": kind, "headers": raw, "scheme": scheme, "path": "/", "query_string": b""}
+    scope["server"] = ("127.0.0.1", 8000)
+    return HTTPConnection(scope)
+
+
+def test_new_session_sets_a_signed_cookie_that_loads_back() -> None:
+    """A new session is saved as a signed cookie; the cookie loads the same session."""
+    sessions = Sessions(SECRET)
+    session = sessions.load_or_create(conn())
+    assert session.new
+    response = Response()
+    sessions.save(response, session)
+    cookie = response.headers["set-cookie"]
+    assert "httponly" in cookie.lower()
+    assert "samesite=lax" in cookie.lower()
+    value = cookie.split(";", 1)[0].split("=", 1)[1]
+    loaded = sessions.load(conn({"cookie": f"{COOKIE}={value}"}))
+    assert loaded is not None
+    assert (loaded.id, loaded.csrf, loaded.owner_tag) == (
+        session.id,
+        session.csrf,
+        session.owner_tag,
+    )
+    assert not loaded.new
+
+
+def test_tampered_or_foreign_cookie_is_no_session() -> None:
+    """A cookie not signed with this secret gives no session."""
+    other = Sessions("another-secret-long-enough")
+    response = Response()
+    other.save(response, other.load_or_create(conn()))
+    value = response.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+    assert Sessions(SECRET).load(conn({"cookie": f"{COOKIE}={value}"})) is None
+    assert Sessions(SECRET).load(conn({"cookie": f"{COOKIE}=garbage"})) is None
+
+
+def test_csrf_token_is_bound_to_the_session() -> None:
+    """Each session has its own CSRF token; none other passes."""
+    sessions = Sessions(SECRET)
+    a, b = sessions.make("a"), sessions.make("b")
+    assert sessions.check_csrf(a, a.csrf)
+    assert not sessions.check_csrf(a, b.csrf)
+    assert not sessions.check_csrf(a, None)
+    assert not sessions.check_csrf(a, "")
+
+
+def test_run_ids_are_owned_by_their_session_only() -> None:
+    """A run id made by a session is recognised by it and by no other session."""
+    sessions = Sessions(SECRET)
+    a, b = sessions.make("a"), sessions.make("b")
+    run_id = a.new_run_id()
+    assert a.owns(run_id)
+    assert not b.owns(run_id)
+    assert run_id != a.new_run_id()
+    assert len(run_id.split(".", 1)[1]) >= 21  # 128 random bits
+
+
+def test_short_secret_is_refused() -> None:
+    """A secret too short to sign with is a configuration mistake."""
+    with pytest.raises(ValueError, match="16 bytes"):
+        Sessions("short")
+
+
+@pytest.mark.parametrize(
+    ("headers", "kind", "expected"),
+    [
+        ({"host": "example.org", "origin": "http://example.org"}, "http", True),
+        ({"host": "example.org", "origin": "http://evil.example"}, "http", False),
+        ({"host": "example.org"}, "http", True),
+        ({"host": "example.org"}, "websocket", False),
+        ({"host": "example.org", "origin": "http://example.org"}, "websocket", True),
+        ({"host": "example.org", "origin": "https://trusted.example"}, "websocket", True),
+        ({"host": "example.org", "origin": "null"}, "websocket", False),
+    ],
+)
+def test_origin_check(headers: dict[str, str], kind: str, expected: bool) -> None:
+    """Same origin passes, foreign origins fail, and a WebSocket must send an Origin."""
+    allowed = frozenset({"https://trusted.example"})
+    assert same_origin(conn(headers, kind), allowed) is expected
