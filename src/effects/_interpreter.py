@@ -224,70 +224,64 @@ class Run:
                     eff = gen.throw(err)
             except StopIteration as stop:
                 value = stop.value
-                if scope is not None:
-                    value, exc = _exit_scope(scope, value, None)
-                frames.pop()
-                if not frames:
-                    return self._finish(value, exc)
-                gen, tables, scope = frames[-1]
-                table, send = tables.fast, gen.send
-                continue
-            except BaseException as err:
-                exc = err
-                if scope is not None:
-                    value, exc = _exit_scope(scope, None, exc)
-                frames.pop()
-                if not frames:
-                    return self._finish(None, exc)
-                gen, tables, scope = frames[-1]
-                table, send = tables.fast, gen.send
-                continue
-
-            # Two separate `try`s: a handler raising KeyError is not a missing handler.
-            try:
-                fn = table[type(eff)]
-            except KeyError:
-                found = self._resolve(eff, tables)
-                if found is None:  # a scope or a sub-computation was pushed
-                    gen, tables, scope = frames[-1]
-                    table, send = tables.fast, gen.send
-                    value = None
-                    continue
-                if isinstance(found, BaseException):
-                    value, exc = None, found
-                    continue
-                fn = found
-            try:
-                value = fn(eff)
-                continue
-            except _Signal as signal:
-                # A general handler's result was not a plain value. Signalling this by raising
-                # keeps the common path free of any per-effect check; the raise costs only on
-                # suspensions, awaits and handler computations.
-                kind, payload = signal.kind, signal.payload
-                home = signal.tables
             except BaseException as err:
                 value, exc = None, err
-                continue
-            value = None
-            if kind == _PUSH:
-                assert home is not None
-                if type(payload) is WithHandler:
-                    frames.append(self._enter(payload, home))
-                else:
-                    frames.append((_start_generator(payload), home, None))
-                gen, tables, scope = frames[-1]
-                table, send = tables.fast, gen.send
-            elif kind == _SUSPEND:
-                if self.cancelling:
-                    exc = YieldDuringCancellation(
-                        f"{eff!r} while the run is being cancelled: cleanup may perform "
-                        "effects but cannot wait for input"
-                    )
-                    continue
-                return self._suspend(payload)
             else:
-                return _Await(payload)
+                # Two separate `try`s: a handler raising KeyError is not a missing handler.
+                try:
+                    fn = table[type(eff)]
+                except KeyError:
+                    found = self._resolve(eff, tables)
+                    if found is None:  # a scope or a sub-computation was pushed
+                        gen, tables, scope = frames[-1]
+                        table, send = tables.fast, gen.send
+                        value = None
+                        continue
+                    if isinstance(found, BaseException):
+                        value, exc = None, found
+                        continue
+                    fn = found
+                try:
+                    value = fn(eff)
+                    continue
+                except _Signal as signal:
+                    # A general handler's result was not a plain value. Signalling this by raising
+                    # keeps the common path free of any per-effect check; the raise costs only on
+                    # suspensions, awaits and handler computations.
+                    kind, payload = signal.kind, signal.payload
+                    home = signal.tables
+                except BaseException as err:
+                    value, exc = None, err
+                    continue
+                value = None
+                if kind == _PUSH:
+                    assert home is not None
+                    if type(payload) is WithHandler:
+                        frames.append(self._enter(payload, home))
+                    else:
+                        frames.append((_start_generator(payload), home, None))
+                    gen, tables, scope = frames[-1]
+                    table, send = tables.fast, gen.send
+                elif kind == _SUSPEND:
+                    if self.cancelling:
+                        exc = YieldDuringCancellation(
+                            f"{eff!r} while the run is being cancelled: cleanup may perform "
+                            "effects but cannot wait for input"
+                        )
+                        continue
+                    return self._suspend(payload)
+                else:
+                    return _Await(payload)
+                continue
+            # The current frame returned or raised: close its handler scope and pop it; the
+            # value or error goes to the frame below.
+            if scope is not None:
+                value, exc = _exit_scope(scope, value, exc)
+            frames.pop()
+            if not frames:
+                return self._finish(value, exc)
+            gen, tables, scope = frames[-1]
+            table, send = tables.fast, gen.send
 
     def _resolve(self, eff: Any, tables: Tables) -> HandlerFn | BaseException | None:
         """The slow path of lookup: scopes, sub-computations, subclasses, missing handlers."""
