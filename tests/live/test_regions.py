@@ -80,6 +80,10 @@ def test_raise_floor_restamps_everything_past_a_client_revision() -> None:
     before = p.revision
     p.raise_floor(5)  # a client behind the page changes nothing
     assert p.revision == before
+    stamps = {p["a"].rev, p["b"].rev}
+    p.raise_floor(before)  # a client that is up to date: nothing to restamp
+    assert p.revision == before
+    assert {p["a"].rev, p["b"].rev} == stamps
 
 
 def test_envelope_carries_regions_with_their_revisions() -> None:

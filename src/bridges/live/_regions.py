@@ -81,7 +81,9 @@ class Projection:
         """Make sure the next revisions exceed `revision` (a client's Last-Event-ID that is
         ahead of this page, which happens after a restart); every region is restamped so that
         such a client accepts the next snapshot."""
-        if revision >= self.revision:
+        # Equal means the client already shows this page's state: restamping would make it
+        # replace every region (and lose what the user typed) for nothing.
+        if revision > self.revision:
             self.revision = revision + 1
             rev = self.revision
             self._regions = {rid: Region(rid, r.html, rev) for rid, r in self._regions.items()}

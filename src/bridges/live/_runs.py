@@ -589,6 +589,7 @@ def run_app(
     template_dirs: Sequence[str | Path] = (),
     title: str = "",
     recover: bool = True,
+    owner: str | None = None,
     **options: Any,
 ) -> LiveApp:
     """A `LiveApp` serving `computation` as durable runs: `/` starts and lists runs,
@@ -598,7 +599,11 @@ def run_app(
       no arguments) or a `Comp` (always started as is).
     - `url`, `handlers`: the `DurableRunner` the app opens at start-up (handlers installed
       around every run; the app adds its task-tree handler). At start-up `recover()`
-      continues runs a previous process left mid-step (`recover=False` skips it).
+      continues runs a previous process left mid-step (`recover=False` skips it), and every
+      lease period (30 s) it continues runs whose lease expired since (a process that died).
+    - `owner`: the runner's owner name (default host:pid). Give each server process a stable
+      one (e.g. from its config) so that after a crash the restarted process takes its runs
+      back at once instead of waiting for their leases to expire.
     - `runner`: a runner you opened yourself instead (then pass the `hub` whose `handler()`
       you installed in it, or task trees are not shown).
     - `shared=False`: a run is visible only to the session that started it (404 for others).
@@ -633,7 +638,7 @@ def run_app(
             return
         stack = Stack(*_as_list(handlers), hub.handler())
         try:
-            async with DurableRunner(url, handlers=stack) as opened:
+            async with DurableRunner(url, handlers=stack, owner=owner) as opened:
                 config.runner = opened
                 async with anyio.create_task_group() as tg:
                     if recover:
@@ -661,10 +666,14 @@ def run_app(
 
 
 async def _recover(runner: DurableRunner) -> None:
-    try:
-        await runner.recover()
-    except Exception:
-        log.exception("recovering the runs left mid-step failed")
+    # At start-up, then once per lease period: a run whose process died mid-step is taken over
+    # once its lease has expired, without waiting for this server's next restart.
+    while True:
+        try:
+            await runner.recover()
+        except Exception:
+            log.exception("recovering the runs left mid-step failed")
+        await anyio.sleep(runner.lease)
 
 
 class _Shutdown(Exception):

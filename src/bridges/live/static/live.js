@@ -59,6 +59,14 @@
     }
   }
 
+  // A restamped region whose markup did not change (after a server restart, say) is left
+  // alone: replacing it would drop what the user typed and where the focus was.
+  var scratch = document.createElement("template");
+  function sameMarkup(el, html) {
+    scratch.innerHTML = html;
+    return scratch.innerHTML === el.innerHTML;
+  }
+
   function apply(envelope) {
     if (!envelope || !envelope.regions) return;
     var regions = envelope.regions;
@@ -69,7 +77,7 @@
       if (!el) return;
       revs[id] = fragment.rev;
       el.setAttribute("data-live-rev", String(fragment.rev));
-      replace(el, fragment.html);
+      if (!sameMarkup(el, fragment.html)) replace(el, fragment.html);
     });
     if (envelope.revision > lastRevision) lastRevision = envelope.revision;
     if (typeof envelope.busy === "boolean") {

@@ -1,0 +1,97 @@
+"""A model function that prints as it works, on a page that also works without JavaScript.
+
+    python examples/printer/app.py                # http://127.0.0.1:8000
+
+`fit_line` is ordinary numeric code that reports with `yield Print(...)` where a script would
+call `print(...)`: the lines appear on the run's page as they are printed, with a progress bar.
+Without JavaScript the form posts normally and the page refreshes itself while the run works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import secrets
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+
+from bridges.live import progress_app
+from effects import Clock, Print, Progress, Random, computation
+
+HERE = Path(__file__).resolve().parent
+PAUSE = 0.1  # seconds per epoch: the real work is too quick to watch
+
+
+class Fit(BaseModel):
+    """The start form."""
+
+    epochs: int = Field(default=40, ge=1, le=500, description="Passes of gradient descent")
+    learning_rate: float = Field(default=0.5, gt=0, le=0.75, description="Above 0.79 it diverges")
+
+
+def load_secret(db: Path) -> str:
+    """`$LIVE_SECRET`, or a random secret kept next to `db` (sessions survive restarts)."""
+    if secret := os.environ.get("LIVE_SECRET"):
+        return secret
+    path = db.with_suffix(".secret")
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@computation(name="printer.fit_line", version=1)
+def fit_line(epochs: int = 40, learning_rate: float = 0.5) -> Generator[Any, Any, str]:
+    """Fit y = a*x + b to noisy points by gradient descent, printing the loss as it goes."""
+    # The one random draw is an effect, so a replayed run sees the same data.
+    seed = yield Random.randint(0, 2**31 - 1)
+    rng = random.Random(seed)
+    xs = [i / 49 for i in range(50)]
+    ys = [3 * x + 1 + rng.gauss(0, 0.1) for x in xs]
+    yield Print(f"fitting {len(xs)} points: {epochs} epochs, learning rate {learning_rate}")
+    a = b = 0.0
+    for epoch in range(1, epochs + 1):
+        errors = [a * x + b - y for x, y in zip(xs, ys, strict=True)]
+        loss = sum(e * e for e in errors) / len(xs)
+        a -= learning_rate * 2 * sum(e * x for e, x in zip(errors, xs, strict=True)) / len(xs)
+        b -= learning_rate * 2 * sum(errors) / len(xs)
+        yield Print(f"epoch {epoch:3d}  loss {loss:.5f}  a={a:.3f}  b={b:.3f}")
+        yield Progress(epoch, epochs)
+        yield Clock.sleep(PAUSE)
+    return f"y = {a:.2f}x + {b:.2f}"
+
+
+def build(db: Path) -> Starlette:
+    """The app: `/` starts a fit, `/runs/{id}` shows it; runs are private to their session."""
+    return progress_app(
+        fit_line,
+        secret=load_secret(db),
+        url=f"sqlite+aiosqlite:///{db}",
+        handlers=[Random(), Clock()],
+        shared=False,
+        start_input=Fit,
+        title="Printer",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A model function that prints as it works.")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--db", type=Path, default=HERE / "runs.db", help="the SQLite file")
+    args = parser.parse_args()
+    db: Path = args.db.resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Printer: http://127.0.0.1:{args.port}  (runs in {db})", flush=True)
+    uvicorn.run(
+        build(db), host="127.0.0.1", port=args.port, access_log=False, timeout_graceful_shutdown=2
+    )
+
+
+if __name__ == "__main__":
+    main()

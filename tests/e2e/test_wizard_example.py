@@ -1,0 +1,241 @@
+"""examples/wizard: the durable onboarding wizard, in Chromium and over plain HTTP."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from playwright.async_api import Page, expect
+
+from e2e import ExampleServer, NewPage, NoScript, StartServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+NAME_STEP = "Welcome! What is your name?"
+PLAN_STEP = "Choose a plan"
+
+
+def email_step(name: str) -> str:
+    return f"Hello {name}! What is your email address?"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wizard's SQLite file (runs and users), shared by the module's server."""
+    return tmp_path_factory.mktemp("wizard") / "runs.db"
+
+
+@pytest.fixture(scope="module")
+def wizard(db: Path) -> Iterator[ExampleServer]:
+    """`python examples/wizard/app.py --port P --db DB`, for the whole module."""
+    server = ExampleServer("wizard", "--db", str(db)).start()
+    yield server
+    server.stop()
+
+
+def users(db: Path, email: str) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT name, email, plan FROM users WHERE email = ?", (email,)
+        ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+async def heading(page: Page, text: str) -> None:
+    await expect(page.get_by_role("heading", name=text, exact=True)).to_be_visible()
+
+
+async def synced(page: Page) -> None:
+    """Wait until the page's script has applied its first snapshot (it marks `<body>` with
+    `aria-busy`). Typing before that is lost: the snapshot replaces the form (see
+    `Projection.raise_floor`), as a real user typing in the first milliseconds would see."""
+    await page.wait_for_selector("body[aria-busy]", state="attached")
+
+
+async def start(page: Page, url: str) -> None:
+    await page.goto(url)
+    await synced(page)
+    await page.get_by_role("button", name="Start").click()
+    await heading(page, NAME_STEP)
+    await synced(page)
+
+
+async def answer(page: Page, label: str, value: str, then: str) -> None:
+    await page.get_by_role("textbox", name=label).fill(value)
+    await page.get_by_role("button", name="Continue").click()
+    await heading(page, then)
+
+
+async def test_complete_the_wizard(wizard: ExampleServer, db: Path, new_page: NewPage) -> None:
+    """Name, email, plan: the user is created once, the event emitted, the welcome shown."""
+    page = await new_page()
+    await start(page, wizard.url)
+    await answer(page, "Name", "Ada", email_step("Ada"))
+    await answer(page, "Email", "Ada@Example.com", PLAN_STEP)
+    await expect(page.get_by_text("Signing up Ada <ada@example.com>.")).to_be_visible()
+    await page.get_by_role("radio", name="pro").check()
+    await page.get_by_role("button", name="Create my account").click()
+    await heading(page, "Welcome aboard, Ada!")
+    await expect(page.get_by_role("status")).to_have_text("Finished.")
+    await expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    assert users(db, "ada@example.com") == [("Ada", "ada@example.com", "pro")]
+    event = wizard.wait_for("email='ada@example.com'", timeout=5)
+    assert event.startswith("event: UserOnboarded(user_id=")
+
+
+async def test_invalid_email_shows_the_error(wizard: ExampleServer, new_page: NewPage) -> None:
+    """An email the browser accepts but the model refuses: the step stays, with the error
+    next to the field; the corrected answer goes through."""
+    page = await new_page()
+    await start(page, wizard.url)
+    await answer(page, "Name", "Bob", email_step("Bob"))
+    await answer(page, "Email", "bob@example", email_step("Bob"))
+    field = page.get_by_role("textbox", name="Email")
+    await expect(page.get_by_role("alert")).to_have_text(
+        "enter an email address such as ada@example.com"
+    )
+    await expect(field).to_have_attribute("aria-invalid", "true")
+    await expect(field).to_have_value("bob@example")
+    await answer(page, "Email", "bob@example.com", PLAN_STEP)
+
+
+async def test_reload_mid_wizard_keeps_the_step(wizard: ExampleServer, new_page: NewPage) -> None:
+    """A reload shows the step the run waits at, with the answers given so far."""
+    page = await new_page()
+    await start(page, wizard.url)
+    await answer(page, "Name", "Carol", email_step("Carol"))
+    await answer(page, "Email", "carol@example.com", PLAN_STEP)
+    await page.reload()
+    await heading(page, PLAN_STEP)
+    await synced(page)
+    await expect(page.get_by_text("Signing up Carol <carol@example.com>.")).to_be_visible()
+
+
+async def test_cancel_at_a_step(wizard: ExampleServer, db: Path, new_page: NewPage) -> None:
+    """Cancel in the middle: the run ends cancelled and no user is created."""
+    page = await new_page()
+    await start(page, wizard.url)
+    await answer(page, "Name", "Dora", email_step("Dora"))
+    await page.get_by_role("button", name="Cancel").click()
+    await heading(page, "Cancelled")
+    await expect(page.get_by_role("status")).to_have_text("Cancelled.")
+    await expect(page.get_by_role("button")).to_have_count(0)
+    await page.reload()
+    await heading(page, "Cancelled")
+    assert users(db, "dora@example.com") == []
+
+
+async def test_an_answer_is_shown_as_text(wizard: ExampleServer, new_page: NewPage) -> None:
+    """Markup in an answer is text, live and server-rendered; no script of it runs."""
+    payload = "<script>window.pwned=1</script><img src=x onerror=window.pwned=2>"
+    page = await new_page()
+    await start(page, wizard.url)
+    await answer(page, "Name", payload, email_step(payload))
+    for _ in range(2):  # as patched in by the client, then as rendered by the server
+        assert await page.locator("#live-main script, #live-main img").count() == 0
+        assert await page.evaluate("window.pwned") is None
+        await page.reload()
+        await heading(page, email_step(payload))
+        await synced(page)
+
+
+async def test_kill_and_restart_mid_wizard(
+    start_server: StartServer, tmp_path: Path, new_page: NewPage
+) -> None:
+    """SIGKILL the server at step 2 and start it again on the same port: the open page
+    reconnects by itself, gets the new process's snapshot and goes on to the end."""
+    port, db = free_port(), str(tmp_path / "runs.db")
+    server = start_server("wizard", "--db", db, port=port)
+    page = await new_page()
+    await start(page, server.url)
+    await answer(page, "Name", "Grace", email_step("Grace"))
+    main = page.locator("#live-main")
+    before = await main.get_attribute("data-live-rev")
+
+    server.kill()
+    start_server("wizard", "--db", db, port=port)
+    # The client reconnects with backoff; the new process's snapshot restamps every region.
+    await expect(main).not_to_have_attribute("data-live-rev", before or "", timeout=15_000)
+    await heading(page, email_step("Grace"))
+    await answer(page, "Email", "grace@example.com", PLAN_STEP)
+    await page.get_by_role("radio", name="enterprise").check()
+    await page.get_by_role("button", name="Create my account").click()
+    await heading(page, "Welcome aboard, Grace!")
+    assert users(Path(db), "grace@example.com") == [("Grace", "grace@example.com", "enterprise")]
+
+
+# -- without JavaScript: plain HTTP ---------------------------------------------------------
+
+
+async def start_run(client: NoScript) -> str:
+    await client.get("/")
+    response = await client.post("/", "start")
+    assert response.status_code == 303
+    path: str = response.headers["location"]
+    assert path.startswith("/runs/")
+    return path
+
+
+async def test_the_wizard_without_javascript(wizard: ExampleServer, db: Path) -> None:
+    """GET the page, POST its form with the CSRF token, follow the 303: to the welcome."""
+    async with NoScript(wizard.url) as client:
+        path = await start_run(client)
+        page = await client.get(path)
+        assert NAME_STEP in page
+        page = await client.submit(path, "answer", {"name": "Hedy"})
+        assert email_step("Hedy") in page
+        assert client.path == path
+        page = await client.submit(path, "answer", {"email": "not an email"})
+        assert 'role="alert">enter an email address such as ada@example.com<' in page
+        page = await client.submit(path, "answer", {"email": "hedy@example.com"})
+        assert PLAN_STEP in page
+        page = await client.submit(path, "answer", {"plan": "free"})
+        assert "Welcome aboard, Hedy!" in page
+        forbidden = await client.http.post(path, data={"_event": "cancel", "_key": "x"})
+        assert forbidden.status_code == 403  # no CSRF token
+    assert users(db, "hedy@example.com") == [("Hedy", "hedy@example.com", "free")]
+
+
+async def test_a_duplicate_post_is_a_no_op(wizard: ExampleServer) -> None:
+    """The same answer posted twice (a double click, a retry) advances the run once."""
+    async with NoScript(wizard.url) as client:
+        path = await start_run(client)
+        await client.get(path)
+        key = client.key("answer")
+        first = await client.post(path, "answer", {"name": "Ida"}, key=key)
+        assert first.status_code == 303
+        again = await client.post(path, "answer", {"name": "Ida"}, key=key)
+        assert again.status_code == 303
+        replay = await client.post(
+            path, "answer", {"name": "Ida"}, key=key, headers={"X-Live": "1"}
+        )
+        assert replay.json()["duplicate"] is True
+        page = await client.get(path)
+        assert email_step("Ida") in page
+        assert 'role="alert"' not in page
+        step = client.key("answer")
+        page = await client.submit(path, "answer", {"email": "ida@example.com"})
+        assert PLAN_STEP in page
+        assert client.key("answer") != step
+
+
+async def test_another_session_cannot_see_or_resume_a_run(wizard: ExampleServer) -> None:
+    """A run belongs to the session that started it: any other one gets 404 for its page, its
+    stream and its commands, and the owner still sees it unchanged."""
+    async with NoScript(wizard.url) as owner, NoScript(wizard.url) as other:
+        path = await start_run(owner)
+        await owner.get(path)
+        key = owner.key("answer")
+        await other.get("/")
+        await other.get(path, expect=404)
+        response = await other.post(path, "answer", {"name": "Mallory"}, key=key)
+        assert response.status_code == 404
+        with anyio.fail_after(5):
+            stream = await other.http.get(path + "/_live/sse")
+        assert stream.status_code == 404
+        page = await owner.get(path)
+        assert NAME_STEP in page
+        assert owner.key("answer") == key
