@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import secrets
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import uvicorn
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 
-from bridges.live import progress_app
+from bridges.live import persistent_secret, progress_app
 from effects import Clock, Print, Progress, Random, computation
 
 HERE = Path(__file__).resolve().parent
@@ -34,16 +33,6 @@ class Fit(BaseModel):
     epochs: int = Field(default=40, ge=1, le=500, description="Passes of gradient descent")
     learning_rate: float = Field(default=0.5, gt=0, le=0.75, description="Above 0.79 it diverges")
 
-
-def load_secret(db: Path) -> str:
-    """`$LIVE_SECRET`, or a random secret kept next to `db` (sessions survive restarts)."""
-    if secret := os.environ.get("LIVE_SECRET"):
-        return secret
-    path = db.with_suffix(".secret")
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 @computation(name="printer.fit_line", version=1)
@@ -71,7 +60,7 @@ def build(db: Path) -> Starlette:
     """The app: `/` starts a fit, `/runs/{id}` shows it; runs are private to their session."""
     return progress_app(
         fit_line,
-        secret=load_secret(db),
+        secret=persistent_secret(db.with_suffix(".secret")),
         url=f"sqlite+aiosqlite:///{db}",
         handlers=[Random(), Clock()],
         shared=False,

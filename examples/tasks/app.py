@@ -11,34 +11,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 from pathlib import Path
 
 import uvicorn
 from importer import ImportOptions, contacts, import_contacts
 from starlette.applications import Starlette
 
-from bridges.live import progress_app
+from bridges.live import persistent_secret, progress_app
 
 HERE = Path(__file__).resolve().parent
 
-
-def load_secret(db: Path) -> str:
-    """`$LIVE_SECRET`, or a random secret kept next to `db` (sessions survive restarts)."""
-    if secret := os.environ.get("LIVE_SECRET"):
-        return secret
-    path = db.with_suffix(".secret")
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def build(db: Path) -> Starlette:
     """The app: `/` starts imports and lists every run, `/runs/{id}` shows one to everyone."""
     return progress_app(
         import_contacts,
-        secret=load_secret(db),
+        secret=persistent_secret(db.with_suffix(".secret")),
         url=f"sqlite+aiosqlite:///{db}",
         handlers=contacts(db),
         start_input=ImportOptions,

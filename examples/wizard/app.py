@@ -13,28 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 from pathlib import Path
 
 import uvicorn
 from onboarding import onboarding, users
 from starlette.applications import Starlette
 
-from bridges.live import wizard_app
+from bridges.live import persistent_secret, wizard_app
 from effects import EventAccumulator
 
 HERE = Path(__file__).resolve().parent
 
-
-def load_secret(db: Path) -> str:
-    """`$LIVE_SECRET`, or a random secret kept next to `db` (sessions survive restarts)."""
-    if secret := os.environ.get("LIVE_SECRET"):
-        return secret
-    path = db.with_suffix(".secret")
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def announce(event: object) -> None:
@@ -46,7 +35,7 @@ def build(db: Path) -> Starlette:
     """The wizard app, with its runs and users in the SQLite file `db`."""
     return wizard_app(
         onboarding,
-        secret=load_secret(db),
+        secret=persistent_secret(db.with_suffix(".secret")),
         url=f"sqlite+aiosqlite:///{db}",
         handlers=[users(db), EventAccumulator(on_event=announce)],
         title="Onboarding",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -94,3 +96,19 @@ def test_origin_check(headers: dict[str, str], kind: str, expected: bool) -> Non
     """Same origin passes, foreign origins fail, and a WebSocket must send an Origin."""
     allowed = frozenset({"https://trusted.example"})
     assert same_origin(conn(headers, kind), allowed) is expected
+
+
+def test_persistent_secret_is_generated_once_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secret file is created once (mode 0600) and read back; $LIVE_SECRET wins."""
+    from bridges.live import persistent_secret
+
+    monkeypatch.delenv("LIVE_SECRET", raising=False)
+    path = tmp_path / "app.secret"
+    first = persistent_secret(path)
+    assert len(first) >= 32
+    assert persistent_secret(path) == first
+    assert path.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("LIVE_SECRET", "from-env")
+    assert persistent_secret(path) == "from-env"

@@ -27,7 +27,7 @@ from ._runs import (
     run_app,
     wizard_app,
 )
-from ._session import Session
+from ._session import Session, persistent_secret
 from ._tasks_view import TasksHub
 from ._view import Event, LiveView, NotFound, Reply
 
@@ -51,6 +51,7 @@ __all__ = (
     "Reply",
     "NotFound",
     "Session",
+    "persistent_secret",
     # building blocks
     "Projection",
     "Region",

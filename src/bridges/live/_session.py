@@ -15,8 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
@@ -134,3 +136,24 @@ def same_origin(conn: HTTPConnection, allowed: frozenset[str]) -> bool:
         return False
     scheme = "https" if conn.url.scheme in ("https", "wss") else "http"
     return origin == f"{scheme}://{host}"
+
+
+def persistent_secret(path: str | os.PathLike[str], *, env: str = "LIVE_SECRET") -> str:
+    """The signing secret for sessions and CSRF tokens: `$LIVE_SECRET` if set, otherwise a
+    random one generated on first use and kept in the file `path` (mode 0600), so that
+    sessions — and the runs bound to them — survive a server restart."""
+    if secret := os.environ.get(env):
+        return secret
+    file = Path(path)
+    try:
+        # O_EXCL: two processes starting at once agree on the first one's secret.
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    secret = file.read_text().strip()
+    if not secret:
+        raise ValueError(f"the secret file {file} is empty; delete it to generate a new one")
+    return secret
