@@ -217,8 +217,6 @@ class AsyncComputation:
         group then, not a request's. A computation that is not one, or a handler that fails to
         install, raises here.
         """
-        if isinstance(handlers, Handler | Stack):
-            handlers = (handlers,)
         run = Run(comp, _flatten(handlers))
         if run_id is None:
             run_id = secrets.token_urlsafe(16)
@@ -401,7 +399,7 @@ class AsyncComputation:
             return self._step
         suspend = self._suspend
         assert suspend is not None
-        cont, _ = suspend._take_for_cancel()
+        cont, _ = suspend._take(None, validate=False)
         self._suspend = None
         self._cancel_reason = reason
         return self._launch(cont, None, Cancellation(reason))

@@ -130,7 +130,10 @@ def handler(
     return h
 
 
-def _flatten(handlers: Iterable[Handler | Stack]) -> tuple[Handler, ...]:
+def _flatten(handlers: Handler | Stack | Iterable[Handler | Stack]) -> tuple[Handler, ...]:
+    """One handler, one stack, or any iterable of them, as a flat tuple (first innermost)."""
+    if isinstance(handlers, Handler):
+        return (handlers,)
     out: list[Handler] = []
     for h in handlers:
         if isinstance(h, Stack):

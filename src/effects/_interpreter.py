@@ -137,7 +137,7 @@ def _start_generator(comp: Any) -> Generator[Any, Any, Any]:
                 "run once (use @computation for a re-startable computation)"
             )
         return comp
-    if isinstance(comp, Comp | Effect | WithHandler | GeneratorType):
+    if isinstance(comp, Comp | Effect | WithHandler):
         return iter(comp)
     raise TypeError(
         f"not a computation: {comp!r} (expected a generator, a Comp, an Effect or with_handler)"
@@ -336,7 +336,7 @@ class Run:
                 out = self.step(value, exc)
                 if type(out) is not _Await:
                     return out  # type: ignore[return-value]
-                _close_awaitable(out.awaitable)
+                close_awaitable(out.awaitable)
                 value, exc = (
                     None,
                     AsyncHandlerError(
@@ -392,10 +392,18 @@ class Run:
                         h.cleanup()
 
 
-def _close_awaitable(aw: Any) -> None:
+def close_awaitable(aw: Any) -> None:
+    """Close an awaitable that will never be awaited (no 'never awaited' warning)."""
     close = getattr(aw, "close", None)
     if close is not None:
         close()
+
+
+def returning(value: Any) -> Generator[Any, Any, Any]:
+    """A computation that returns `value` as is: how a handler hands back a generator, an
+    exception or an awaitable as a plain value instead of having it interpreted."""
+    return value
+    yield  # pragma: no cover - makes this a generator
 
 
 def _exit_scope(

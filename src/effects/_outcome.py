@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import pydantic
 
 from ._effect import Effect
-from ._exceptions import InvalidInput, ResumeError
+from ._exceptions import Cancellation, InvalidInput, ResumeError
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -106,14 +106,15 @@ class Suspend:
         self.input = input
         self._continuation = continuation
 
-    def _take(self, value: Any) -> tuple[_Continuation, Any]:
+    def _take(self, value: Any, *, validate: bool = True) -> tuple[_Continuation, Any]:
         if self._continuation is None:
             raise ResumeError(
                 "this suspension cannot be resumed: it was already resumed or cancelled, "
                 "or it is a report (resume through the runner that sent it)"
             )
-        # Validate before consuming the one-shot continuation: bad input loses nothing.
-        value = validate_input(self.input, value)
+        if validate:
+            # Validate before consuming the one-shot continuation: bad input loses nothing.
+            value = validate_input(self.input, value)
         cont, self._continuation = self._continuation, None
         return cont, value
 
@@ -134,23 +135,13 @@ class Suspend:
 
     def cancel(self, reason: Any = None) -> Outcome:
         """Cancel at this suspension: cleanup runs innermost first, then `Cancelled(reason)`."""
-        from ._exceptions import Cancellation
-
-        cont, _ = self._take_for_cancel()
+        cont, _ = self._take(None, validate=False)
         return cont.drive(None, Cancellation(reason))
 
     async def acancel(self, reason: Any = None) -> Outcome:
         """Async twin of `cancel`."""
-        from ._exceptions import Cancellation
-
-        cont, _ = self._take_for_cancel()
+        cont, _ = self._take(None, validate=False)
         return await cont.adrive(None, Cancellation(reason))
-
-    def _take_for_cancel(self) -> tuple[_Continuation, None]:
-        if self._continuation is None:
-            raise ResumeError("this suspension was already resumed or cancelled")
-        cont, self._continuation = self._continuation, None
-        return cont, None
 
     def report(self) -> Suspend:
         """A copy carrying `value`, `data` and `input` but no way to resume."""

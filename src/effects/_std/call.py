@@ -7,7 +7,7 @@ import builtins
 import functools
 import inspect
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from .._effect import Effect
 from .._exceptions import AsyncHandlerError, ConfigurationError
 from .._exceptions import TimeoutError as EffectsTimeoutError
 from .._handler import Handler, handles
-from .._interpreter import running_async
+from .._interpreter import close_awaitable, returning, running_async
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +79,6 @@ class Call(Effect[Any]):
         return f"Call({name}{', ' if parts else ''}{', '.join(parts)})"
 
 
-def _returning(value: Any) -> Generator[Any, Any, Any]:
-    # A handler's plain result that happens to be a generator or an exception would be
-    # reinterpreted; returning it from a computation delivers it untouched.
-    return value
-    yield  # pragma: no cover - makes this a generator
-
-
 class CallHandler(Handler):
     """The default handler of `Call`: calls the function, with its retry and timeout."""
 
@@ -115,14 +108,12 @@ class CallHandler(Handler):
                 time.sleep(delay)
                 continue
             if inspect.isawaitable(result):
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+                close_awaitable(result)
                 raise AsyncHandlerError(
                     f"{effect!r} returned an awaitable but the computation runs under the sync "
                     "runner; use arun/astart"
                 )
-            return _returning(result)
+            return returning(result)
 
     async def _acall(self, effect: Call) -> Any:
         delays = effect.retry.delays() if effect.retry else iter(())

@@ -19,7 +19,7 @@ from .._exceptions import (
     SerializationError,
 )
 from .._handler import Entry, Handler, HandlerFn, Table, WithHandler, handles
-from .._interpreter import _PUSH, SUSPEND, _Signal
+from .._interpreter import _PUSH, SUSPEND, _Signal, returning
 from .._outcome import Throw
 from .._std.control import Yield
 from ._effects import Checkpoint, _idempotency_key, is_at_most_once, needs_outside
@@ -51,13 +51,6 @@ class _Live:
 _LIVE: Any = _Live()
 
 
-def _returning(value: Any) -> Generator[Any, Any, Any]:
-    # A replayed value the interpreter would reinterpret (a generator, an exception object,
-    # an awaitable) is delivered untouched as the return value of a computation.
-    return value
-    yield  # pragma: no cover - makes this a generator
-
-
 def _deliver(value: Any) -> Any:
     if type(value) in _PRIMITIVE:
         return value
@@ -66,7 +59,7 @@ def _deliver(value: Any) -> Any:
         or isinstance(value, BaseException)
         or inspect.isawaitable(value)
     ):
-        return _returning(value)
+        return returning(value)
     return value
 
 

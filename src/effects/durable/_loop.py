@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from .._computation import Computation
 from .._effect import Effect
 from .._exceptions import MissingHandlerError
-from ._serialize import Codec, codec, register_arg_fields, type_name
+from ._serialize import Codec, register_arg_fields, type_name
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -108,8 +108,3 @@ def durable_loop(
         state = out  # type: ignore[assignment]
         if handle is not None:
             yield NextIteration(handle, state)
-
-
-def loop_codec(state_type: Any) -> Codec:
-    """The codec of a loop's state."""
-    return codec(state_type)

@@ -185,8 +185,6 @@ class DurableRunner:
         lease: float = 30.0,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(handlers, Handler | Stack):
-            handlers = (handlers,)
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
         self.url = url

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import pydantic
 import pydantic_core
 
-from .._effect import Effect, result_type
+from .._effect import result_type
 from .._exceptions import EffectsError, SerializationError
 from .._std.call import Call
 from .._std.control import Yield
@@ -398,11 +398,6 @@ def effect_info(effect_type: type) -> EffectInfo:
     except KeyError:
         info = _infos[effect_type] = EffectInfo(effect_type)
         return info
-
-
-def dump_result(effect: Effect[Any], value: Any) -> Any:
-    """An effect's result as JSON; raises `SerializationError` naming the effect."""
-    return result_codec(effect).dump(value, f"{effect_name(type(effect))}: result")
 
 
 # -- errors -----------------------------------------------------------------------------------
