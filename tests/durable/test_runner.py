@@ -701,3 +701,22 @@ async def test_handlers_learn_their_run_id_also_when_recovered(db: str) -> None:
     assert recovered.id == run_id
     assert seen == [run_id]
     assert current_run_id() is None
+
+
+async def test_a_cancel_request_for_a_step_elsewhere_reaches_subscribers(db: str) -> None:
+    """Cancelling a run whose step another runner holds flags it without a new revision;
+    subscribers still get the flagged snapshot, and the step then ends cancelled."""
+    GATES["c"] = anyio.Event()
+    async with runner(db, owner="a") as a, runner(db, owner="b") as b:
+        run = await a.start(gated("c"), wait=False)
+        async with b.subscribe(run.id) as updates:
+            with anyio.fail_after(5):
+                first = await updates.__anext__()
+                assert not first.cancel_requested
+                await b.cancel(run.id, "stop")
+                flagged = await updates.__anext__()
+            assert flagged.cancel_requested
+            assert flagged.revision == first.revision
+        GATES["c"].set()
+    async with runner(db) as r:
+        assert (await r.get(run.id)).status is RunStatus.CANCELLED

@@ -77,14 +77,21 @@ class Subscription:
         self._runner = runner
         self.run_id = run_id
         self._latest: Run | None = None
-        self._seen = -1
+        self._seen: Run | None = None  # the snapshot returned last (offers only move forward)
         self._changed = anyio.Event()
         self._fetched = False
         self._closed = False
         runner._subscribers.setdefault(run_id, set()).add(self)
 
     def _offer(self, run: Run) -> None:
-        if self._latest is None or run.revision > self._latest.revision:
+        latest = self._latest
+        # A cancel request flagged on a running step keeps the revision (bumping it would
+        # fail the step's guarded checkpoint), so an equal revision counts when the flag moved.
+        if (
+            latest is None
+            or run.revision > latest.revision
+            or (run.revision == latest.revision and run.cancel_requested != latest.cancel_requested)
+        ):
             self._latest = run
             self._changed.set()
 
@@ -101,13 +108,13 @@ class Subscription:
             except BaseException:
                 await self.aclose()
                 raise
-        while self._latest is None or self._latest.revision <= self._seen:
+        while self._latest is None or self._latest is self._seen:
             await self._changed.wait()
             self._changed = anyio.Event()
             if self._closed:  # closed meanwhile, or the runner was closed
                 raise StopAsyncIteration
         run = self._latest
-        self._seen = run.revision
+        self._seen = run
         if run.finished:
             await self.aclose()
         return run

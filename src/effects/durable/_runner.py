@@ -363,7 +363,9 @@ class DurableRunner:
         if status is RunStatus.RUNNING:
             if row.lease_owner in (None, self.owner) or (row.lease_expires or 0) < time.time():
                 return await self._recover(row, cancel=(reason,))
-            return self._to_run(await self.store.request_cancel(run_id))
+            flagged = await self.store.request_cancel(run_id)
+            self._publish(flagged)  # same revision, so subscribers compare the flag too
+            return self._to_run(flagged)
         step, suspend = await self._cold(run_id, row.revision, "cancel")
         try:
             # Flagged in the same transaction: if this process dies during the cleanup,
@@ -855,10 +857,13 @@ class DurableRunner:
 
     async def _notified(self, payload: str) -> None:
         run_id, _, revision = payload.rpartition(":")
+        flagged = revision.endswith("!")
+        revision = revision.rstrip("!")
         subs = self._subscribers.get(run_id)
         if not subs or not revision.isdigit():
             return
-        if all(s._latest is not None and s._latest.revision >= int(revision) for s in subs):
+        seen = all(s._latest is not None and s._latest.revision >= int(revision) for s in subs)
+        if seen and not flagged:
             return
         try:
             self._publish(await self.store.get(run_id))

@@ -496,10 +496,15 @@ class Store:
         async with self._writer.begin() as conn:
             yield conn
 
-    async def _notify(self, conn: AsyncConnection, run_id: str, revision: int) -> None:
+    async def _notify(
+        self, conn: AsyncConnection, run_id: str, revision: int, *, flag: bool = False
+    ) -> None:
         if self.dialect == "postgresql":
-            # Delivered to listeners when (and only if) the transaction commits.
-            await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, f"{run_id}:{revision}")))
+            # Delivered to listeners when (and only if) the transaction commits. A change that
+            # keeps the revision (a cancel request flagged on a running step) is marked "!",
+            # so listeners read it although they already hold that revision.
+            payload = f"{run_id}:{revision}{'!' if flag else ''}"
+            await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -713,7 +718,7 @@ class Store:
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
             if result.rowcount:
-                await self._notify(conn, run_id, row.revision)
+                await self._notify(conn, run_id, row.revision, flag=True)
         return RunRow.from_row(row)
 
     async def recoverable(self, owner: str, now: float) -> builtins.list[RunRow]:
