@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import multiprocessing
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,29 +38,6 @@ def flows(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The worker's computations, imported under the same module name as in the workers."""
     monkeypatch.syspath_prepend(str(WORKERS))
     return importlib.import_module("crash_flows")
-
-
-@pytest.fixture(scope="module")
-def forked() -> Iterator[Callable[..., None]]:
-    """Start worker processes from a fork server that has already imported the worker and
-    its dependencies: a fresh process per run, without paying ~0.5 s of imports each time."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(WORKERS))
-        # The fork server is a fresh interpreter: it finds the worker through PYTHONPATH
-        # (Python 3.11's fork server ignores the parent's sys.path).
-        paths = [str(WORKERS), *filter(None, [os.environ.get("PYTHONPATH")])]
-        mp.setenv("PYTHONPATH", os.pathsep.join(paths))
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["worker"])
-        target = importlib.import_module("worker").run
-
-        def start(*args: str) -> None:
-            process = ctx.Process(target=target, args=(list(args),))
-            process.start()
-            process.join(30)
-            assert process.exitcode == -signal.SIGKILL, process.exitcode
-
-        yield start
 
 
 def worker(*args: str, expect_kill: bool = False) -> dict[str, Any]:

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import multiprocessing
-import os
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -167,26 +163,6 @@ async def test_concurrent_migrations(pg_database_url: str) -> None:
     finally:
         for store in stores:
             await store.aclose()
-
-
-@pytest.fixture(scope="module")
-def forked() -> Iterator[Any]:
-    """Worker processes forked from a server that has the worker imported (see test_crash)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(WORKERS))
-        paths = [str(WORKERS), *filter(None, [os.environ.get("PYTHONPATH")])]
-        mp.setenv("PYTHONPATH", os.pathsep.join(paths))
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["worker"])
-        target = importlib.import_module("worker").run
-
-        def start(*args: str) -> None:
-            process = ctx.Process(target=target, args=(list(args),))
-            process.start()
-            process.join(30)
-            assert process.exitcode == -signal.SIGKILL, process.exitcode
-
-        yield start
 
 
 @pytest.mark.parametrize("kill_at", ["after:2", "before:7"])
