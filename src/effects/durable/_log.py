@@ -33,7 +33,8 @@ class LogEntry(BaseModel):
       iterations leave gaps).
     - `effect`: the effect type as `module.qualname`.
     - `fingerprint`: a short hash of `args`; replay compares it to detect divergence.
-    - `args`: the effect's arguments as JSON (callables and classes by qualified name).
+    - `args`: the effect's arguments in their canonical JSON form (sets sorted, callables by
+      what they do: see `effects.durable._identity`).
     - `status`: `done` (with `result`), `error` (with `error`) or `pending` (started, no answer
       yet: the `Yield` a run is waiting at, or an at-most-once effect's write-ahead record).
     """

@@ -33,6 +33,7 @@ from ._serialize import (
     effect_info,
     effect_name,
     fingerprint,
+    legacy_fingerprint,
     load_error,
     result_codec,
 )
@@ -543,7 +544,12 @@ class EffectLogger(Handler):
         except SerializationError as err:
             return err
         name = effect_name(type(effect))
-        if entry.effect != name or entry.fingerprint != fingerprint(args):
+        if entry.effect != name or (
+            entry.fingerprint != fingerprint(args)
+            # An entry written before the canonical argument form (callables by name only,
+            # sets in iteration order) matches that older form of the same arguments.
+            and entry.fingerprint != legacy_fingerprint(effect)
+        ):
             return self._mismatch(entry, f"{name}({_format_args(args)})")
         self._cursor = i + 1
         return entry

@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar
 from .._computation import Computation
 from .._effect import Effect
 from .._exceptions import MissingHandlerError
-from ._serialize import Codec, register_arg_fields, type_name
+from ._identity import type_name
+from ._serialize import Codec, register_arg_fields
 
 S = TypeVar("S")
 T = TypeVar("T")

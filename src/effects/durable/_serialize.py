@@ -12,12 +12,10 @@ of coming back silently as a string or a list.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import operator
 import sys
-import types
 import typing
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -29,6 +27,7 @@ from .._effect import result_type
 from .._exceptions import EffectsError, SerializationError
 from .._std.call import Call
 from .._std.control import Yield
+from ._identity import encode, legacy_encode, type_name
 from ._log import ErrorInfo
 
 
@@ -48,22 +47,6 @@ class ReplayedError(EffectsError):
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 _UNTYPED = (Any, object, dict, list, tuple, set, frozenset)
-
-
-def _public_module(module: str) -> str:
-    # The library's own classes are named by the package that exports them, not by the
-    # private module that defines them: stored logs must survive a reorganisation of private
-    # modules (`effects._std.control.Yield` is logged as `effects.Yield`).
-    if module.startswith("effects.durable._"):
-        return "effects.durable"
-    if module.startswith("effects._"):
-        return "effects"
-    return module
-
-
-def type_name(obj: Any) -> str:
-    """`module.qualname` of a class or function: how logs name effects and errors."""
-    return f"{_public_module(obj.__module__)}.{obj.__qualname__}"
 
 
 _names: dict[type, str] = {}
@@ -110,31 +93,12 @@ def _arg_fields(effect_type: type) -> tuple[str, ...]:
     return fields
 
 
-def _symbol(value: Any) -> Any:
-    """pydantic's fallback for argument values it cannot serialize by itself.
-
-    Functions and classes are named by `module.qualname` (stable across processes, unlike
-    their repr); typing constructs (`list[int]`) by their repr. Anything else is refused.
-    """
-    if isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
-        return type_name(value)
-    if isinstance(value, types.MethodType):
-        return type_name(value.__func__)
-    if isinstance(value, functools.partial):
-        return f"partial({_symbol(value.func)})"
-    if isinstance(value, types.GenericAlias | types.UnionType):
-        return repr(value)
-    if type(value).__module__ == "typing":
-        return repr(value)
-    raise TypeError(f"cannot serialize {type(value).__qualname__} as JSON")
-
-
 def _dump_field(effect: Any, f: str) -> Any:
     v = getattr(effect, "_" + f)
     if type(v) in _PRIMITIVE:
         return v
     try:
-        return pydantic_core.to_jsonable_python(v, fallback=_symbol)
+        return encode(v)
     except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as err:
         raise SerializationError(
             f"{effect_name(type(effect))}: argument {f!r} ({type(v).__qualname__}) cannot be "
@@ -193,6 +157,18 @@ def _dumper(effect_type: type) -> ArgDumper:
 def dump_args(effect: Any) -> dict[str, Any]:
     """The effect's arguments as JSON values; raises `SerializationError` naming the field."""
     return _dumper(type(effect))(effect)
+
+
+def legacy_fingerprint(effect: Any) -> str | None:
+    """The fingerprint a log written before the canonical argument form (see `_identity`)
+    holds for `effect`; None when that form cannot express its arguments."""
+    out: dict[str, Any] = {}
+    for f in _arg_fields(type(effect)):
+        try:
+            out[f] = legacy_encode(getattr(effect, "_" + f))
+        except (TypeError, ValueError, pydantic_core.PydanticSerializationError):
+            return None
+    return fingerprint(out)
 
 
 _SHORT = 40
