@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from effects import (
+    AsyncComputation,
     AsyncHandlerError,
     Call,
+    Cancelled,
     Clock,
     ConfigurationError,
     Fresh,
@@ -157,3 +161,63 @@ def test_advancing_clock() -> None:
 
     a, b = run(comp(), clock)
     assert b - a == timedelta(seconds=61)
+
+
+@pytest.mark.anyio
+async def test_call_plain_function_runs_in_a_worker_thread(anyio_backend: str) -> None:
+    """Under the async runner a plain function blocks a worker thread, not the event loop:
+    another task goes on while it runs (here: it is that task that lets the call return)."""
+    loop_thread = threading.get_ident()
+    started, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def blocking() -> str:
+        seen.append(threading.get_ident())
+        started.set()
+        # Without a worker thread this would block the loop, and with it the task below.
+        assert release.wait(10)
+        return "returned"
+
+    async def other_task() -> None:
+        await anyio.to_thread.run_sync(started.wait)
+        release.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_task)
+            assert await arun(Call(blocking)) == "returned"
+    assert len(seen) == 1
+    assert seen[0] != loop_thread
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_plain_call_waits_for_its_thread(anyio_backend: str) -> None:
+    """A cancelled AsyncComputation whose step runs a plain function reports `Cancelled` only
+    once the function has returned: a thread cannot be interrupted, and the step must not end
+    while its call still runs (documented)."""
+    started, release = threading.Event(), threading.Event()
+    events: list[str] = []
+
+    def blocking() -> None:
+        started.set()
+        assert release.wait(10)
+        events.append("returned")
+
+    def comp() -> Generator[Any, Any, None]:
+        try:
+            yield Call(blocking)
+        finally:
+            events.append("cleanup")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            runner = await AsyncComputation.start(comp(), task_group=tg, messages=True)
+            await anyio.to_thread.run_sync(started.wait)
+            await runner.cancel("stop")
+            # The cancel is requested, the thread still runs: nothing may be reported yet.
+            await anyio.wait_all_tasks_blocked()
+            assert events == []
+            release.set()
+            outcomes = [m.outcome async for m in runner]
+    assert events == ["returned", "cleanup"]
+    assert type(outcomes[-1]) is Cancelled

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._effect import Effect
@@ -45,6 +46,8 @@ class Retry:
 class Call(Effect[Any]):
     """Perform `fn(*args, **kwargs)` as an effect. `fn` may be a plain or an async function.
 
+    Under the async runners a plain function runs in a worker thread (the event loop goes on
+    meanwhile; a cancellation waits for the function to return), an async one on the loop.
     Options (keyword-only, not passed to `fn`): `retry=Retry(...)`, `timeout=seconds`.
     Durable runs record the result, so a completed call is never repeated on replay.
     """
@@ -129,19 +132,36 @@ class CallHandler(Handler):
 
 
 async def _invoke(effect: Call) -> Any:
-    fn, args, kwargs = effect.fn, effect.args, effect.kwargs
     if effect.timeout is None:
-        result = fn(*args, **kwargs)
-        return await result if inspect.isawaitable(result) else result
+        return await _perform(effect, abandon=False)
     try:
         with anyio.fail_after(effect.timeout):
-            if inspect.iscoroutinefunction(fn):
-                return await fn(*args, **kwargs)
-            # A plain function can only be timed out by running it in a worker thread that is
-            # abandoned when the deadline passes.
-            return await anyio.to_thread.run_sync(
-                functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
-            )
+            return await _perform(effect, abandon=True)
     except builtins.TimeoutError as err:
         # The library's subclass: caught by `except TimeoutError` whichever name is imported.
         raise EffectsTimeoutError(f"{effect!r} timed out after {effect.timeout} s") from err
+
+
+async def _perform(effect: Call, *, abandon: bool) -> Any:
+    fn, args, kwargs = effect.fn, effect.args, effect.kwargs
+    if _is_async(fn):
+        return await fn(*args, **kwargs)
+    # A plain function runs in a worker thread, so that while it blocks the event loop goes on:
+    # other tasks, the web server, and a durable runner's lease heartbeat (a blocked loop would
+    # let another process take the run while the call still runs). A thread cannot be
+    # interrupted: a cancellation waits until the function returns, so the step never ends
+    # while its call still runs, and is then delivered here, at the Call, like the cancellation
+    # of an async function midway (the result is dropped). Only a `timeout` abandons the
+    # thread (it finishes unobserved).
+    result = await anyio.to_thread.run_sync(
+        functools.partial(fn, *args, **kwargs), abandon_on_cancel=abandon
+    )
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    # A plain function may return an awaitable (a lambda around a coroutine function).
+    return await result if inspect.isawaitable(result) else result
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an `async def __call__`
+    )
