@@ -79,6 +79,24 @@ def region(page: str, region_id: str) -> str:
     return rest[: end.start()]
 
 
+def parse_id(event_id: str) -> tuple[str, int]:
+    """An event id, `<epoch>.<revision>`, as its two parts."""
+    epoch, dot, revision = event_id.partition(".")
+    assert dot, event_id
+    assert epoch, event_id
+    assert revision.isdigit(), event_id
+    return epoch, int(revision)
+
+
+def page_position(page: str) -> str:
+    """The `<epoch>.<revision>` of a full page (what the shipped client resumes from)."""
+    epoch = re.search(r'data-live-epoch="([0-9a-f]+)"', page)
+    revision = re.search(r'data-live-revision="(\d+)"', page)
+    assert epoch is not None
+    assert revision is not None
+    return f"{epoch.group(1)}.{revision.group(1)}"
+
+
 def region_rev(page: str, region_id: str) -> int:
     """The revision a full page shows for a region."""
     match = re.search(rf'data-live-region="{re.escape(region_id)}" data-live-rev="(\d+)"', page)
@@ -162,13 +180,12 @@ class Visitor:
 
     @asynccontextmanager
     async def stream(
-        self, path: str, last_event_id: int | None = None
+        self, path: str, last_event_id: str | None = None, *, query: str = ""
     ) -> AsyncIterator[EventReader]:
-        """Open the page's SSE stream."""
+        """Open the page's SSE stream (`Last-Event-ID: last_event_id`, `?query`)."""
         url = httpx.URL(str(self.http.base_url))
-        conn = await RawStream.open(
-            url.host, url.port or 80, path.rstrip("/") + "/_live/sse", self.cookie, last_event_id
-        )
+        target = path.rstrip("/") + "/_live/sse" + (f"?{query}" if query else "")
+        conn = await RawStream.open(url.host, url.port or 80, target, self.cookie, last_event_id)
         try:
             assert conn.status == 200, conn.status
             yield EventReader(conn)
@@ -205,7 +222,7 @@ class RawStream:
         port: int,
         path: str,
         cookie: str,
-        last_event_id: int | None = None,
+        last_event_id: str | None = None,
         *,
         receive_buffer: int | None = None,
     ) -> RawStream:
@@ -274,13 +291,16 @@ class EventReader:
         self.conn = conn
         self.regions: dict[str, tuple[int, str]] = {}
         self.ids: list[int] = []
+        self.epochs: set[str] = set()
 
     async def next(self) -> tuple[Event, dict[str, Any]]:
         with anyio.fail_after(20):
             event = await self.conn.next()
         data = json.loads(event.data)
         if event.id:
-            self.ids.append(int(event.id))
+            epoch, revision = parse_id(event.id)
+            self.epochs.add(epoch)
+            self.ids.append(revision)
         for rid, fragment in data.get("regions", {}).items():
             old = self.regions.get(rid)
             if old is None or fragment["rev"] > old[0]:

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from bridges.live import Projection, Region
-from bridges.live._stream import Connection, parse_last_event_id, sse
+from bridges.live._stream import Connection, sse
 
 
 def test_first_update_stamps_every_region() -> None:
@@ -60,30 +60,58 @@ def test_missing_region_is_emptied_in_place() -> None:
     assert "a" in p
 
 
-def test_revisions_start_above_an_earlier_process() -> None:
-    """A projection made later starts at a higher revision (they start from the clock)."""
+def test_each_projection_has_its_own_epoch_and_counts_from_zero() -> None:
+    """A page mounted again (restart, eviction, another process) is a new epoch: its
+    revisions start from 0 and are not comparable with the old ones."""
     older = Projection()
     older.update({"a": "x"})
     newer = Projection()
-    assert newer.revision >= older.revision - 1
+    assert newer.epoch != older.epoch
+    assert newer.revision == 0
+    assert older.event_id == f"{older.epoch}.1"
 
 
-def test_raise_floor_restamps_everything_past_a_client_revision() -> None:
-    """A Last-Event-ID ahead of the page moves the revision past it and restamps every
-    region, so the client accepts the next snapshot."""
+def test_since_accepts_only_ids_this_projection_issued() -> None:
+    """`since` trusts an id only if it names this epoch and a revision already reached."""
     p = Projection()
-    p.update({"a": "1", "b": "2"})
-    ahead = p.revision + 1000
-    p.raise_floor(ahead)
-    assert p.revision == ahead + 1
-    assert {p["a"].rev, p["b"].rev} == {ahead + 1}
-    before = p.revision
-    p.raise_floor(5)  # a client behind the page changes nothing
-    assert p.revision == before
-    stamps = {p["a"].rev, p["b"].rev}
-    p.raise_floor(before)  # a client that is up to date: nothing to restamp
-    assert p.revision == before
-    assert {p["a"].rev, p["b"].rev} == stamps
+    p.update({"a": "1"})
+    p.update({"a": "2"})
+    e = p.epoch
+    assert p.since(f"{e}.2") == 2
+    assert p.since(f"{e}.0") == 0
+    assert p.since(f" {e}.1 ") == 1
+    for forged in (
+        None,
+        "",
+        "2",
+        "1" + "0" * 30,
+        f"{e}.3",
+        f"{e}.-1",
+        f"{e}.+1",
+        f"{e}.1.5",
+        f"{e}.1e3",
+        f"{e}.",
+        f"{e}.\u0663",  # an Arabic-Indic digit: isdigit() but not ASCII
+        f"{e}x.1",
+        "0123456789abcdef.1",
+        f"{e}." + "9" * 100,
+    ):
+        assert p.since(forged) is None, forged
+
+
+def test_revisions_are_bounded_by_a_new_epoch() -> None:
+    """At its limit the projection starts a new epoch, restamps and reports every region."""
+    p = Projection(limit=3)
+    p.update({"a": "1", "b": "x"})
+    p.update({"a": "2", "b": "x"})
+    p.update({"a": "3", "b": "x"})
+    first = p.epoch
+    assert p.revision == 3
+    assert p.update({"a": "4", "b": "x"}) == ["a", "b"]
+    assert p.epoch != first
+    assert (p.revision, p["a"].rev, p["b"].rev) == (1, 1, 1)
+    assert p.since(f"{first}.3") is None
+    assert p.update({"a": "5", "b": "x"}) == ["a"]
 
 
 def test_envelope_carries_regions_with_their_revisions() -> None:
@@ -94,6 +122,7 @@ def test_envelope_carries_regions_with_their_revisions() -> None:
     snapshot = p.envelope("snapshot")
     assert snapshot["type"] == "snapshot"
     assert snapshot["revision"] == p.revision
+    assert snapshot["epoch"] == p.epoch
     assert set(snapshot["regions"]) == {"a", "b"}
     patch = p.envelope("patch", ["b"], busy=True)
     assert patch["regions"] == {"b": {"rev": p.revision, "html": "3"}}
@@ -102,23 +131,14 @@ def test_envelope_carries_regions_with_their_revisions() -> None:
 
 def test_sse_event_format() -> None:
     """An event has an id line (the revision), an event line and one JSON data line."""
-    raw = sse("patch", {"type": "patch", "html": "a\nb"}, 42).decode()
+    raw = sse("patch", {"type": "patch", "html": "a\nb"}, "e1.42").decode()
     lines = raw.split("\n")
-    assert lines[0] == "id: 42"
+    assert lines[0] == "id: e1.42"
     assert lines[1] == "event: patch"
     assert lines[2].startswith("data: ")
     assert json.loads(lines[2][6:]) == {"type": "patch", "html": "a\nb"}
     assert raw.endswith("\n\n")
     assert not sse("ping", {}).decode().startswith("id:")
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(None, None), ("", None), ("17", 17), (" 8 ", 8), ("x", None), ("-3", None)],
-)
-def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
-    """Last-Event-ID is a non-negative revision; anything else is ignored."""
-    assert parse_last_event_id(value) == expected
 
 
 @pytest.mark.anyio

@@ -6,11 +6,21 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
 import pytest
-from live_client import SECRET, LiveServer, Visitor, form_key, region, region_rev
+from live_client import (
+    SECRET,
+    LiveServer,
+    Visitor,
+    form_key,
+    page_position,
+    parse_id,
+    region,
+    region_rev,
+)
 from live_flows import names, signup
 from markupsafe import escape
 
@@ -184,7 +194,7 @@ async def test_stream_sends_a_snapshot_then_patches(serve: Serve, db_url: str) -
         async with ada.stream(path) as events:
             event, data = await events.next()
             assert event.event == "snapshot"
-            assert int(event.id) == data["revision"]
+            assert parse_id(event.id) == (data["epoch"], data["revision"])
             assert set(data["regions"]) == {"status", "main", "tasks", "output", "controls"}
             assert data["regions"]["main"]["rev"] == region_rev(page, "main")
             key = form_key(page, "answer")
@@ -194,29 +204,76 @@ async def test_stream_sends_a_snapshot_then_patches(serve: Serve, db_url: str) -
             assert len(set(events.ids)) == len(events.ids)
 
 
-async def test_reconnect_gets_a_full_snapshot_and_honours_last_event_id(
+async def test_reconnect_gets_a_snapshot_of_what_changed_since_its_id(
     serve: Serve, db_url: str
 ) -> None:
-    """Every reconnect starts with a full snapshot; a Last-Event-ID ahead of the server (a
-    restarted one) moves the revisions past it, so the client accepts what comes next."""
+    """A reconnect naming a position this page issued gets the regions changed since (none
+    when it is current); without an id it gets every region."""
     server = make(serve, db_url)
     async with Visitor(server.url) as ada:
         path = await ada.start()
+        page = await ada.get(path)
         async with ada.stream(path) as events:
             event, first = await events.next()
-        last = int(event.id)
+        last = event.id
+        assert set(first["regions"]) == {"status", "main", "tasks", "output", "controls"}
         async with ada.stream(path, last_event_id=last) as events:
             event, again = await events.next()
             assert event.event == "snapshot"
-            assert set(again["regions"]) == set(first["regions"])
-            assert int(event.id) >= last
-        ahead = last + 10**6
-        async with ada.stream(path, last_event_id=ahead) as events:
-            event, data = await events.next()
-            assert int(event.id) > ahead
-            assert all(r["rev"] > ahead for r in data["regions"].values())
+            assert again["regions"] == {}
+            assert event.id == last
+        await ada.post(
+            path, "answer", form_key(page, "answer"), {"name": "Ada", "age": "36"}, live=True
+        )
+        async with ada.stream(path, query=f"last_event_id={last}") as events:
+            event, since = await events.next()
+            assert "main" in since["regions"]
+            assert all(r["rev"] > parse_id(last)[1] for r in since["regions"].values())
+            await events.until("main", "Choose a plan")
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "1" + "0" * 30,  # the hostile link of issue #8: once raised the revision past 2^53
+        str(2**53 + 7),
+        "{epoch}.{ahead}",  # this page's epoch, a revision it never reached
+        "{epoch}." + "9" * 60,
+        "0123456789abcdef.5",  # another epoch
+        "{epoch}.-1",
+        "{epoch}.1e3",
+        "{epoch}.٣",  # a non-ASCII digit
+        "x" * 5000,
+    ],
+)
+async def test_a_forged_last_event_id_is_ignored(serve: Serve, db_url: str, forged: str) -> None:
+    """An id the server never issued (header or query parameter, as a link from another site
+    sends it with the session cookie) changes nothing: a full snapshot, the revision where it
+    was, later changes still newer than what the client holds, every revision < 2^53."""
+    server = make(serve, db_url)
+    async with Visitor(server.url) as ada:
+        path = await ada.start()
         page = await ada.get(path)
-        assert region_rev(page, "main") > ahead
+        epoch, revision = parse_id(page_position(page))
+        forged = forged.format(epoch=epoch, ahead=revision + 1)
+        async with ada.stream(path, query=f"last_event_id={quote(forged)}") as events:
+            event, data = await events.next()
+            assert parse_id(event.id) == (epoch, revision)
+            assert set(data["regions"]) == {"status", "main", "tasks", "output", "controls"}
+        async with ada.stream(path, last_event_id=forged) as events:
+            event, data = await events.next()
+            assert parse_id(event.id) == (epoch, revision)
+            assert len(data["regions"]) == 5
+        again = await ada.get(path)
+        assert page_position(again) == page_position(page)
+        main_rev = region_rev(again, "main")
+        async with ada.stream(path, last_event_id=page_position(again)) as events:
+            await ada.post(
+                path, "answer", form_key(page, "answer"), {"name": "Ada", "age": "36"}, live=True
+            )
+            await events.until("main", "Choose a plan")
+            assert events.epochs == {epoch}
+            assert main_rev < events.regions["main"][0] < 2**53
 
 
 async def test_run_survives_a_server_restart(serve: Serve, db_url: str) -> None:
@@ -230,7 +287,7 @@ async def test_run_survives_a_server_restart(serve: Serve, db_url: str) -> None:
         await ada.answer(path, {"name": "a", "age": "1"})
         async with ada.stream(path) as events:
             event, _ = await events.next()
-        before = int(event.id)
+        before = event.id
         first.stop()
 
         second = make(serve, db_url, names)
@@ -240,8 +297,10 @@ async def test_run_survives_a_server_restart(serve: Serve, db_url: str) -> None:
         stale = await ada.post(path, "answer", old_key, {"name": "x", "age": "9"}, live=True)
         assert stale.json()["duplicate"] is True
         async with ada.stream(path, last_event_id=before) as events:
-            event, _ = await events.next()
-            assert int(event.id) > before
+            event, data = await events.next()
+            # A new process, a new epoch: the old id means nothing here, so every region.
+            assert parse_id(event.id)[0] != parse_id(before)[0]
+            assert len(data["regions"]) == 5
         await ada.answer(path, {"name": "b", "age": "2"})
         page = await ada.answer(path, {"name": "c", "age": "3"})
         assert str(escape("['a', 'b', 'c']")) in region(page, "main")

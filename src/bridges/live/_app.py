@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ._page import Page, Pages
 from ._session import Session, Sessions, same_origin
-from ._stream import parse_last_event_id, sse
+from ._stream import sse
 from ._view import Event, LiveView, NotFound, Reply
 
 log = logging.getLogger("bridges.live")
@@ -283,40 +283,49 @@ class LiveApp:
 
     async def _open_stream(
         self, conn: HTTPConnection, view: ViewFactory, suffix: str
-    ) -> tuple[Page, int | None]:
+    ) -> tuple[Page, str | None]:
         session = self.sessions.load(conn)
         if session is None:
             raise HTTPException(404)
         path = _route_path(conn)[: -len(suffix)] or "/"
         page = await self._open(conn, session, view, path)
-        last = parse_last_event_id(
-            conn.headers.get("last-event-id") or conn.query_params.get("last_event_id")
-        )
         await page.flush()
+        last = conn.headers.get("last-event-id") or conn.query_params.get("last_event_id")
         return page, last
+
+    def _snapshot(self, page: Page, last_event_id: str | None) -> dict[str, Any]:
+        # A client that names a position this page issued gets the regions changed since;
+        # any other id (forged, stale, from another epoch) is ignored: it gets every region.
+        proj = page.projection
+        since = proj.since(last_event_id)
+        ids = None if since is None else [i for i in proj.ids if proj[i].rev > since]
+        return proj.envelope("snapshot", ids, busy=page.busy, heartbeat=self.heartbeat)
+
+    def _ping(self, page: Page) -> dict[str, Any]:
+        proj = page.projection
+        return {"type": "ping", "epoch": proj.epoch, "revision": proj.revision}
 
     def _sse_endpoint(self, view: ViewFactory) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             page, last = await self._open_stream(request, view, SSE_SUFFIX)
-            conn = page.connect(last)
+            conn = page.connect()
 
             async def events() -> AsyncIterator[bytes]:
                 try:
                     yield b"retry: 1000\n\n"
-                    proj = page.projection
-                    snapshot = proj.envelope("snapshot", busy=page.busy, heartbeat=self.heartbeat)
-                    yield sse("snapshot", snapshot, proj.revision)
+                    snapshot = self._snapshot(page, last)
+                    yield sse("snapshot", snapshot, page.projection.event_id)
                     while not conn.closed:
                         ids = await conn.changes(self.heartbeat)
                         if conn.closed:
                             break
                         if ids is None:
-                            yield sse("ping", {"type": "ping", "revision": proj.revision})
+                            yield sse("ping", self._ping(page))
                             continue
                         proj = page.projection
                         ids_now = [i for i in ids if i in proj]
                         patch = proj.envelope("patch", ids_now, busy=page.busy)
-                        yield sse("patch", patch, proj.revision)
+                        yield sse("patch", patch, proj.event_id)
                 finally:
                     page.disconnect(conn)
 
@@ -345,7 +354,7 @@ class LiveApp:
                 await websocket.close(code=4404)
                 return
             await websocket.accept()
-            conn = page.connect(last)
+            conn = page.connect()
             send_lock = anyio.Lock()
 
             async def send(data: dict[str, Any]) -> None:
@@ -353,15 +362,14 @@ class LiveApp:
                     await websocket.send_text(json.dumps(data, separators=(",", ":")))
 
             async def sender() -> None:
-                proj = page.projection
-                await send(proj.envelope("snapshot", busy=page.busy, heartbeat=self.heartbeat))
+                await send(self._snapshot(page, last))
                 while not conn.closed:
                     ids = await conn.changes(self.heartbeat)
                     if conn.closed:
                         break
                     proj = page.projection
                     if ids is None:
-                        await send({"type": "ping", "revision": proj.revision})
+                        await send(self._ping(page))
                     else:
                         ids_now = [i for i in ids if i in proj]
                         await send(proj.envelope("patch", ids_now, busy=page.busy))
@@ -374,9 +382,17 @@ class LiveApp:
                         return
                     await send(await self._ws_command(page, session, message))
 
+            async def sender_then_close() -> None:
+                await sender()
+                # The page closed or started a new epoch: the client must reconnect (to a
+                # new page, or to a full snapshot) instead of waiting on a silent socket.
+                with anyio.CancelScope(shield=True), suppress(RuntimeError, WebSocketDisconnect):
+                    await websocket.close(code=1012)  # already gone: nothing to tell it
+                tg.cancel_scope.cancel()
+
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(sender)
+                    tg.start_soon(sender_then_close)
                     await receiver()
                     tg.cancel_scope.cancel()
             except WebSocketDisconnect:

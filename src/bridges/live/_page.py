@@ -189,8 +189,14 @@ class Page:
                     log.exception("handle_info of page %s failed on %r", self.path, message)
 
     def _publish(self) -> None:
+        epoch = self.projection.epoch
         changed = self.projection.update(self.view.render(self))
-        if changed:
+        if self.projection.epoch != epoch:
+            # The revision counter reached its bound and started a new epoch: a client can
+            # only take a new epoch from a full snapshot, which a reconnection starts with.
+            for conn in list(self.connections):
+                conn.close()
+        elif changed:
             for conn in self.connections:
                 conn.mark(changed)
 
@@ -212,10 +218,8 @@ class Page:
             self._publish()
         return reply
 
-    def connect(self, last_event_id: int | None) -> Connection:
-        """Open a connection; it starts with a full snapshot (sent by the caller)."""
-        if last_event_id is not None:
-            self.projection.raise_floor(last_event_id)
+    def connect(self) -> Connection:
+        """Open a connection; it starts with a snapshot (sent by the caller)."""
         conn = Connection()
         self.connections.add(conn)
         self.touch()
@@ -236,6 +240,7 @@ class Page:
             title=self.view.title(self),
             regions=[self.projection[rid] for rid in self.projection.ids],
             busy=self.busy,
+            epoch=self.projection.epoch,
             revision=self.projection.revision,
             refresh=self.app.noscript_refresh,
         )

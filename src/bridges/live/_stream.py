@@ -46,19 +46,8 @@ class Connection:
         return ids or None
 
 
-def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
     """One Server-Sent Event: optional `id:` line, `event:` line and a one-line JSON `data:`."""
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {body}\n\n".encode()
-
-
-def parse_last_event_id(value: str | None) -> int | None:
-    """A client's `Last-Event-ID` as a revision, or None when absent or not a number."""
-    if not value:
-        return None
-    try:
-        revision = int(value.strip())
-    except ValueError:
-        return None
-    return revision if revision >= 0 else None

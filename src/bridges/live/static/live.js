@@ -1,9 +1,12 @@
 /* bridges.live client: keeps the page's regions current and sends commands.
  *
- * The server sends envelopes {type, revision, regions: {id: {rev, html}}}. A region is only
- * replaced by a fragment with a higher revision than the one it shows, so a duplicate or a late
- * fragment is harmless. Every (re)connection starts with a full snapshot; the reconnect uses a
- * jittered exponential backoff and waits while the tab is hidden.
+ * The server sends envelopes {type, epoch, revision, regions: {id: {rev, html}}}. Revisions
+ * count up within an epoch (one incarnation of the page on the server) and are only compared
+ * within it: a region is only replaced by a fragment of the same epoch with a higher revision
+ * than the one it shows, so a duplicate or a late fragment is harmless. A new epoch is taken
+ * only from an envelope that carries every region (a snapshot or a reply). Every
+ * (re)connection starts with a snapshot; the reconnect uses a jittered exponential backoff and
+ * waits while the tab is hidden.
  *
  * Without this file the page still works: forms post, the server answers 303, and a busy page
  * refreshes itself through <noscript>.
@@ -13,7 +16,8 @@
 
   var body = document.body;
   var revs = {};
-  var lastRevision = Number(body.getAttribute("data-live-revision")) || 0;
+  var epoch = body.getAttribute("data-live-epoch") || "";
+  var lastRevision = revision(body.getAttribute("data-live-revision")) || 0;
   var csrfMeta = document.querySelector('meta[name="live-csrf"]');
   var csrf = csrfMeta ? csrfMeta.getAttribute("content") : "";
   var transport = body.getAttribute("data-live-transport") || window.LIVE_TRANSPORT || "sse";
@@ -25,8 +29,15 @@
   var pending = {};       // WebSocket command replies by ref
   var refs = 0;
 
+  // A revision is a non-negative integer exact in a double; anything else (a string, a
+  // number past 2^53 that would compare equal to its neighbours) is not one: null.
+  function revision(value) {
+    var n = typeof value === "string" && /^[0-9]{1,16}$/.test(value) ? Number(value) : value;
+    return typeof n === "number" && n >= 0 && n <= 9007199254740991 && Math.floor(n) === n ? n : null;
+  }
+
   Array.prototype.forEach.call(document.querySelectorAll("[data-live-region]"), function (el) {
-    revs[el.getAttribute("data-live-region")] = Number(el.getAttribute("data-live-rev")) || 0;
+    revs[el.getAttribute("data-live-region")] = revision(el.getAttribute("data-live-rev")) || 0;
   });
 
   function regionElement(id) {
@@ -68,18 +79,32 @@
   }
 
   function apply(envelope) {
-    if (!envelope || !envelope.regions) return;
+    if (!envelope || !envelope.regions || typeof envelope.epoch !== "string") return;
+    var current = revision(envelope.revision);
+    if (current === null) return;
+    if (envelope.epoch !== epoch) {
+      // Another incarnation of the page (a restart, an eviction): its revisions say nothing
+      // about ours. Only an envelope with every region may replace what the page shows; a
+      // stray patch of another epoch is dropped.
+      if (envelope.type !== "snapshot" && envelope.type !== "reply") return;
+      epoch = envelope.epoch;
+      body.setAttribute("data-live-epoch", epoch);
+      revs = {};
+      lastRevision = 0;
+    }
     var regions = envelope.regions;
     Object.keys(regions).forEach(function (id) {
       var fragment = regions[id];
-      if ((revs[id] || 0) >= fragment.rev) return; // older or the same: keep what we show
+      var rev = fragment ? revision(fragment.rev) : null;
+      if (rev === null || typeof fragment.html !== "string") return;
+      if ((revs[id] || 0) >= rev) return; // older or the same: keep what we show
       var el = regionElement(id);
       if (!el) return;
-      revs[id] = fragment.rev;
-      el.setAttribute("data-live-rev", String(fragment.rev));
+      revs[id] = rev;
+      el.setAttribute("data-live-rev", String(rev));
       if (!sameMarkup(el, fragment.html)) replace(el, fragment.html);
     });
-    if (envelope.revision > lastRevision) lastRevision = envelope.revision;
+    if (current > lastRevision) lastRevision = current;
     if (typeof envelope.busy === "boolean") {
       body.setAttribute("aria-busy", envelope.busy ? "true" : "false");
     }
@@ -107,7 +132,7 @@
     timer = null;
     var base = transport === "ws" ? body.getAttribute("data-live-socket") : body.getAttribute("data-live-stream");
     if (!base) return;
-    var url = base + "?last_event_id=" + encodeURIComponent(String(lastRevision));
+    var url = base + "?last_event_id=" + encodeURIComponent(epoch + "." + lastRevision);
     if (transport === "ws") {
       var scheme = location.protocol === "https:" ? "wss://" : "ws://";
       var ws = new WebSocket(scheme + location.host + url);
