@@ -256,7 +256,7 @@ async def test_acquire_takes_the_lease_once(tmp_path: Path) -> None:
             try:
                 results.append(
                     await store.acquire(
-                        "r1", revision=1, owner=owner, lease_until=1e12, from_status=["suspended"]
+                        "r1", revision=1, owner=owner, lease=60, from_status=["suspended"]
                     )
                 )
             except ConflictError as err:
@@ -282,16 +282,16 @@ async def test_recovery_candidates(tmp_path: Path) -> None:
         await store.insert(row("expired", lease_owner="other", lease_expires=5.0))
         await store.insert(row("live", lease_owner="other", lease_expires=1e12))
         await store.insert(row("waiting", status="suspended", lease_owner=None))
-        found = await store.recoverable("me", now=10.0)
+        found = await store.recoverable("me")
         assert sorted(r.id for r in found) == ["expired", "mine", "orphan"]
         with pytest.raises(ConflictError):
             await store.acquire(
-                "live", revision=1, owner="me", lease_until=1e12,
-                from_status=["running"], expired_before=10.0,
+                "live", revision=1, owner="me", lease=60,
+                from_status=["running"], take_expired=True,
             )  # fmt: skip
         assert await store.acquire(
-            "expired", revision=1, owner="me", lease_until=1e12,
-            from_status=["running"], expired_before=10.0,
+            "expired", revision=1, owner="me", lease=60,
+            from_status=["running"], take_expired=True,
         ) == 2  # fmt: skip
     finally:
         await store.aclose()

@@ -295,7 +295,7 @@ class DurableRunner:
             error=None,
             revision=1,
             lease_owner=self.owner,
-            lease_expires=now + self.lease,
+            lease_expires=None,  # the database's now + lease, written by the store
             cancel_requested=False,
             created_at=now,
             updated_at=now,
@@ -307,7 +307,7 @@ class DurableRunner:
         )
         try:
             with anyio.CancelScope(shield=True):
-                await store.insert(row)
+                await store.insert(row, lease=self.lease)
         except ConflictError:
             existing = await store.get(run_id)
             if existing.name == row.name and existing.args == row.args:
@@ -361,7 +361,7 @@ class DurableRunner:
         if status in FINAL_STATUSES:
             return self._to_run(row)
         if status is RunStatus.RUNNING:
-            if row.lease_owner in (None, self.owner) or (row.lease_expires or 0) < time.time():
+            if row.lease_owner in (None, self.owner) or await self.store.lease_expired(row):
                 return await self._recover(row, cancel=(reason,))
             flagged = await self.store.request_cancel(run_id)
             self._publish(flagged)  # same revision, so subscribers compare the flag too
@@ -415,7 +415,7 @@ class DurableRunner:
         `InterruptedEffect`, as documented.
         """
         results: builtins.list[Run] = []
-        for row in await self.store.recoverable(self.owner, time.time()):
+        for row in await self.store.recoverable(self.owner):
             if row.id in self._steps:
                 continue
             try:
@@ -521,13 +521,12 @@ class DurableRunner:
     ) -> None:
         row = step.row
         now = time.time()
-        lease_until = now + self.lease
         with anyio.CancelScope(shield=True):
             revision = await self.store.acquire(
                 row.id,
                 revision=row.revision,
                 owner=self.owner,
-                lease_until=lease_until,
+                lease=self.lease,
                 from_status=from_status,
                 answer=answer,
                 cancel=cancel,
@@ -538,7 +537,6 @@ class DurableRunner:
             status=RunStatus.RUNNING.value,
             revision=revision,
             lease_owner=self.owner,
-            lease_expires=lease_until,
             answer=answer,
             cancel_requested=cancel or row.cancel_requested,
             updated_at=now,
@@ -563,16 +561,15 @@ class DurableRunner:
             interp = self._interpreter(step, comp, function, log)
             answer = json.loads(row.answer) if row.answer is not None else None
             now = time.time()
-            lease_until = now + self.lease
             with anyio.CancelScope(shield=True):
                 revision = await self.store.acquire(
                     row.id,
                     revision=row.revision,
                     owner=self.owner,
-                    lease_until=lease_until,
+                    lease=self.lease,
                     from_status=("running",),
                     keep_answer=True,
-                    expired_before=now,
+                    take_expired=True,
                     now=now,
                 )
         except BaseException:
@@ -583,7 +580,6 @@ class DurableRunner:
             row,
             revision=revision,
             lease_owner=self.owner,
-            lease_expires=lease_until,
             updated_at=now,
         )
         step.leased = True
@@ -708,14 +704,18 @@ class DurableRunner:
             # The code that continued the run is newer (a `patched` change): from now on
             # only that version or a newer one may replay it.
             changes["version"] = log.version
-        now = time.time()
-        changes["updated_at"] = now
-        if "lease_owner" not in changes:
-            changes["lease_expires"] = now + self.lease
+        changes["updated_at"] = time.time()
+        # Every checkpoint of a step renews its lease (by the database's clock).
+        lease = self.lease if "lease_owner" not in changes else None
         diff = step.rows.diff(log.entries) if log is not None else None
         with anyio.CancelScope(shield=True):
             revision, cancel = await self.store.checkpoint(
-                row.id, revision=row.revision, owner=self.owner, changes=changes, log=diff
+                row.id,
+                revision=row.revision,
+                owner=self.owner,
+                changes=changes,
+                log=diff,
+                lease=lease,
             )
         step.row = replace(row, revision=revision, **changes)
         if cancel and not step.cancelling:
@@ -819,7 +819,7 @@ class DurableRunner:
             ids = [run_id for run_id, step in self._steps.items() if step.leased]
             if ids:
                 try:
-                    await self.store.renew(self.owner, ids, time.time() + self.lease)
+                    await self.store.renew(self.owner, ids, self.lease)
                 except Exception as err:
                     logger.warning("could not renew leases: %s", err)
 

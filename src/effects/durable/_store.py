@@ -4,6 +4,11 @@ Every write is one transaction guarded by the run's revision (and, while a step 
 lease owner): `UPDATE ... WHERE id = ? AND revision = ?`. A writer that matches no row lost a
 race and gets `ConflictError`; nothing it meant to write is committed.
 
+Leases are judged by the database's clock only: `lease_expires` is written as the database's
+`now` plus the lease and compared with the database's `now` (`db_now()`), so hosts whose clocks
+disagree still agree on which leases are live. Other timestamps (`created_at`, `updated_at`) are
+the writing host's clock, for display.
+
 SQLite runs in WAL mode with `BEGIN IMMEDIATE` for writes (the write lock is taken up front, so
 two writers queue on `busy_timeout` instead of failing on a lock upgrade), PostgreSQL at READ
 COMMITTED (a conditional UPDATE re-checks its WHERE clause after waiting for the row lock).
@@ -28,6 +33,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from .._exceptions import ConfigurationError, ConflictError, LogError, RunNotFound
 from . import _schema as S
@@ -48,6 +55,28 @@ _SQLITE_CHOICES = {
 
 def _now() -> float:
     return time.time()
+
+
+class db_now(sa.sql.functions.FunctionElement[float]):
+    """The database server's current time in epoch seconds (a float), as a SQL expression.
+
+    Every lease is written and compared with it, never with a host's clock."""
+
+    type = sa.Double()
+    inherit_cache = True
+    name = "effects_db_now"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(_element: db_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    # julianday('now') is the OS clock of the host the SQLite file lives on (one host anyway),
+    # with millisecond precision; unixepoch('subsec') would need SQLite 3.42.
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(_element: db_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    return "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)"
 
 
 @dataclass(slots=True)
@@ -300,7 +329,7 @@ class _SQLiteCheckpoints:
         self.conn: aiosqlite.Connection | None = None
         # One transaction at a time on the one connection (SQLite has one writer anyway).
         self.lock = anyio.Lock()
-        self.updates: dict[frozenset[str], tuple[str, tuple[str, ...]]] = {}
+        self.updates: dict[tuple[frozenset[str], bool], tuple[str, tuple[str, ...]]] = {}
         self.insert = self._sql(S.log.insert())[0]
         self.rewrite = self._sql(
             S.log.update()
@@ -317,10 +346,13 @@ class _SQLiteCheckpoints:
         compiled = stmt.compile(dialect=self.dialect)
         return compiled.string, tuple(compiled.positiontup or ())
 
-    def _update(self, keys: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    def _update(self, keys: frozenset[str], lease: bool) -> tuple[str, tuple[str, ...]]:
         try:
-            return self.updates[keys]
+            return self.updates[keys, lease]
         except KeyError:
+            values: dict[str, Any] = {k: sa.bindparam(k) for k in sorted(keys)}
+            if lease:
+                values["lease_expires"] = db_now() + sa.bindparam("w_lease", type_=sa.Double())
             stmt = (
                 S.runs.update()
                 .where(
@@ -328,10 +360,10 @@ class _SQLiteCheckpoints:
                     S.runs.c.revision == sa.bindparam("w_revision"),
                     S.runs.c.lease_owner == sa.bindparam("w_owner"),
                 )
-                .values({k: sa.bindparam(k) for k in sorted(keys)})
+                .values(values)
                 .returning(S.runs.c.cancel_requested)
             )
-            compiled = self.updates[keys] = self._sql(stmt)
+            compiled = self.updates[keys, lease] = self._sql(stmt)
             return compiled
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -353,11 +385,23 @@ class _SQLiteCheckpoints:
         return self.conn
 
     async def checkpoint(
-        self, run_id: str, revision: int, owner: str, values: dict[str, Any], log: LogDiff | None
+        self,
+        run_id: str,
+        revision: int,
+        owner: str,
+        values: dict[str, Any],
+        log: LogDiff | None,
+        lease: float | None,
     ) -> bool | None:
         """The checkpoint transaction; `None` if the guarded UPDATE matched no row."""
-        sql, names = self._update(frozenset(values))
-        params = {**values, "w_id": run_id, "w_revision": revision, "w_owner": owner}
+        sql, names = self._update(frozenset(values), lease is not None)
+        params = {
+            **values,
+            "w_id": run_id,
+            "w_revision": revision,
+            "w_owner": owner,
+            "w_lease": lease,
+        }
         async with self.lock:
             conn = await self._connect()
             try:
@@ -508,11 +552,15 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------
 
-    async def insert(self, row: RunRow) -> None:
-        """Create a run; `ConflictError` if the id is taken."""
+    async def insert(self, row: RunRow, *, lease: float | None = None) -> None:
+        """Create a run; `ConflictError` if the id is taken. With `lease` (seconds) the row's
+        lease expires that long after the database's now (`row.lease_expires` is ignored)."""
+        values: dict[str, Any] = {f: getattr(row, f) for f in _ROW_FIELDS}
+        if lease is not None:
+            values["lease_expires"] = db_now() + lease
         try:
             async with self._write() as conn:
-                await conn.execute(S.runs.insert(), [{f: getattr(row, f) for f in _ROW_FIELDS}])
+                await conn.execute(S.runs.insert().values(values))
                 await self._notify(conn, row.id, row.revision)
         except IntegrityError:
             raise ConflictError(f"a run with id {row.id!r} already exists") from None
@@ -566,25 +614,26 @@ class Store:
         *,
         revision: int,
         owner: str,
-        lease_until: float,
+        lease: float,
         from_status: Sequence[str],
         answer: str | None = None,
         keep_answer: bool = False,
         cancel: bool = False,
-        expired_before: float | None = None,
+        take_expired: bool = False,
         now: float | None = None,
     ) -> int:
-        """Take the run's lease and mark it running, if it is still at `revision` in one of
-        `from_status`; returns the new revision. `expired_before` additionally requires the
-        current lease to be gone, expired by then, or our own (recovery). `answer` is stored
-        for recovery unless `keep_answer` (recovery keeps the one already stored); `cancel`
-        flags the run for cancellation in the same transaction."""
+        """Take the run's lease for `lease` seconds (by the database's clock) and mark it
+        running, if it is still at `revision` in one of `from_status`; returns the new
+        revision. `take_expired` additionally requires the current lease to be gone, expired
+        by the database's clock, or our own (recovery). `answer` is stored for recovery unless
+        `keep_answer` (recovery keeps the one already stored); `cancel` flags the run for
+        cancellation in the same transaction."""
         now = _now() if now is None else now
         values: dict[str, Any] = {
             "status": "running",
             "revision": revision + 1,
             "lease_owner": owner,
-            "lease_expires": lease_until,
+            "lease_expires": db_now() + lease,
             "updated_at": now,
         }
         if not keep_answer:
@@ -600,14 +649,8 @@ class Store:
             )
             .values(**values)
         )
-        if expired_before is not None:
-            stmt = stmt.where(
-                sa.or_(
-                    S.runs.c.lease_owner.is_(None),
-                    S.runs.c.lease_owner == owner,
-                    S.runs.c.lease_expires < expired_before,
-                )
-            )
+        if take_expired:
+            stmt = stmt.where(_unleased(owner))
         async with self._write() as conn:
             if (await conn.execute(stmt)).rowcount != 1:
                 raise await self._conflict(conn, run_id, revision)
@@ -622,13 +665,15 @@ class Store:
         owner: str,
         changes: dict[str, Any],
         log: LogDiff | None,
+        lease: float | None = None,
     ) -> tuple[int, bool]:
         """One checkpoint: the run row's `changes` (guarded by revision and lease owner) and
-        the log difference, in one transaction. Returns the new revision and whether a cancel
-        was requested meanwhile."""
+        the log difference, in one transaction; with `lease` (seconds) the lease is extended to
+        the database's now plus that. Returns the new revision and whether a cancel was
+        requested meanwhile."""
         values = {"revision": revision + 1, "updated_at": _now(), **changes}
         if self._fast is not None:
-            cancel = await self._fast.checkpoint(run_id, revision, owner, values, log)
+            cancel = await self._fast.checkpoint(run_id, revision, owner, values, log, lease)
             if cancel is None:
                 async with self._reader.connect() as conn:
                     raise await self._conflict(conn, run_id, revision)
@@ -642,7 +687,7 @@ class Store:
                 S.runs.c.revision == revision,
                 S.runs.c.lease_owner == owner,
             )
-            .values(values)
+            .values(values if lease is None else {**values, "lease_expires": db_now() + lease})
             .returning(S.runs.c.cancel_requested)
         )
         async with self._write() as conn:
@@ -676,8 +721,9 @@ class Store:
             log.applied()
         return revision + 1, bool(cancel)
 
-    async def renew(self, owner: str, run_ids: Sequence[str], lease_until: float) -> None:
-        """Extend the lease of runs this owner still holds (no revision change)."""
+    async def renew(self, owner: str, run_ids: Sequence[str], lease: float) -> None:
+        """Extend the lease of runs this owner still holds to the database's now plus `lease`
+        seconds (no revision change)."""
         if not run_ids:
             return
         async with self._write() as conn:
@@ -688,7 +734,7 @@ class Store:
                     S.runs.c.lease_owner == owner,
                     S.runs.c.status == "running",
                 )
-                .values(lease_expires=lease_until)
+                .values(lease_expires=db_now() + lease)
             )
 
     async def release(self, run_id: str, *, revision: int, owner: str) -> bool:
@@ -721,23 +767,24 @@ class Store:
                 await self._notify(conn, run_id, row.revision, flag=True)
         return RunRow.from_row(row)
 
-    async def recoverable(self, owner: str, now: float) -> builtins.list[RunRow]:
+    async def recoverable(self, owner: str) -> builtins.list[RunRow]:
         """Running runs whose step has no live owner: the lease is ours (a previous life of
-        this process), absent, or expired."""
+        this owner), absent, or expired by the database's clock."""
         query = (
             sa.select(S.runs)
-            .where(
-                S.runs.c.status == "running",
-                sa.or_(
-                    S.runs.c.lease_owner.is_(None),
-                    S.runs.c.lease_owner == owner,
-                    S.runs.c.lease_expires < now,
-                ),
-            )
+            .where(S.runs.c.status == "running", _unleased(owner))
             .order_by(S.runs.c.created_at, S.runs.c.id)
         )
         async with self._reader.connect() as conn:
             return [RunRow.from_row(r) for r in await conn.execute(query)]
+
+    async def lease_expired(self, row: RunRow) -> bool:
+        """Whether the row's lease (as read) has expired by the database's clock."""
+        if row.lease_expires is None:
+            return True
+        async with self._reader.connect() as conn:
+            now = await conn.scalar(sa.select(db_now()))
+        return now is not None and row.lease_expires < now
 
     async def _conflict(self, conn: AsyncConnection, run_id: str, revision: int) -> Exception:
         row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
@@ -749,3 +796,13 @@ class Store:
             f"run {run_id!r} was changed by another task or process: expected revision "
             f"{revision}, found revision {m['revision']} ({m['status']}{holder})"
         )
+
+
+def _unleased(owner: str) -> sa.ColumnElement[bool]:
+    # A run's step has no live holder but `owner`: no lease, our own, or expired by the
+    # database's clock.
+    return sa.or_(
+        S.runs.c.lease_owner.is_(None),
+        S.runs.c.lease_owner == owner,
+        S.runs.c.lease_expires < db_now(),
+    )
