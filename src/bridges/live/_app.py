@@ -40,6 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ._messages import BadMessage, json_errors, parse_command
 from ._page import Page, Pages
 from ._session import Session, Sessions, same_origin
 from ._stream import sse
@@ -65,18 +66,6 @@ def _route_path(conn: HTTPConnection) -> str:
     path: str = conn.scope["path"]
     root: str = conn.scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
-
-
-def _json_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    # pydantic's error context may hold exception objects: keep what a client can use.
-    return [
-        {
-            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        for e in errors
-    ]
 
 
 def make_templates(template_dirs: Sequence[str | Path] = ()) -> jinja2.Environment:
@@ -276,7 +265,7 @@ class LiveApp:
             "reply",
             ok=reply.ok,
             duplicate=reply.duplicate,
-            errors=_json_errors(reply.errors),
+            errors=json_errors(reply.errors),
             redirect=reply.redirect,
             busy=page.busy,
         )
@@ -376,11 +365,13 @@ class LiveApp:
 
             async def receiver() -> None:
                 while True:
-                    try:
-                        message = await websocket.receive_json()
-                    except (WebSocketDisconnect, json.JSONDecodeError, KeyError):
-                        return
-                    await send(await self._ws_command(page, session, message))
+                    message = await websocket.receive()
+                    if message["type"] != "websocket.receive":
+                        return  # websocket.disconnect
+                    frame = message.get("text")
+                    if frame is None:
+                        frame = message.get("bytes")
+                    await send(await self._ws_command(page, session, frame))
 
             async def sender_then_close() -> None:
                 await sender()
@@ -402,19 +393,20 @@ class LiveApp:
 
         return endpoint
 
-    async def _ws_command(self, page: Page, session: Session, message: Any) -> dict[str, Any]:
-        ref = message.get("ref") if isinstance(message, dict) else None
-        if not isinstance(message, dict) or message.get("type") != "event":
-            return {"type": "error", "ref": ref, "msg": "expected an event envelope"}
-        if not self.sessions.check_csrf(session, message.get("csrf")):
-            return {"type": "error", "ref": ref, "msg": "missing or invalid CSRF token"}
-        raw = message.get("params") or {}
-        params = {
-            str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in raw.items()
-        }
-        event = Event(str(message.get("event", "")), params, str(message.get("key", "")))
+    async def _ws_command(
+        self, page: Page, session: Session, frame: str | bytes | None
+    ) -> dict[str, Any]:
+        """Answer one WebSocket frame: a `reply`, or an `error` envelope for a frame that is
+        not a valid command or lacks the session's CSRF token (nothing reaches the view)."""
+        try:
+            command = parse_command(frame)
+            if not self.sessions.check_csrf(session, command.csrf):
+                raise BadMessage("csrf", "missing or invalid CSRF token", command.ref)
+        except BadMessage as bad:
+            return bad.envelope()
+        event = Event(command.event, command.fields(), command.key)
         reply = await self._command(page, event, settle=False)
-        return {**self._reply_envelope(page, reply), "ref": ref}
+        return {**self._reply_envelope(page, reply), "ref": command.ref}
 
 
 def _event_from_form(form: FormData) -> Event:

@@ -121,7 +121,8 @@
   function onEnvelope(envelope) {
     alive();
     if (envelope.type === "snapshot") attempt = 0;
-    if (envelope.type === "reply" && envelope.ref && pending[envelope.ref]) {
+    var answer = envelope.type === "reply" || envelope.type === "error";
+    if (answer && typeof envelope.ref === "string" && pending.hasOwnProperty(envelope.ref)) {
       pending[envelope.ref](envelope);
       delete pending[envelope.ref];
     }
@@ -233,7 +234,11 @@
     return new Promise(function (resolve, reject) {
       refs += 1;
       var ref = "r" + refs;
-      pending[ref] = resolve;
+      pending[ref] = function (envelope) {
+        // The server refused the frame (a stale CSRF token, say): as after a 403, reload.
+        if (envelope.type === "error") { location.reload(); resolve(null); return; }
+        resolve(envelope);
+      };
       try {
         source.send(JSON.stringify({
           type: "event", ref: ref, csrf: csrf,
