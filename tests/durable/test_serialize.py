@@ -232,7 +232,7 @@ def test_untyped_result_must_be_plain_json() -> None:
     out = start(with_handler(comp(Call(untyped_time)), EffectLogger()))
     assert isinstance(out, Throw)
     assert isinstance(out.error, SerializationError)
-    assert "effects.Call: result" in str(out.error)
+    assert "effects.Call(untyped_time): result" in str(out.error)
     assert "datetime" in str(out.error)
 
     anything = handler({GetAnything: lambda e: (1, 2)})

@@ -146,10 +146,12 @@ async def test_foreign_tables_are_refused(tmp_path: Path) -> None:
 async def test_migration_steps_apply_in_order_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database at version 1 gets the later steps, in order, each recorded once."""
+    """A database at the current version gets the later steps, in order, each recorded once."""
     store = await open_store(tmp_path)
     await store.aclose()
     applied: list[int] = []
+    current = _schema.SCHEMA_VERSION
+    first, second = current + 1, current + 2
 
     def step(version: int) -> _schema.Migration:
         def apply(conn: sa.Connection) -> None:
@@ -158,22 +160,26 @@ async def test_migration_steps_apply_in_order_once(
 
         return _schema.Migration(version, f"add extra{version}", apply)
 
-    monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, step(2), step(3)))
-    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, step(first), step(second)))
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", second)
     store = await open_store(tmp_path)
     try:
-        assert await store.schema_version() == 3
-        assert await store.migrate() == 3
+        assert await store.schema_version() == second
+        assert await store.migrate() == second
     finally:
         await store.aclose()
-    assert applied == [2, 3]
+    assert applied == [first, second]
     with closing(sqlite3.connect(tmp_path / "runs.db")) as db:
         columns = {r[1] for r in db.execute("PRAGMA table_info(effects_runs)")}
         descriptions = db.execute(
             "SELECT version, description FROM effects_schema_version ORDER BY version"
         ).fetchall()
-    assert {"extra2", "extra3"} <= columns
-    assert descriptions == [(1, "created"), (2, "add extra2"), (3, "add extra3")]
+    assert {f"extra{first}", f"extra{second}"} <= columns
+    assert descriptions == [
+        (current, "created"),
+        (first, f"add extra{first}"),
+        (second, f"add extra{second}"),
+    ]
 
 
 async def test_insert_get_and_duplicate_ids(tmp_path: Path) -> None:

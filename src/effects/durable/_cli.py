@@ -1,7 +1,8 @@
 """`python -m effects runs ...`: look at and act on durable runs from a shell.
 
-    python -m effects runs list   [--status S]... [--name N] [--limit N]
+    python -m effects runs list   [--status S]... [--name N] [--limit N] [--parked]
     python -m effects runs show   RUN_ID
+    python -m effects runs unpark RUN_ID
     python -m effects runs resume RUN_ID VALUE [--revision N]
     python -m effects runs cancel RUN_ID [--reason TEXT]
 
@@ -78,8 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", help="only runs of this computation")
     p.add_argument("--limit", type=int, help="at most this many runs")
+    p.add_argument(
+        "--parked", action="store_true", help="only runs that recovery gave up on (parked)"
+    )
 
     p = command("show", "show a run and its effect log")
+    p.add_argument("run_id")
+
+    p = command("unpark", "let recovery continue a parked run again")
     p.add_argument("run_id")
 
     p = command("resume", "answer a suspended run's pending prompt and run its next step")
@@ -136,6 +143,8 @@ def _run_json(run: Run) -> dict[str, Any]:
         "args": run.args,
         "lease_owner": run.lease_owner,
         "cancel_requested": run.cancel_requested,
+        "parked": run.parked,
+        "recovery_attempts": run.recovery_attempts,
     }
     outcome = run.outcome
     if type(outcome) is Suspend:
@@ -153,11 +162,13 @@ def _time(run: Run) -> str:
     return run.updated_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _status(run: Run) -> str:
+    return f"{run.status.value} (parked)" if run.parked is not None else run.status.value
+
+
 def _print_list(runs: Sequence[Run], out: TextIO) -> None:
     rows = [("ID", "NAME", "V", "STATUS", "REV", "UPDATED (UTC)")]
-    rows += [
-        (r.id, r.name, str(r.version), r.status.value, str(r.revision), _time(r)) for r in runs
-    ]
+    rows += [(r.id, r.name, str(r.version), _status(r), str(r.revision), _time(r)) for r in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
@@ -176,7 +187,11 @@ def _print_run(run: Run, out: TextIO) -> None:
         status += f", leased by {run.lease_owner}"
     if run.cancel_requested:
         status += ", cancel requested"
+    if run.recovery_attempts:
+        status += f", {run.recovery_attempts} recovery attempt(s) without progress"
     line("status", status)
+    if run.parked is not None:
+        line("parked", f"{run.parked} (python -m effects runs unpark {run.id})")
     line("created", run.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
     line("updated", run.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
     line("args", _clip(_compact(run.args), _WIDTH))
@@ -234,7 +249,9 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
         handlers = _handlers(args.handlers)
     async with DurableRunner(args.db, handlers=handlers) as runner:
         if args.action == "list":
-            runs = await runner.list(args.status, name=args.name, limit=args.limit)
+            runs = await runner.list(
+                args.status, name=args.name, limit=args.limit, parked=True if args.parked else None
+            )
             if args.json:
                 print(json.dumps([_run_json(r) for r in runs], indent=2), file=out)
             else:
@@ -250,7 +267,9 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
                 _print_run(run, out)
                 _print_log(log, out)
             return
-        if args.action == "resume":
+        if args.action == "unpark":
+            run = await runner.unpark(args.run_id)
+        elif args.action == "resume":
             try:
                 value = json.loads(args.value)
             except ValueError:

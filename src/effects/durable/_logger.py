@@ -21,6 +21,7 @@ from .._exceptions import (
 from .._handler import Entry, Handler, HandlerFn, Table, WithHandler, handles
 from .._interpreter import _PUSH, SUSPEND, _Signal, returning
 from .._outcome import Throw
+from .._std.call import Call
 from .._std.control import Yield
 from ._effects import Checkpoint, _idempotency_key, is_at_most_once, needs_outside
 from ._log import Log, LogEntry, check_log, make_entry, make_log
@@ -114,6 +115,14 @@ class _RecordedAwait:
         close = getattr(self._aw, "close", None)
         if close is not None:
             close()
+
+
+def _where(effect: Any, name: str) -> str:
+    # Named in a SerializationError: for a Call, the function whose result it is.
+    if type(effect) is Call:
+        fn = effect._fn
+        return f"{name}({getattr(fn, '__qualname__', None) or repr(fn)}): result"
+    return f"{name}: result"
 
 
 def _format_args(args: dict[str, Any]) -> str:
@@ -365,7 +374,7 @@ class EffectLogger(Handler):
     ) -> SerializationError | None:
         name = effect_name(type(effect))
         try:
-            data = result_codec(effect).dump(result, f"{name}: result")
+            data = result_codec(effect).dump(result, _where(effect, name))
         except SerializationError as err:
             self._record_error(effect, seq, args, err)
             return err
@@ -461,7 +470,7 @@ class EffectLogger(Handler):
         if not suspends:
             key.set(prev)
         try:
-            data = result_codec(effect).dump(result, f"{name}: result")
+            data = result_codec(effect).dump(result, _where(effect, name))
         except SerializationError as err:
             self._settle(
                 seq, pending, make_entry(seq, name, fp, args, "error", None, dump_error(err))

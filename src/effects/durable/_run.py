@@ -41,6 +41,10 @@ class Run:
     while a step runs. From the call that ran the step, `Done` and `Throw` carry the very value
     and exception (with its traceback); read back later, the error is rebuilt from its type and
     message, and `error` holds the stored form (type, message, traceback text).
+
+    `parked` is set (to the reason) on a `running` run that `recover()` gave up on after
+    `max_recovery_attempts` attempts without progress; `recovery_attempts` counts the attempts
+    since the run's last checkpoint. `DurableRunner.unpark` lets recovery try again.
     """
 
     id: str
@@ -55,6 +59,8 @@ class Run:
     error: dict[str, Any] | None = None
     lease_owner: str | None = None
     cancel_requested: bool = False
+    parked: str | None = None
+    recovery_attempts: int = 0
 
     @property
     def finished(self) -> bool:

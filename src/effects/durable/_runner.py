@@ -53,7 +53,7 @@ from ._effects import Checkpoint
 from ._log import Log, make_log
 from ._logger import EffectLogger
 from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
-from ._serialize import codec, dump_error, load_error
+from ._serialize import codec, dump_error, load_error, storable_text
 from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
 
 logger = logging.getLogger("effects.durable")
@@ -71,6 +71,7 @@ class _Step:
     """One step of a run in this process."""
 
     __slots__ = (
+        "attempt",
         "cancel_reason",
         "cancelling",
         "done",
@@ -96,6 +97,7 @@ class _Step:
         self.failure: BaseException | None = None
         self.final_log: Log | None = None
         self.done = anyio.Event()
+        self.attempt = False  # this step is a counted recovery attempt
 
     def set_log(self, log: Log) -> None:
         self.final_log = log
@@ -150,8 +152,17 @@ def _stamp(t: float) -> datetime:
 
 def _error_json(err: BaseException) -> str:
     info: dict[str, Any] = dict(dump_error(err))
-    info["traceback"] = "".join(traceback.format_exception(err))
-    return dumps(loose_json(info))
+    info["traceback"] = storable_text("".join(traceback.format_exception(err)))
+    return _display_json(info)
+
+
+def _display_json(value: Any) -> str:
+    """JSON text of a value shown, not replayed (a prompt, a cancel reason, an error): never
+    fails, so a value the store cannot hold cannot wedge a run between two states."""
+    try:
+        return dumps(loose_json(value))
+    except ValueError:  # NaN, or text with a lone surrogate
+        return dumps(storable_text(repr(value)))
 
 
 class DurableRunner:
@@ -172,6 +183,9 @@ class DurableRunner:
       (like DBOS's executor id) to let `recover()` continue this owner's runs at once after a
       restart instead of waiting for their leases to expire.
     - `lease`: seconds a step's lease lasts; renewed every third of it while the step runs.
+    - `max_recovery_attempts`: how many times `recover()` takes over a run that makes no
+      progress (each attempt fails or its process dies before the next checkpoint) before it
+      *parks* the run: `Run.parked` says why, `recover()` skips it until `unpark(run_id)`.
 
     Runs on asyncio only: SQLAlchemy's async drivers (aiosqlite, asyncpg) are asyncio-based.
     """
@@ -183,10 +197,14 @@ class DurableRunner:
         handlers: Handler | Stack | Iterable[Handler | Stack] = (),
         owner: str | None = None,
         lease: float = 30.0,
+        max_recovery_attempts: int = 5,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
+        if max_recovery_attempts < 1:
+            raise ConfigurationError("max_recovery_attempts must be at least 1")
+        self.max_recovery_attempts = max_recovery_attempts
         self.url = url
         self.handlers = _flatten(handlers)
         self.owner = owner or _default_owner()
@@ -394,37 +412,100 @@ class DurableRunner:
         *,
         name: str | None = None,
         limit: int | None = None,
+        parked: bool | None = None,
     ) -> builtins.list[Run]:
-        """Runs in the store, oldest first, optionally by status (one or several) and name."""
+        """Runs in the store, oldest first, optionally by status (one or several), name, and
+        whether they are parked (`parked=True`: the runs `recover()` gave up on)."""
         if status is None:
             statuses: tuple[str, ...] = ()
         elif isinstance(status, str):
             statuses = (RunStatus(status).value,)
         else:
             statuses = tuple(RunStatus(s).value for s in status)
-        rows = await self.store.list(status=statuses, name=name, limit=limit)
+        rows = await self.store.list(status=statuses, name=name, limit=limit, parked=parked)
         return [self._to_run(r) for r in rows]
 
     async def recover(self) -> builtins.list[Run]:
-        """Continue the runs whose step was cut off (status `running`, lease expired, absent
-        or held by this `owner`), each from its last checkpoint; returns their new states.
+        """Continue the runs whose step was cut off (status `running`, not parked, lease
+        expired, absent or held by this `owner`), each from its last checkpoint; returns their
+        new states (oldest run first).
 
-        A run that cannot be replayed with the code now deployed (`DivergenceError`,
-        `LogError`, an unknown computation) is left as it is, with its lease released, and
-        logged; an at-most-once effect that was interrupted fails its run with
-        `InterruptedEffect`, as documented.
+        Runs are isolated from each other: whatever the recovery of one raises is logged and
+        the others go on. A run that cannot be replayed with the code now deployed
+        (`DivergenceError`, `LogError`, an unknown computation, a missing handler) is left as
+        it is, with its lease released, for a fixed deployment. Any other failure counts as a
+        recovery attempt, and so does a recovery whose process dies before its next
+        checkpoint; a run that used up `max_recovery_attempts` without progress is *parked*
+        (returned with `parked` set to the reason) and skipped until `unpark`. An at-most-once
+        effect that was interrupted fails its run with `InterruptedEffect`, as documented.
         """
         results: builtins.list[Run] = []
         for row in await self.store.recoverable(self.owner):
             if row.id in self._steps:
                 continue
-            try:
-                results.append(await self._recover(row))
-            except ConflictError:
-                continue  # another process got there first
-            except (DivergenceError, LogError, ConfigurationError, LookupError) as err:
-                logger.warning("run %s cannot be recovered: %s", row.id, err)
+            run = await self._recover_isolated(row)
+            if run is not None:
+                results.append(run)
         return results
+
+    async def unpark(self, run_id: str) -> Run:
+        """Let `recover()` continue a parked run again (after fixing what made its recovery
+        fail), with its recovery attempts counted from zero. A run that is not parked is
+        returned unchanged."""
+        row = await self.store.unpark(run_id)
+        self._publish(row)
+        return self._to_run(row)
+
+    async def _recover_isolated(self, row: RunRow) -> Run | None:
+        """Recover one run; never raises an `Exception` (the next run must get its turn)."""
+        attempts = row.recovery_attempts
+        if attempts >= self.max_recovery_attempts:
+            return await self._park(
+                row.id,
+                f"recovery was attempted {attempts} times without progress: each attempt "
+                "stopped before its next checkpoint (its process died or was stopped)",
+            )
+        try:
+            return await self._recover(row, attempt=True)
+        except ConflictError:
+            return None  # another process got there first
+        except _DEPLOYMENT_ERRORS as err:
+            logger.warning("run %s cannot be recovered: %s", row.id, err)
+            return None
+        except Exception as err:
+            attempts += 1
+            logger.warning(
+                "run %s: recovery attempt %d of %d failed",
+                row.id,
+                attempts,
+                self.max_recovery_attempts,
+                exc_info=err,
+            )
+            if attempts < self.max_recovery_attempts:
+                return None
+            return await self._park(
+                row.id,
+                f"recovery failed {attempts} times; the last attempt raised "
+                f"{type(err).__name__}: {err}",
+            )
+
+    async def _park(self, run_id: str, reason: str) -> Run | None:
+        reason = storable_text(reason)
+        try:
+            row = await self.store.get(run_id)
+            if row.status != RunStatus.RUNNING.value or row.parked is not None:
+                return None
+            parked = await self.store.park(
+                run_id, revision=row.revision, owner=self.owner, reason=reason
+            )
+        except (ConflictError, RunNotFound):
+            return None  # it moved meanwhile (another process recovered or parked it)
+        except Exception as err:
+            logger.warning("run %s: could not park it: %s", run_id, err)
+            return None
+        logger.error("run %s is parked: %s", run_id, reason)
+        self._publish(parked)
+        return self._to_run(parked)
 
     def subscribe(self, run_id: str) -> Subscription:
         """Follow a run: `async for run in runner.subscribe(run_id)` yields the current `Run`,
@@ -544,7 +625,9 @@ class DurableRunner:
         step.leased = True
         self._publish(step.row)
 
-    async def _recover(self, row: RunRow, cancel: tuple[Any] | None = None) -> Run:
+    async def _recover(
+        self, row: RunRow, cancel: tuple[Any] | None = None, *, attempt: bool = False
+    ) -> Run:
         if row.id in self._steps:
             raise ConflictError(f"run {row.id!r} is running a step in this process")
         placeholder = _Step(row, LogRows(row.id), None)  # type: ignore[arg-type]
@@ -558,7 +641,6 @@ class DurableRunner:
             comp = sig.load_args(row.id, row.args)
             step = _Step(row, LogRows(row.id, entries), sig)
             log = make_log(row.name, row.version, row.id, entries)
-            interp = self._interpreter(step, comp, function, log)
             answer = json.loads(row.answer) if row.answer is not None else None
             now = time.time()
             with anyio.CancelScope(shield=True):
@@ -571,6 +653,7 @@ class DurableRunner:
                     keep_answer=True,
                     take_expired=True,
                     now=now,
+                    attempt=attempt,
                 )
         except BaseException:
             del self._steps[row.id]
@@ -581,8 +664,19 @@ class DurableRunner:
             revision=revision,
             lease_owner=self.owner,
             updated_at=now,
+            recovery_attempts=row.recovery_attempts + attempt,
         )
         step.leased = True
+        step.attempt = attempt
+        try:
+            # Built once the lease is ours, so a handler that fails to install counts as a
+            # failed recovery attempt (and the run gets parked if it keeps failing).
+            interp = self._interpreter(step, comp, function, log)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(step)
+            self._drop(step)
+            raise
         if cancel is not None:
             step.cancelling, step.cancel_reason = True, cancel[0]
         elif row.cancel_requested:
@@ -657,17 +751,23 @@ class DurableRunner:
         except BaseException as err:
             if not isinstance(err, ConflictError | RunNotFound):
                 with anyio.CancelScope(shield=True):
-                    await self._release(step)
+                    # The deployed code cannot run this run: not an attempt that failed.
+                    await self._release(step, uncount=isinstance(err, _DEPLOYMENT_ERRORS))
             raise
         finally:
             self._drop(step)
 
-    async def _release(self, step: _Step) -> None:
+    async def _release(self, step: _Step, *, uncount: bool = False) -> None:
         if not step.leased:
             return
         step.leased = False
         try:
-            await self.store.release(step.row.id, revision=step.row.revision, owner=self.owner)
+            await self.store.release(
+                step.row.id,
+                revision=step.row.revision,
+                owner=self.owner,
+                uncount=uncount and step.attempt,
+            )
         except Exception as err:  # the store is what failed: the lease will expire instead
             logger.warning("run %s: could not release its lease: %s", step.row.id, err)
 
@@ -692,6 +792,8 @@ class DurableRunner:
         changes: dict[str, Any] = {}
         if step.row.answer is not None:
             changes["answer"] = None
+        if step.row.recovery_attempts:
+            changes["recovery_attempts"] = 0  # progress: the recovery is no longer failing
         try:
             await self._commit(step, changes, log)
         except Exception as err:
@@ -732,6 +834,8 @@ class DurableRunner:
             "result": None,
             "error": None,
             "cancel_requested": False,
+            "recovery_attempts": 0,
+            "parked": None,
         }
         log = step.final_log
         live: Outcome = outcome
@@ -740,7 +844,7 @@ class DurableRunner:
             schema = input_schema(outcome.input)
             changes.update(
                 status=RunStatus.SUSPENDED.value,
-                prompt=dumps(loose_json(outcome.value)),
+                prompt=_display_json(outcome.value),
                 input_schema=dumps(schema) if schema is not None else None,
             )
         elif type(outcome) is Done:
@@ -759,9 +863,7 @@ class DurableRunner:
             changes.update(status=RunStatus.FAILED.value, error=_error_json(error))
         else:
             assert type(outcome) is Cancelled
-            changes.update(
-                status=RunStatus.CANCELLED.value, result=dumps(loose_json(outcome.reason))
-            )
+            changes.update(status=RunStatus.CANCELLED.value, result=_display_json(outcome.reason))
         await self._commit(step, changes, log)
         step.leased = False
         return self._to_run(step.row, live)
@@ -809,6 +911,8 @@ class DurableRunner:
             error=error,
             lease_owner=row.lease_owner,
             cancel_requested=bool(row.cancel_requested),
+            parked=row.parked,
+            recovery_attempts=row.recovery_attempts,
         )
 
     # -- background tasks -------------------------------------------------------------------
@@ -869,6 +973,12 @@ class DurableRunner:
             self._publish(await self.store.get(run_id))
         except Exception as err:
             logger.warning("run %s: could not read a change: %s", run_id, err)
+
+
+# Errors of a recovery that say the code deployed here cannot run the run (an unknown
+# computation, a log it cannot replay, a missing handler): left for a fixed deployment, not
+# counted as failed attempts.
+_DEPLOYMENT_ERRORS = (DivergenceError, LogError, ConfigurationError, LookupError)
 
 
 def _replay_error(err: BaseException) -> BaseException:

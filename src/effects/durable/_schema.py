@@ -56,6 +56,11 @@ runs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+    # How many times `recover()` took over the run since its last committed progress; past
+    # the runner's `max_recovery_attempts` the run is parked instead of retried.
+    sa.Column("recovery_attempts", sa.Integer, nullable=False, server_default="0"),
+    # Why recovery gave up on the run (it is skipped by `recover()` until `unpark`), or NULL.
+    sa.Column("parked", sa.Text, nullable=True),
     sa.Index("effects_runs_status", "status", "created_at"),
 )
 """One row per durable run: what it is, where it is, who holds it."""
@@ -91,7 +96,18 @@ def _initial(conn: sa.Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "runs and effect log", _initial),)
+def _recovery_attempts(conn: sa.Connection) -> None:
+    # Additive: old rows get 0 attempts and are not parked. Same SQL on SQLite and PostgreSQL.
+    conn.execute(
+        sa.text(f"ALTER TABLE {runs.name} ADD COLUMN recovery_attempts INTEGER NOT NULL DEFAULT 0")
+    )
+    conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN parked TEXT"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs and effect log", _initial),
+    Migration(2, "recovery attempts and parked runs", _recovery_attempts),
+)
 """Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

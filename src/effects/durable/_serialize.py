@@ -96,14 +96,21 @@ def _arg_fields(effect_type: type) -> tuple[str, ...]:
 def _dump_field(effect: Any, f: str) -> Any:
     v = getattr(effect, "_" + f)
     if type(v) in _PRIMITIVE:
-        return v
-    try:
-        return encode(v)
-    except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as err:
+        data = v
+    else:
+        try:
+            data = encode(v)
+        except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as err:
+            raise SerializationError(
+                f"{effect_name(type(effect))}: argument {f!r} ({type(v).__qualname__}) cannot "
+                f"be stored as JSON: {err}"
+            ) from None
+    problem = json_problem(data)
+    if problem is not None:
         raise SerializationError(
-            f"{effect_name(type(effect))}: argument {f!r} ({type(v).__qualname__}) cannot be "
-            f"stored as JSON: {err}"
-        ) from None
+            f"{effect_name(type(effect))}: argument {f!r} cannot be stored as JSON: {problem}"
+        )
+    return data
 
 
 def _dump_slow(effect: Any) -> dict[str, Any]:
@@ -127,7 +134,7 @@ def _make_dumper(effect_type: type) -> ArgDumper:
 
         def dump_one(effect: Any) -> dict[str, Any]:
             v = getter(effect)
-            if type(v) in _PRIMITIVE:
+            if type(v) in _PRIMITIVE and _plain(v):
                 return {only: v}
             return _dump_slow(effect)
 
@@ -136,7 +143,7 @@ def _make_dumper(effect_type: type) -> ArgDumper:
     def dump_many(effect: Any) -> dict[str, Any]:
         values = getter(effect)
         for v in values:
-            if type(v) not in _PRIMITIVE:
+            if type(v) not in _PRIMITIVE or not _plain(v):
                 return _dump_slow(effect)
         return dict(zip(fields, values, strict=True))
 
@@ -212,7 +219,7 @@ class Codec:
         """`value` as JSON; raises `SerializationError` naming `where`."""
         kind = self.kind
         if kind == "primitive" and type(value) is self.tp:
-            return value if self.tp is not float or math.isfinite(value) else _no_json(where, value)
+            return value if _plain(value) else _no_json(where, value)
         if kind == "untyped":
             top = self.tp
             if top in (tuple, set, frozenset) and type(value) is top:
@@ -224,13 +231,16 @@ class Codec:
                     return value
             elif top not in (dict, list, tuple, set, frozenset) and _native(value):
                 return value
+            problem = json_problem(list(value) if type(value) in (set, frozenset) else value)
+            if problem is not None:  # JSON-shaped, but text or a number it cannot hold
+                raise SerializationError(f"{where}: cannot be stored as JSON: {problem}")
             raise SerializationError(
                 f"{where}: {_describe(value)} is not plain JSON and the declared type "
                 f"({_type_repr(top)}) does not say how to rebuild it on replay; declare a precise "
                 "type (`Effect[T]`, a return annotation, `Yield(input=T)`, `state_type=T`)"
             )
         try:
-            return self._adapt().dump_python(value, mode="json", warnings="error")
+            data = self._adapt().dump_python(value, mode="json", warnings="error")
         except pydantic_core.PydanticSerializationError as err:
             message = str(err)
             if "Expected" in message:
@@ -241,6 +251,10 @@ class Codec:
             raise SerializationError(f"{where}: cannot be stored as JSON: {message}") from None
         except (TypeError, ValueError) as err:
             raise SerializationError(f"{where}: cannot be stored as JSON: {err}") from None
+        problem = json_problem(data)
+        if problem is not None:
+            raise SerializationError(f"{where}: cannot be stored as JSON: {problem}")
+        return data
 
     def load(self, data: Any) -> Any:
         """Rebuild a value from its JSON form (raises `pydantic.ValidationError`)."""
@@ -257,12 +271,67 @@ class Codec:
 
 
 def _no_json(where: str, value: Any) -> NoReturn:
-    raise SerializationError(f"{where}: {value!r} has no JSON form")
+    problem = json_problem(value) or f"{value!r} has no JSON form"
+    raise SerializationError(f"{where}: cannot be stored as JSON: {problem}")
+
+
+def _utf8(text: str) -> bool:
+    # A lone surrogate (what `os.fsdecode` makes of a non-UTF-8 file name) has no UTF-8 form:
+    # the store could not write it, so the value must fail where it is produced.
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(value: Any) -> bool:
+    """Whether a primitive value has a JSON form (finite numbers, UTF-8 encodable text)."""
+    t = type(value)
+    if t is str:
+        return _utf8(value)
+    if t is float:
+        return math.isfinite(value)
+    return True
+
+
+def json_problem(value: Any, path: str = "") -> str | None:
+    """Why a JSON value (as `dump_python(mode="json")` makes it) cannot be stored, or None:
+    text with a lone surrogate, or a number that is not finite (NaN, infinity)."""
+    t = type(value)
+    if t is str or t is float:
+        if _plain(value):
+            return None
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        at = f" at {path}" if path else ""
+        if t is float:
+            return f"{text}{at} is not a finite number"
+        return (
+            f"the text {text}{at} holds a lone surrogate (as os.fsdecode makes of a name that "
+            "is not UTF-8) and has no UTF-8 form; decode it explicitly (e.g. errors='replace')"
+        )
+    if t is list or t is tuple:
+        for i, v in enumerate(value):
+            problem = json_problem(v, f"{path}[{i}]")
+            if problem is not None:
+                return problem
+    elif t is dict:
+        for k, v in value.items():
+            problem = json_problem(k, path + "(a key)") if type(k) is str else None
+            if problem is None:
+                problem = json_problem(v, f"{path}[{k!r}]")
+            if problem is not None:
+                return problem
+    return None
 
 
 def _native(value: Any) -> bool:
     t = type(value)
-    if t is str or t is int or t is bool or value is None:
+    if t is str:
+        return _utf8(value)
+    if t is int or t is bool or value is None:
         return True
     if t is float:
         return math.isfinite(value)
@@ -379,9 +448,15 @@ def effect_info(effect_type: type) -> EffectInfo:
 # -- errors -----------------------------------------------------------------------------------
 
 
+def storable_text(text: str) -> str:
+    """`text` as it can be stored: a lone surrogate (an error message naming a file whose
+    name is not UTF-8) becomes a backslash escape."""
+    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
 def dump_error(err: BaseException) -> ErrorInfo:
     """The recorded form of an exception."""
-    info: ErrorInfo = {"type": type_name(type(err)), "message": str(err)}
+    info: ErrorInfo = {"type": type_name(type(err)), "message": storable_text(str(err))}
     args = list(err.args)
     if _native(args):
         info["args"] = args

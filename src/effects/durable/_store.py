@@ -99,6 +99,8 @@ class RunRow:
     cancel_requested: bool
     created_at: float
     updated_at: float
+    recovery_attempts: int = 0
+    parked: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> RunRow:
@@ -594,11 +596,16 @@ class Store:
         name: str | None = None,
         limit: int | None = None,
         newest_first: bool = False,
+        parked: bool | None = None,
     ) -> list[RunRow]:
         """Runs, oldest first (or newest first), optionally filtered."""
         query = sa.select(S.runs)
         if status:
             query = query.where(S.runs.c.status.in_(list(status)))
+        if parked is not None:
+            query = query.where(
+                S.runs.c.parked.is_not(None) if parked else S.runs.c.parked.is_(None)
+            )
         if name is not None:
             query = query.where(S.runs.c.name == name)
         order = S.runs.c.created_at.desc() if newest_first else S.runs.c.created_at
@@ -621,13 +628,15 @@ class Store:
         cancel: bool = False,
         take_expired: bool = False,
         now: float | None = None,
+        attempt: bool = False,
     ) -> int:
         """Take the run's lease for `lease` seconds (by the database's clock) and mark it
         running, if it is still at `revision` in one of `from_status`; returns the new
         revision. `take_expired` additionally requires the current lease to be gone, expired
         by the database's clock, or our own (recovery). `answer` is stored for recovery unless
         `keep_answer` (recovery keeps the one already stored); `cancel` flags the run for
-        cancellation in the same transaction."""
+        cancellation in the same transaction. `attempt` (recovery) counts a recovery attempt
+        and requires the run not to be parked."""
         now = _now() if now is None else now
         values: dict[str, Any] = {
             "status": "running",
@@ -640,6 +649,10 @@ class Store:
             values["answer"] = answer
         if cancel:
             values["cancel_requested"] = True
+        if attempt:
+            # Counted before the step does anything: a recovery that kills its process (a
+            # poison pill) is counted too.
+            values["recovery_attempts"] = S.runs.c.recovery_attempts + 1
         stmt = (
             S.runs.update()
             .where(
@@ -651,6 +664,8 @@ class Store:
         )
         if take_expired:
             stmt = stmt.where(_unleased(owner))
+        if attempt:
+            stmt = stmt.where(S.runs.c.parked.is_(None))
         async with self._write() as conn:
             if (await conn.execute(stmt)).rowcount != 1:
                 raise await self._conflict(conn, run_id, revision)
@@ -737,9 +752,18 @@ class Store:
                 .values(lease_expires=db_now() + lease)
             )
 
-    async def release(self, run_id: str, *, revision: int, owner: str) -> bool:
+    async def release(
+        self, run_id: str, *, revision: int, owner: str, uncount: bool = False
+    ) -> bool:
         """Give up the lease of a running run without changing its state (the step was
-        stopped, as in a crash); `recover()` anywhere may continue it at once."""
+        stopped, as in a crash); `recover()` anywhere may continue it at once. `uncount`
+        takes back the recovery attempt counted when the lease was taken (the attempt failed
+        before doing anything: the deployed code cannot run the run)."""
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires": None}
+        if uncount:
+            values["recovery_attempts"] = sa.case(
+                (S.runs.c.recovery_attempts > 0, S.runs.c.recovery_attempts - 1), else_=0
+            )
         async with self._write() as conn:
             result = await conn.execute(
                 S.runs.update()
@@ -748,9 +772,55 @@ class Store:
                     S.runs.c.revision == revision,
                     S.runs.c.lease_owner == owner,
                 )
-                .values(lease_owner=None, lease_expires=None)
+                .values(values)
             )
             return result.rowcount == 1
+
+    async def park(self, run_id: str, *, revision: int, owner: str, reason: str) -> RunRow:
+        """Stop recovering a running run whose step is not live (lease ours, absent or expired
+        by the database's clock): `recover()` skips it until `unpark`. `ConflictError` if it
+        changed."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                S.runs.update()
+                .where(
+                    S.runs.c.id == run_id,
+                    S.runs.c.revision == revision,
+                    S.runs.c.status == "running",
+                    _unleased(owner),
+                )
+                .values(
+                    parked=reason,
+                    lease_owner=None,
+                    lease_expires=None,
+                    revision=revision + 1,
+                    updated_at=_now(),
+                )
+            )
+            if result.rowcount != 1:
+                raise await self._conflict(conn, run_id, revision)
+            await self._notify(conn, run_id, revision + 1)
+            row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).one()
+        return RunRow.from_row(row)
+
+    async def unpark(self, run_id: str) -> RunRow:
+        """Let `recover()` continue a parked run again, with its attempts counted from zero
+        (a run that is not parked is returned unchanged)."""
+        async with self._write() as conn:
+            row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            if row._mapping["parked"] is None:
+                return RunRow.from_row(row)
+            revision = row._mapping["revision"] + 1
+            await conn.execute(
+                S.runs.update()
+                .where(S.runs.c.id == run_id)
+                .values(parked=None, recovery_attempts=0, revision=revision, updated_at=_now())
+            )
+            await self._notify(conn, run_id, revision)
+            row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).one()
+        return RunRow.from_row(row)
 
     async def request_cancel(self, run_id: str) -> RunRow:
         """Flag a running run for cancellation by whichever process runs its step."""
@@ -772,7 +842,7 @@ class Store:
         this owner), absent, or expired by the database's clock."""
         query = (
             sa.select(S.runs)
-            .where(S.runs.c.status == "running", _unleased(owner))
+            .where(S.runs.c.status == "running", S.runs.c.parked.is_(None), _unleased(owner))
             .order_by(S.runs.c.created_at, S.runs.c.id)
         )
         async with self._reader.connect() as conn:

@@ -1,0 +1,250 @@
+"""Recovery that one bad run cannot block: values the store cannot hold fail their effect
+inside the computation, `recover()` isolates runs, and a run whose recovery keeps failing is
+parked with a visible reason until `unpark`."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import sqlite3
+from collections.abc import Callable, Generator
+from contextlib import closing
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import pytest
+
+from effects import Call, Handler, SerializationError, Throw, Yield, computation
+from effects.durable import DurableRunner, RunStatus, current_run_id
+from effects.durable import _schema as schema
+from effects.durable._cli import main
+
+pytestmark = pytest.mark.anyio
+
+WORKERS = Path(__file__).parent / "workers"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """SQLAlchemy's async drivers (aiosqlite) run on asyncio only."""
+    return "asyncio"
+
+
+@pytest.fixture
+def flows(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The worker's computations, imported under the same module name as in the workers."""
+    monkeypatch.syspath_prepend(str(WORKERS))
+    return importlib.import_module("crash_flows")
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+
+
+def cli(*args: str) -> str:
+    """The command line's output (in a thread: it runs its own event loop)."""
+    out = io.StringIO()
+    assert main(["runs", *args], out) == 0
+    return out.getvalue()
+
+
+CALLS: list[str] = []
+
+# What `os.fsdecode` returns for a file name that is not UTF-8 (a lone surrogate).
+UNDECODABLE = os.fsdecode(b"caf\xe9.txt")
+
+
+def list_names() -> str:
+    CALLS.append("list")
+    return UNDECODABLE
+
+
+def open_missing() -> str:
+    CALLS.append("open")
+    raise ValueError(f"no such file: {UNDECODABLE}")  # the name as is, not its repr
+
+
+@computation(name="recovery.unstorable", version=1)
+def unstorable() -> Generator[Any, Any, str]:
+    try:
+        name: str = yield Call(list_names)
+    except SerializationError as err:
+        answer: str = yield Yield({"error": str(err)})
+        return answer
+    return name
+
+
+@computation(name="recovery.nan_prompt", version=1)
+def nan_prompt() -> Generator[Any, Any, str]:
+    try:
+        yield Yield({"ratio": float("nan")})
+    except SerializationError as err:
+        return f"caught: {err}"
+    return "answered"
+
+
+@computation(name="recovery.error_text", version=1)
+def error_text() -> Generator[Any, Any, str]:
+    text: str = yield Call(open_missing)
+    return text
+
+
+async def test_a_result_the_store_cannot_hold_fails_its_effect_inside_the_computation(
+    tmp_path: Path,
+) -> None:
+    """A Call returning text with a lone surrogate: the computation gets a
+    `SerializationError` at that yield (and may catch it); the run is committed, the Call ran
+    once, and nothing is left for `recover()`."""
+    CALLS.clear()
+    async with DurableRunner(url(tmp_path)) as runner:
+        run = await runner.start(unstorable(), run_id="u1")
+        assert run.status is RunStatus.SUSPENDED
+        assert "lone surrogate" in run.prompt["error"]
+        assert "list_names" in run.prompt["error"]
+        log = await runner.get_log("u1")
+        assert log.entries[0].status == "error"
+        assert log.entries[0].error is not None
+        assert log.entries[0].error["type"] == "effects.SerializationError"
+        assert await runner.recover() == []
+        run = await runner.resume("u1", "fixed")
+        assert run.status is RunStatus.DONE
+    assert CALLS == ["list"]
+
+
+async def test_a_prompt_the_store_cannot_hold_fails_the_yield(tmp_path: Path) -> None:
+    """A prompt holding NaN fails at the `Yield` with `SerializationError` (catchable)."""
+    async with DurableRunner(url(tmp_path)) as runner:
+        run = await runner.start(nan_prompt(), run_id="n1")
+        assert run.status is RunStatus.DONE, run.outcome
+        assert run.outcome is not None
+        assert "not a finite number" in run.outcome.value  # type: ignore[union-attr]
+        assert await runner.recover() == []
+
+
+async def test_an_error_message_with_a_lone_surrogate_is_stored_escaped(tmp_path: Path) -> None:
+    """An error naming an undecodable file name fails the run normally; its message is
+    stored with the surrogate escaped."""
+    CALLS.clear()
+    async with DurableRunner(url(tmp_path)) as runner:
+        run = await runner.start(error_text(), run_id="e1")
+        assert run.status is RunStatus.FAILED
+        assert isinstance(run.outcome, Throw)
+        assert isinstance(run.outcome.error, ValueError)
+        stored = await runner.get("e1")
+        assert stored.error is not None
+        assert "caf\\udce9.txt" in stored.error["message"]
+        assert await runner.recover() == []
+    assert CALLS == ["open"]
+
+
+class FailsFor(Handler):
+    """Fails to install for one run: its recovery raises, whatever the others do."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def install(self) -> FailsFor:
+        if current_run_id() == self.run_id:
+            raise RuntimeError(f"cannot serve {self.run_id}")
+        return self
+
+
+async def test_recover_isolates_runs(
+    tmp_path: Path, flows: ModuleType, forked: Callable[..., None]
+) -> None:
+    """The recovery of one run raising does not stop the others from being recovered."""
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    for run_id in ("bad", "good"):
+        forked("--db", url(tmp_path), "--counter", counter, "--run-id", run_id, "--owner", "w1",
+               "--action", "start", "--kill-at", "before:2")  # fmt: skip
+        flows.init_counter(counter)  # the next worker's kill point is reached again
+    handlers = (*flows.HANDLERS, FailsFor("bad"))
+    async with DurableRunner(url(tmp_path), handlers=handlers, owner="w1") as runner:
+        recovered = await runner.recover()
+        assert [(r.id, r.status) for r in recovered] == [("good", RunStatus.SUSPENDED)]
+        bad = await runner.get("bad")
+        assert (bad.status, bad.lease_owner, bad.parked) == (RunStatus.RUNNING, None, None)
+        assert bad.recovery_attempts == 1
+
+
+async def test_a_run_whose_recovery_keeps_dying_is_parked_until_unparked(
+    tmp_path: Path, flows: ModuleType, forked: Callable[..., None]
+) -> None:
+    """A poison pill (its recovery kills the process at the same effect every time) is
+    recovered `max_recovery_attempts` times, then parked with the reason visible; `recover()`
+    skips it; `unpark` lets the next `recover()` continue it."""
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    common = ("--db", url(tmp_path), "--counter", counter, "--run-id", "p1", "--owner", "w1")
+    forked(*common, "--action", "start", "--kill-at", "before:2")
+    for _ in range(5):  # the default max_recovery_attempts
+        forked(*common, "--action", "recover", "--kill-at", "before:2")
+    async with DurableRunner(url(tmp_path), handlers=flows.HANDLERS, owner="w1") as runner:
+        before = await runner.get("p1")
+        assert (before.status, before.recovery_attempts, before.parked) == (
+            RunStatus.RUNNING,
+            5,
+            None,
+        )
+        [parked] = await runner.recover()
+        assert parked.status is RunStatus.RUNNING
+        assert parked.parked is not None
+        assert "attempted 5 times without progress" in parked.parked
+        assert await runner.recover() == []  # skipped while parked
+        assert [r.id for r in await runner.list(parked=True)] == ["p1"]
+        assert await runner.list(parked=False) == []
+        shown = await anyio.to_thread.run_sync(cli, "show", "p1", "--db", url(tmp_path))
+        assert "parked   recovery was attempted 5 times" in shown
+        assert "runs unpark p1" in shown
+        listed = await anyio.to_thread.run_sync(cli, "list", "--parked", "--db", url(tmp_path))
+        assert "running (parked)" in listed
+        unparked = await runner.unpark("p1")
+        assert (unparked.parked, unparked.recovery_attempts) == (None, 0)
+        [run] = await runner.recover()
+        assert run.status is RunStatus.SUSPENDED
+        assert (run.parked, run.recovery_attempts) == (None, 0)
+    attempts, applied = flows.read_counter(counter)
+    # Each attempt died before the poison effect wrote anything; the completed ones never ran
+    # again.
+    assert [i for _, i in attempts] == [i for _, i in applied] == [0, 1, 2, 3, 4]
+
+
+async def test_recovery_attempts_reset_on_progress(
+    tmp_path: Path, flows: ModuleType, forked: Callable[..., None]
+) -> None:
+    """A recovery that makes progress (a checkpoint) starts the count again: a run that dies
+    at a different effect each time is never parked."""
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    common = ("--db", url(tmp_path), "--counter", counter, "--run-id", "q1", "--owner", "w1")
+    forked(*common, "--action", "start", "--answer", "100", "--kill-at", "before:5")
+    for i in range(6, 10):
+        forked(*common, "--action", "recover", "--kill-at", f"before:{i}")
+    async with DurableRunner(
+        url(tmp_path), handlers=flows.HANDLERS, owner="w1", max_recovery_attempts=2
+    ) as runner:
+        assert (await runner.get("q1")).recovery_attempts == 0  # the last one progressed too
+        [run] = await runner.recover()
+        assert run.status is RunStatus.DONE
+        assert (run.parked, run.recovery_attempts) == (None, 0)
+
+
+async def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    """A store created before recovery attempts existed gets the new columns; its runs read
+    as not parked, with no attempts."""
+    async with DurableRunner(url(tmp_path)) as runner:
+        await runner.start(nan_prompt(), run_id="old")
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
+        db.execute("ALTER TABLE effects_runs DROP COLUMN recovery_attempts")
+        db.execute("ALTER TABLE effects_runs DROP COLUMN parked")
+        db.execute("DELETE FROM effects_schema_version")
+        db.execute("INSERT INTO effects_schema_version VALUES (1, 'created', 0)")
+    async with DurableRunner(url(tmp_path)) as runner:
+        run = await runner.get("old")
+        assert (run.status, run.parked, run.recovery_attempts) == (RunStatus.DONE, None, 0)
+        assert await runner.store.schema_version() == schema.SCHEMA_VERSION
