@@ -16,6 +16,7 @@ from .._exceptions import (
     EffectsError,
     InterruptedEffect,
     LogError,
+    MissingHandlerError,
     SerializationError,
 )
 from .._handler import Entry, Handler, HandlerFn, Table, WithHandler, handles
@@ -28,6 +29,7 @@ from ._log import Log, LogEntry, check_log, make_entry, make_log
 from ._loop import LoopHandle, LoopState, NextIteration
 from ._serialize import (
     _infos,
+    _lookup,
     codec,
     dump_args,
     dump_error,
@@ -222,7 +224,7 @@ class EffectLogger(Handler):
         self._cursor = 0
         self._entries: list[LogEntry] = []
         self._next_seq = 0
-        self._diverged: DivergenceError | None = None
+        self._diverged: DivergenceError | MissingHandlerError | None = None
 
     # -- public view ------------------------------------------------------------------------
 
@@ -260,6 +262,9 @@ class EffectLogger(Handler):
         return inst
 
     def intercept(self, table: Table) -> None:
+        # What is handled in this scope: a recorded effect that nothing handles now is a
+        # missing handler, not a change of the code (see `_divergence`).
+        self._in_scope: frozenset[type] | None = frozenset(table)
         # Decided once per scope: replayable handlers keep their entries (the State/Reader fast
         # path is untouched), handlers with a `replay` method are switched to it while
         # replaying, every other entry (Throw aside) is replaced by a recording wrapper. The
@@ -572,8 +577,25 @@ class EffectLogger(Handler):
         self._diverged = self._divergence(entry, got)
         return self._diverged
 
-    def _divergence(self, entry: LogEntry, got: str) -> DivergenceError:
+    def _unhandled(self, entry: LogEntry) -> bool:
+        handled = getattr(self, "_in_scope", None)
+        if handled is None:
+            return False
+        cls = _lookup(entry.effect)  # only classes already imported
+        if not isinstance(cls, type):
+            return False
+        return not any(base in handled for base in cls.__mro__)
+
+    def _divergence(self, entry: LogEntry, got: str) -> DivergenceError | MissingHandlerError:
         expected = f"{entry.effect}({_format_args(entry.args)})"
+        if self._unhandled(entry):
+            # Replaying without the handler: the computation got a MissingHandlerError where
+            # the recording process got a result, and went another way. Name the real cause.
+            return MissingHandlerError(
+                f"replay needs a handler for {entry.effect}: the log has {expected} at position "
+                f"{entry.seq}, and no handler in scope handles it (install the handlers the "
+                "computation was run with)"
+            )
         return DivergenceError(
             f"replay diverged at log position {entry.seq}: the log has {expected} "
             f"({entry.status}) but the computation now performs {got}. The code changed in a "

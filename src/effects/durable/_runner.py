@@ -74,11 +74,13 @@ class _Step:
         "attempt",
         "cancel_reason",
         "cancelling",
+        "committed",
         "done",
         "failure",
         "final_log",
         "interp",
         "leased",
+        "resumed",
         "row",
         "rows",
         "scope",
@@ -98,6 +100,8 @@ class _Step:
         self.final_log: Log | None = None
         self.done = anyio.Event()
         self.attempt = False  # this step is a counted recovery attempt
+        self.resumed = False  # this step answers the run's pending Yield (`resume`)
+        self.committed = False  # a checkpoint of this step was written
 
     def set_log(self, log: Log) -> None:
         self.final_log = log
@@ -360,6 +364,7 @@ class DurableRunner:
         except BaseException:
             self._drop(step)
             raise
+        step.resumed = True
         return await self._launch(step, lambda: suspend.aresume(answer), wait)
 
     async def cancel(self, run_id: str, reason: Any = None) -> Run:
@@ -741,6 +746,13 @@ class DurableRunner:
                 outcome = await outcome.acancel(step.cancel_reason)
                 if step.failure is not None:
                     raise step.failure
+            if type(outcome) is Throw:
+                missing = _missing_handler(outcome.error)
+                if missing is not None:
+                    # Not the computation's error: this process lacks a handler the run needs.
+                    # The run is not failed; it waits for a process that has the handler.
+                    await self._give_back(step)
+                    raise missing
             return await self._finish(step, outcome, recovering)
         except anyio.get_cancelled_exc_class():
             # Whoever awaited this step is being cancelled (the runner is shutting down):
@@ -756,6 +768,21 @@ class DurableRunner:
             raise
         finally:
             self._drop(step)
+
+    async def _give_back(self, step: _Step) -> None:
+        """Undo a step that could not run here: a resumed step that committed nothing goes
+        back to its suspension (same prompt, the answer not consumed). Any other step keeps its
+        checkpoints; the lease is released (by the caller) for `recover()` to continue it."""
+        if not (step.resumed and not step.committed and step.leased):
+            return
+        changes = {
+            "status": RunStatus.SUSPENDED.value,
+            "answer": None,
+            "lease_owner": None,
+            "lease_expires": None,
+        }
+        await self._commit(step, changes, None)
+        step.leased = False
 
     async def _release(self, step: _Step, *, uncount: bool = False) -> None:
         if not step.leased:
@@ -820,6 +847,7 @@ class DurableRunner:
                 lease=lease,
             )
         step.row = replace(row, revision=revision, **changes)
+        step.committed = True
         if cancel and not step.cancelling:
             step.cancel("cancel requested")
         self._publish(step.row)
@@ -981,12 +1009,21 @@ class DurableRunner:
 _DEPLOYMENT_ERRORS = (DivergenceError, LogError, ConfigurationError, LookupError)
 
 
-def _replay_error(err: BaseException) -> BaseException:
+def _missing_handler(err: BaseException) -> MissingHandlerError | None:
+    """The missing handler behind a step's error, if that is what it is."""
+    if isinstance(err, MissingHandlerError):
+        return err
     # A handler missing in this process makes the replay raise where the recording process
-    # got an answer, which the logger then reports as a divergence: name the real cause.
-    if isinstance(err, DivergenceError) and isinstance(err.__context__, MissingHandlerError):
+    # got an answer, which the logger may then report as a divergence.
+    if isinstance(err, DivergenceError | LogError) and isinstance(
+        err.__context__, MissingHandlerError
+    ):
         return err.__context__
-    return err
+    return None
+
+
+def _replay_error(err: BaseException) -> BaseException:
+    return _missing_handler(err) or err
 
 
 def _placeholder_row(run_id: str) -> RunRow:
