@@ -193,6 +193,26 @@ async def test_a_hostile_link_does_not_freeze_the_page(
     await answer(page, "Email", "mallory@example.com", PLAN_STEP)
 
 
+async def test_the_wizard_over_the_websocket(wizard: ExampleServer, new_page: NewPage) -> None:
+    """With the WebSocket transport the client sends its commands as frames, takes the
+    replies and patches, and the run goes to its end."""
+    page = await new_page()
+    await page.add_init_script("window.LIVE_TRANSPORT = 'ws'")
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await start(page, wizard.url)
+    await answer(page, "Name", "Wes", email_step("Wes"))
+    await answer(page, "Email", "wes@example.com", PLAN_STEP)
+    assert sockets
+    assert all("/_live/ws?last_event_id=" in url for url in sockets)
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    await page.get_by_role("radio", name="free").check()
+    await page.get_by_role("button", name="Create my account").click()
+    await heading(page, "Welcome aboard, Wes!")
+    assert posts == []  # the command went over the socket
+
+
 # -- without JavaScript: plain HTTP ---------------------------------------------------------
 
 
