@@ -207,9 +207,18 @@ def test_random_http_requests(run: Run) -> None:
             "Cookie": st.sampled_from([run.cookie, "live_session=forged", ""]) | HEADER,
         },
     )
-    bodies = st.binary(max_size=300) | st.dictionaries(st.sampled_from(FIELDS) | TEXT, TEXT).map(
+    forms = st.dictionaries(st.sampled_from(FIELDS) | TEXT, TEXT).map(
         lambda d: urlencode(d).encode()
     )
+    parts = st.lists(
+        st.tuples(
+            st.sampled_from([f.encode() for f in FIELDS]) | st.binary(max_size=12),
+            st.binary(max_size=40),
+            st.none() | st.binary(max_size=12),
+        ),
+        max_size=4,
+    ).map(_multipart)
+    bodies = st.binary(max_size=300) | forms | parts
 
     @SETTINGS
     @given(
@@ -234,6 +243,16 @@ def test_random_http_requests(run: Run) -> None:
 
     request()
     run.check()
+
+
+def _multipart(parts: list[tuple[bytes, bytes, bytes | None]]) -> bytes:
+    # Parts with any bytes as names, values and file names, for `boundary=x`.
+    body = b""
+    for name, value, filename in parts:
+        extra = b"" if filename is None else b'; filename="' + filename + b'"'
+        body += b'--x\r\nContent-Disposition: form-data; name="' + name + b'"' + extra
+        body += b"\r\n\r\n" + value + b"\r\n"
+    return body + b"--x--\r\n"
 
 
 def _raw(path: str, query: list[tuple[str, str]]) -> bytes:
