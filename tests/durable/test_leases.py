@@ -4,10 +4,16 @@ when the hosts' clocks disagree."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +21,12 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from effects import Call, Done, computation
+from effects import Call, ConfigurationError, Done, computation
 from effects.durable import DurableRunner, RunStatus
 
 pytestmark = pytest.mark.anyio
 
+WORKERS = Path(__file__).parent / "workers"
 LEASE = 0.3  # seconds: short, so that a blocked heartbeat would let the lease expire at once
 
 
@@ -160,3 +167,131 @@ async def test_leases_are_judged_by_the_database_clock(url: str) -> None:
                 # the run, done); either way each step ran in its own runner only.
                 assert last.status in (RunStatus.DONE, RunStatus.CANCELLED)
     assert sorted(CALLS) == ["ahead", "behind"]
+
+
+def worker(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The test worker in a process of its own (see workers/worker.py)."""
+    return subprocess.run(
+        [sys.executable, str(WORKERS / "worker.py"), "--db", db, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def sql(db: str, statement: str, *params: Any) -> list[Any]:
+    """Run SQL on the store file directly (as another host's runner would have written)."""
+    path = db.removeprefix("sqlite+aiosqlite:///")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        return conn.execute(statement, params).fetchall()
+
+
+async def test_one_live_runner_per_owner(db: str) -> None:
+    """While a runner holds owner "shop", another runner with that owner refuses to start,
+    in this process and in another one; once it stops, the owner is free at once."""
+    async with DurableRunner(db, owner="shop"):
+        with pytest.raises(ConfigurationError, match="owner 'shop' is held by another Durable"):
+            async with DurableRunner(db, owner="shop"):
+                pass  # pragma: no cover
+        other = await anyio.to_thread.run_sync(
+            lambda: worker(db, "--action", "recover", "--owner", "shop")
+        )
+        assert other.returncode != 0
+        message = f"owner 'shop' is held by process {os.getpid()} on {socket.gethostname()}"
+        assert message in other.stderr
+        async with DurableRunner(db, owner="shop-2"):  # another owner is fine
+            pass
+    other = await anyio.to_thread.run_sync(
+        lambda: worker(db, "--action", "recover", "--owner", "shop")
+    )
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout) == {"recovered": []}
+
+
+async def test_a_dead_owner_on_another_host_blocks_until_its_claim_expires(db: str) -> None:
+    """A claim by a process on another host (which this host cannot probe) keeps the owner
+    until it expires by the database's clock; then a successor starts."""
+    async with DurableRunner(db, owner="setup"):
+        pass  # creates the schema
+    sql(
+        db,
+        "INSERT INTO effects_owners VALUES ('shop', 'their-token', 'elsewhere', 4242, 0, "
+        "(julianday('now') - 2440587.5) * 86400.0 + 30)",
+    )
+    with pytest.raises(ConfigurationError, match=r"process 4242 on elsewhere.*expires in 30 s"):
+        async with DurableRunner(db, owner="shop"):
+            pass  # pragma: no cover
+    # Its heartbeat stopped 30 s ago (as far as the database's clock is concerned):
+    sql(db, "UPDATE effects_owners SET expires = expires - 31 WHERE owner = 'shop'")
+    async with DurableRunner(db, owner="shop") as runner:
+        holder = await runner.store.owner_holder("shop")
+        assert holder is not None
+        assert (holder.host, holder.pid) == (socket.gethostname(), os.getpid())
+    assert sql(db, "SELECT count(*) FROM effects_owners WHERE owner = 'shop'") == [(0,)]
+
+
+async def test_a_runner_whose_owner_was_taken_stops_taking_work(db: str) -> None:
+    """If another runner took this runner's owner (this one was frozen for longer than its
+    lease), the heartbeat notices and the runner refuses further work."""
+    async with DurableRunner(db, owner="shop", lease=LEASE) as runner:
+        sql(db, "UPDATE effects_owners SET token = 'theirs', pid = 4242 WHERE owner = 'shop'")
+        errors: list[str] = []
+        with anyio.fail_after(10):
+            while not errors:  # polled: the heartbeat runs in its own thread
+                try:
+                    await runner.list()
+                except ConfigurationError as err:
+                    errors.append(str(err))
+                else:
+                    await anyio.sleep(LEASE / 10)
+        assert "owner 'shop' was taken by process 4242" in errors[0]
+    # The claim is the other runner's: this one did not delete it on the way out.
+    assert sql(db, "SELECT token FROM effects_owners") == [("theirs",)]
+
+
+@computation(name="leases.loop_blocker", version=1)
+def loop_blocker() -> Generator[Any, Any, str]:
+    result: str = yield Call(block_the_loop)
+    return result
+
+
+async def block_the_loop() -> str:
+    """An async function that blocks its event loop (a bug, but one that happens)."""
+    CALLS.append("blocker")
+    STARTED.set()
+    assert RELEASE.wait(20), "never released"
+    return "unblocked"
+
+
+async def test_the_heartbeat_does_not_need_the_event_loop(db: str) -> None:
+    """User code that blocks the runner's event loop for longer than the lease does not
+    stop the lease heartbeat (it runs in a thread of its own): another runner's `recover()`
+    leaves the run alone."""
+    seen: list[float | None] = []
+    found: list[list[Any]] = []
+
+    async def other() -> None:
+        async with DurableRunner(db, owner="b", lease=LEASE) as b:
+            with anyio.fail_after(10):
+                await anyio.to_thread.run_sync(STARTED.wait)
+                while len(set(seen)) < 3:  # renewals while the loop of "a" is blocked
+                    seen.append((await b.store.get("r1")).lease_expires)
+                    await anyio.sleep(LEASE / 10)
+            found.append(await b.recover())
+
+    def other_process() -> None:
+        try:
+            anyio.run(other, backend="asyncio")
+        finally:
+            RELEASE.set()
+
+    async with DurableRunner(db, owner="a", lease=LEASE) as a:
+        # Started from a plain thread: the test's own event loop is about to be blocked.
+        thread = threading.Thread(target=other_process)
+        thread.start()
+        run = await a.start(loop_blocker(), run_id="r1")
+        await anyio.to_thread.run_sync(thread.join)
+    assert found == [[]]
+    assert run.outcome == Done("unblocked")
+    assert CALLS == ["blocker"]

@@ -182,6 +182,34 @@ async def test_migration_steps_apply_in_order_once(
     ]
 
 
+async def test_a_database_from_before_owners_gets_the_owners_table(tmp_path: Path) -> None:
+    """A store stamped with the version before the owners table is migrated on open."""
+    [owners_step] = [m for m in _schema.MIGRATIONS if m.description.startswith("owners")]
+    path = tmp_path / "runs.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        for table in (_schema.runs, _schema.log, _schema.schema_version):
+            table.create(conn)
+        conn.execute(
+            _schema.schema_version.insert(),
+            [{"version": owners_step.version - 1, "description": "created", "applied_at": 0.0}],
+        )
+    engine.dispose()
+    store = await open_store(tmp_path)
+    try:
+        assert await store.schema_version() == _schema.SCHEMA_VERSION
+        assert (
+            await store.claim_owner("o", "t", host="h", pid=1, lease=30, gone=lambda _: False)
+            is None
+        )
+        holder = await store.owner_holder("o")
+        assert holder is not None
+        assert (holder.token, holder.host, holder.pid) == ("t", "h", 1)
+        assert 0 < holder.expires_in <= 30
+    finally:
+        await store.aclose()
+
+
 async def test_insert_get_and_duplicate_ids(tmp_path: Path) -> None:
     """A run row round-trips; a second run with the same id is a conflict."""
     store = await open_store(tmp_path)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextvars
+import itertools
 import json
 import logging
 import os
-import socket
+import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from .._computation import Comp, ComputationFunction, registered
@@ -48,6 +50,7 @@ from .._handler import Handler, Stack, _flatten, handles, with_handler
 from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.world import uuid7
+from . import _owners
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._log import Log, make_log
@@ -146,8 +149,13 @@ class _Checkpoints(Handler):
         return f"DurableRunner.checkpoints({self.step.row.id!r})"
 
 
+_default_owners = itertools.count(1)
+
+
 def _default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # One owner per runner: a second runner of this process gets `host:pid#2`.
+    n = next(_default_owners)
+    return f"{_owners.host()}:{os.getpid()}" + (f"#{n}" if n > 1 else "")
 
 
 def _stamp(t: float) -> datetime:
@@ -183,10 +191,13 @@ class DurableRunner:
     - `url`: SQLite through aiosqlite (the default, WAL mode) or PostgreSQL through asyncpg;
       the schema is created and migrated on entry.
     - `handlers`: handlers (or `Stack`s) installed around every run, first listed innermost.
-    - `owner`: this process's identity for leases (default `host:pid`). Give a stable one
-      (like DBOS's executor id) to let `recover()` continue this owner's runs at once after a
-      restart instead of waiting for their leases to expire.
-    - `lease`: seconds a step's lease lasts; renewed every third of it while the step runs.
+    - `owner`: this process's identity for leases (default `host:pid`, unique per runner).
+      Give a stable one (like DBOS's executor id) to let `recover()` continue this owner's
+      runs at once after a restart instead of waiting for their leases to expire. One owner
+      is held by one live runner at a time: entering a runner whose owner another live
+      runner holds raises `ConfigurationError` (see the store page).
+    - `lease`: seconds a step's lease (and the owner's claim) lasts, by the database's
+      clock; renewed every third of it from a thread of the runner's own.
     - `max_recovery_attempts`: how many times `recover()` takes over a run that makes no
       progress (each attempt fails or its process dies before the next checkpoint) before it
       *parks* the run: `Run.parked` says why, `recover()` skips it until `unpark(run_id)`.
@@ -220,6 +231,8 @@ class DurableRunner:
         self._background: set[_Step] = set()
         self._background_changed = anyio.Event()
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._token = secrets.token_hex(16)
+        self._beat: _owners.Heartbeat | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -232,11 +245,16 @@ class DurableRunner:
                 "run it with anyio.run(..., backend='asyncio')"
             ) from None
         store = await Store.open(self.url, **self._engine_options)
+        try:
+            await self._claim_owner(store)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._store, self._tg = store, tg
         try:
-            tg.start_soon(self._heartbeat)
             if store.engine.dialect.driver == "asyncpg":
                 await tg.start(self._listen)
         except BaseException as err:
@@ -274,14 +292,63 @@ class DurableRunner:
                 self._tg = None
                 self._store = None
                 with anyio.CancelScope(shield=True):
-                    await store.aclose()
+                    try:
+                        await self._release_owner(store)
+                    finally:
+                        await store.aclose()
         return False
+
+    async def _claim_owner(self, store: Store) -> None:
+        holder = await store.claim_owner(
+            self.owner,
+            self._token,
+            host=_owners.host(),
+            pid=os.getpid(),
+            lease=self.lease,
+            gone=_owners.holder_is_gone,
+        )
+        if holder is not None:
+            raise ConfigurationError(_owners.refusal(self.owner, holder))
+        _owners._live_tokens.add(self._token)
+        beat = _owners.Heartbeat(
+            self.url, self._engine_options, self.owner, self._token, self.lease, self._leased
+        )
+        try:
+            await anyio.to_thread.run_sync(beat.start)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release_owner(store)
+            raise
+        self._beat = beat
+
+    async def _release_owner(self, store: Store) -> None:
+        # The heartbeat stops first: it would otherwise find the claim gone and report it lost.
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            await anyio.to_thread.run_sync(beat.stop)
+        _owners._live_tokens.discard(self._token)
+        if beat is None or beat.lost is None:
+            try:
+                await store.release_owner(self.owner, self._token)
+            except Exception as err:  # the claim then expires by itself
+                logger.warning("could not give back owner %s: %s", self.owner, err)
+
+    def _leased(self) -> builtins.list[str]:
+        # Read from the heartbeat's thread: a copy first (the dict may change meanwhile).
+        while True:
+            try:
+                steps = builtins.list(self._steps.items())
+            except RuntimeError:  # changed size during the copy
+                continue
+            return [run_id for run_id, step in steps if step.leased]
 
     @property
     def store(self) -> Store:
         """The open store (only inside `async with`)."""
         if self._store is None:
             raise ConfigurationError("use the runner inside `async with DurableRunner(...)`")
+        if self._beat is not None and self._beat.lost is not None:
+            raise ConfigurationError(f"this runner stopped: {self._beat.lost}")
         return self._store
 
     # -- public API -------------------------------------------------------------------------
@@ -944,16 +1011,6 @@ class DurableRunner:
         )
 
     # -- background tasks -------------------------------------------------------------------
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await anyio.sleep(self.lease / 3)
-            ids = [run_id for run_id, step in self._steps.items() if step.leased]
-            if ids:
-                try:
-                    await self.store.renew(self.owner, ids, self.lease)
-                except Exception as err:
-                    logger.warning("could not renew leases: %s", err)
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Follow changes committed by other processes (PostgreSQL NOTIFY)."""

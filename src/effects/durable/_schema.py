@@ -82,6 +82,21 @@ log = sa.Table(
 """The effect log of every run, one row per entry (rows of pruned loop iterations are deleted)."""
 
 
+owners = sa.Table(
+    "effects_owners",
+    metadata,
+    sa.Column("owner", sa.String(255), primary_key=True),
+    # Random per runner instance: tells the live holder from a previous life of the same owner.
+    sa.Column("token", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    # By the database's clock, like leases: renewed by the holder's heartbeat.
+    sa.Column("expires", sa.Double, nullable=False),
+)
+"""One row per owner held by a live runner (deleted when it stops in order)."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change: applied in a transaction to databases older than `version`."""
@@ -104,9 +119,14 @@ def _recovery_attempts(conn: sa.Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN parked TEXT"))
 
 
+def _owners(conn: sa.Connection) -> None:
+    owners.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and effect log", _initial),
     Migration(2, "recovery attempts and parked runs", _recovery_attempts),
+    Migration(3, "owners: one live runner per owner", _owners),
 )
 """Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
 

@@ -21,7 +21,7 @@ import builtins
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any
@@ -110,6 +110,25 @@ class RunRow:
 
 
 _ROW_FIELDS = tuple(f.name for f in fields(RunRow))
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRow:
+    """The runner that holds an owner: its token, where it runs, and how many seconds its
+    claim has left by the database's clock (negative once expired)."""
+
+    owner: str
+    token: str
+    host: str
+    pid: int
+    started_at: float
+    expires_in: float
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> OwnerRow:
+        """Build from a row selected with `_owner_query`."""
+        m = row._mapping
+        return cls(m["owner"], m["token"], m["host"], m["pid"], m["started_at"], m["expires_in"])
 
 
 def create_engine(url: str | sa.URL, **options: Any) -> AsyncEngine:
@@ -856,6 +875,70 @@ class Store:
             now = await conn.scalar(sa.select(db_now()))
         return now is not None and row.lease_expires < now
 
+    # -- owners ---------------------------------------------------------------------------
+
+    async def claim_owner(
+        self,
+        owner: str,
+        token: str,
+        *,
+        host: str,
+        pid: int,
+        lease: float,
+        gone: Callable[[OwnerRow], bool],
+    ) -> OwnerRow | None:
+        """Claim `owner` for the runner `token` for `lease` seconds (by the database's clock).
+        Returns None when claimed, or the live holder that keeps it. The current holder is
+        replaced when it is `token` itself, its claim has expired, or `gone(holder)`."""
+        values = {
+            "token": token,
+            "host": host,
+            "pid": pid,
+            "started_at": _now(),
+            "expires": db_now() + lease,
+        }
+        while True:
+            try:
+                async with self._write() as conn:
+                    # FOR UPDATE on PostgreSQL (SQLite holds the write lock already): of two
+                    # claimants of one expired claim, the second sees the first's.
+                    found = (await conn.execute(_owner_query(owner).with_for_update())).first()
+                    if found is None:
+                        await conn.execute(S.owners.insert().values(owner=owner, **values))
+                        return None
+                    holder = OwnerRow.from_row(found)
+                    if holder.token != token and holder.expires_in >= 0 and not gone(holder):
+                        return holder
+                    await conn.execute(
+                        S.owners.update().where(S.owners.c.owner == owner).values(values)
+                    )
+                    return None
+            except IntegrityError:
+                continue  # another runner inserted the first claim meanwhile: judge it
+
+    async def renew_owner(self, owner: str, token: str, lease: float) -> bool:
+        """Extend the claim of `owner` by runner `token`; False if it no longer holds it."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                S.owners.update()
+                .where(S.owners.c.owner == owner, S.owners.c.token == token)
+                .values(expires=db_now() + lease)
+            )
+            return result.rowcount == 1
+
+    async def owner_holder(self, owner: str) -> OwnerRow | None:
+        """The current claim of `owner`, if any."""
+        async with self._reader.connect() as conn:
+            found = (await conn.execute(_owner_query(owner))).first()
+        return OwnerRow.from_row(found) if found is not None else None
+
+    async def release_owner(self, owner: str, token: str) -> None:
+        """Give the claim back (an orderly stop): the next runner of `owner` starts at once."""
+        async with self._write() as conn:
+            await conn.execute(
+                S.owners.delete().where(S.owners.c.owner == owner, S.owners.c.token == token)
+            )
+
     async def _conflict(self, conn: AsyncConnection, run_id: str, revision: int) -> Exception:
         row = (await conn.execute(sa.select(S.runs).where(S.runs.c.id == run_id))).first()
         if row is None:
@@ -875,4 +958,10 @@ def _unleased(owner: str) -> sa.ColumnElement[bool]:
         S.runs.c.lease_owner.is_(None),
         S.runs.c.lease_owner == owner,
         S.runs.c.lease_expires < db_now(),
+    )
+
+
+def _owner_query(owner: str) -> sa.Select[Any]:
+    return sa.select(S.owners, (S.owners.c.expires - db_now()).label("expires_in")).where(
+        S.owners.c.owner == owner
     )
