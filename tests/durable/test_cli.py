@@ -6,6 +6,7 @@ import importlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import ModuleType
 import anyio
 import pytest
 
+from effects import InvalidInput
 from effects.durable import DurableRunner, Run
 from effects.durable._cli import main
 
@@ -144,3 +146,82 @@ def test_help_and_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["runs"])
     assert caught.value.code == 2
+
+
+def one_line_failure(done: subprocess.CompletedProcess[str], status: int = 1) -> str:
+    """The command failed with `status` and said why in exactly one line, no traceback."""
+    assert done.returncode == status, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_every_failure_is_one_line(store: tuple[str, list[Run]], tmp_path: Path) -> None:
+    """Stores that cannot be opened, unknown handlers, bad numbers: exit status 1 (2 for
+    usage errors) and one line on stderr, never a traceback."""
+    db, _ = store
+    path = db.removeprefix("sqlite+aiosqlite:///")
+    read_only = f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"
+    line = one_line_failure(cli("list", "--db", read_only))
+    assert "cannot use the store" in line
+    assert "readonly database" in line
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        line = one_line_failure(cli("list", "--db", f"postgresql://u@127.0.0.1:{port}/x"))
+    assert line.startswith("error: ConfigurationError: cannot open the store postgresql")
+    assert "Connect call failed" in line
+
+    line = one_line_failure(
+        cli("resume", "waiting", "1", "--db", db, "--handlers", "crash_flows:missing")
+    )
+    assert line == "error: ConfigurationError: --handlers 'crash_flows:missing': module " + (
+        "'crash_flows' has no 'missing'"
+    )
+
+    line = one_line_failure(cli("list", "--db", db, "--limit", "-1"), status=2)
+    assert line == "python -m effects runs list: error: argument --limit: -1 is negative " + (
+        "(see --help)"
+    )
+    line = one_line_failure(cli("show", "--db", db), status=2)
+    assert "the following arguments are required: run_id" in line
+
+
+def test_db_accepts_a_path(store: tuple[str, list[Run]], tmp_path: Path) -> None:
+    """`--db runs.db` is the SQLite file at that path (relative to the working directory)."""
+    assert store[0].endswith(f"{tmp_path}/runs.db")
+    done = subprocess.run(
+        [sys.executable, "-m", "effects", "runs", "list", "--db", "runs.db", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in json.loads(done.stdout)] == ["waiting", "paid"]
+
+
+def test_an_answer_that_cannot_be_stored_is_invalid_input(
+    store: tuple[str, list[Run]], flows: ModuleType
+) -> None:
+    """A text with a lone surrogate (valid JSON, no UTF-8 form) is refused as
+    `InvalidInput`, by the runner and through the CLI; the run stays where it was."""
+    db, _ = store
+
+    async def asked() -> Run:
+        async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
+            run = await runner.start(flows.name_flow(), run_id="ask")
+            with pytest.raises(InvalidInput, match="lone surrogate"):
+                await runner.resume(run.id, "\ud800")
+            return run
+
+    run = anyio.run(asked, backend="asyncio")
+    code = ("--import", "crash_flows", "--handlers", "crash_flows:HANDLERS")
+    line = one_line_failure(cli("resume", "ask", '"\\ud800"', "--db", db, *code))
+    assert line.startswith("error: InvalidInput: run 'ask': the answer: cannot be stored")
+    after = json.loads(cli("show", "ask", "--db", db, "--json").stdout)["run"]
+    assert (after["status"], after["revision"]) == ("suspended", run.revision)

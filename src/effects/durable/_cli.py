@@ -6,14 +6,16 @@
     python -m effects runs resume RUN_ID VALUE [--revision N]
     python -m effects runs cancel RUN_ID [--reason TEXT]
 
-Every command takes `--db URL` (default: `$EFFECTS_DB`, else `sqlite+aiosqlite:///runs.db`)
-and `--json` (machine-readable output). `resume` and `cancel` run a step of the computation, so
-they need its code: `--import MODULE` (repeatable) imports the modules that define the
-computations, `--handlers MODULE:NAME` names the handlers to run them with (a handler, a
-`Stack`, a list of them, or a function returning one of those).
+Every command takes `--db URL` (default: `$EFFECTS_DB`, else `sqlite+aiosqlite:///runs.db`;
+a plain path such as `runs.db` is a SQLite file) and `--json` (machine-readable output).
+`resume` and `cancel` run a step of the computation, so they need its code: `--import MODULE`
+(repeatable) imports the modules that define the computations, `--handlers MODULE:NAME` names
+the handlers to run them with (a handler, a `Stack`, a list of them, or a function returning
+one of those).
 
 Exit status: 0 on success, 1 when the command failed (unknown run, conflict, invalid input, a
-log that cannot be replayed...), 2 on a usage error.
+log that cannot be replayed, a store that cannot be opened...), 2 on a usage error, 130 when
+interrupted (Ctrl-C). Every failure is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import sqlalchemy as sa
 
-from .._exceptions import ConfigurationError, EffectsError, InvalidInput
+from .._exceptions import ConfigurationError
 from .._handler import Handler, Stack
 from .._outcome import Done, Suspend, Throw
 from ._log import Log, LogEntry
@@ -39,10 +41,32 @@ from ._runner import DEFAULT_URL, DurableRunner
 _WIDTH = 100
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _store_url(value: str) -> str:
+    # A bare path is a SQLite file: `--db runs.db` is what people type.
+    if "://" in value:
+        return value
+    return f"sqlite+aiosqlite:///{value}"
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m effects", description="Inspect and drive durable runs."
-    )
+    parser = _Parser(prog="python -m effects", description="Inspect and drive durable runs.")
     commands = parser.add_subparsers(dest="group", required=True, metavar="runs")
     runs = commands.add_parser("runs", help="durable runs in a store")
     actions = runs.add_subparsers(dest="action", required=True)
@@ -51,8 +75,9 @@ def _parser() -> argparse.ArgumentParser:
         p = actions.add_parser(name, help=help, description=help)
         p.add_argument(
             "--db",
+            type=_store_url,
             default=os.environ.get("EFFECTS_DB", DEFAULT_URL),
-            help="store URL (default: $EFFECTS_DB or %(default)s)",
+            help="store URL, or the path of a SQLite file (default: $EFFECTS_DB or %(default)s)",
         )
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
@@ -78,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only runs with this status; repeatable",
     )
     p.add_argument("--name", help="only runs of this computation")
-    p.add_argument("--limit", type=int, help="at most this many runs")
+    p.add_argument("--limit", type=_count, help="at most this many runs")
     p.add_argument(
         "--parked", action="store_true", help="only runs that recovery gave up on (parked)"
     )
@@ -108,7 +133,13 @@ def _handlers(spec: str | None) -> tuple[Handler | Stack, ...]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigurationError(f"--handlers {spec!r}: expected MODULE:NAME")
-    value: Any = getattr(importlib.import_module(module_name), attr)
+    module = importlib.import_module(module_name)
+    try:
+        value: Any = getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(
+            f"--handlers {spec!r}: module {module_name!r} has no {attr!r}"
+        ) from None
     if callable(value) and not isinstance(value, Handler | Stack):
         value = value()
     if isinstance(value, Handler | Stack):
@@ -234,10 +265,16 @@ def _print_log(log: Log, out: TextIO) -> None:
 
 def _check_exists(url: str) -> None:
     # Opening a store creates it: a mistyped SQLite path would show an empty new store.
-    u = sa.make_url(url)
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigurationError(f"--db {url!r} is not a store URL or a path") from None
     if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        if not os.path.exists(u.database):
-            raise ConfigurationError(f"no store at {u.database!r} (from --db {url})")
+        path = u.database
+        if u.query.get("uri") in ("true", "1") and path.startswith("file:"):
+            path = path.removeprefix("file:").partition("?")[0]  # sqlite's URI form
+        if not os.path.exists(path):
+            raise ConfigurationError(f"no store at {path!r} (from --db {url})")
 
 
 async def _main(args: argparse.Namespace, out: TextIO) -> None:
@@ -291,10 +328,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stdout = out if out is not None else sys.stdout
     try:
         anyio.run(_main, args, stdout, backend="asyncio")
-    except InvalidInput as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (EffectsError, ImportError, LookupError) as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a shell command reports, it does not dump a traceback
+        _fail(f"{type(err).__name__}: {err}")
         return 1
     return 0
+
+
+def _fail(message: str) -> None:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    print(f"error: {'; '.join(lines) or 'failed'}", file=sys.stderr)

@@ -414,7 +414,8 @@ class DurableRunner:
         """Answer the pending `Yield` of a suspended run with `value` and run the next step.
 
         The answer is validated (`Yield(input=...)`) before the store is touched: invalid
-        input raises `InvalidInput` and the run stays as it was. Of several concurrent
+        input raises `InvalidInput` and the run stays as it was (so does a value
+        that cannot be stored, such as text with a lone surrogate). Of several concurrent
         resumes of one run (tasks or processes) exactly one wins; the others get
         `ConflictError`. Pass the `revision` of the `Run` you are answering to make sure you
         answer that very step (a stale revision is a `ConflictError`). A run that is not
@@ -426,7 +427,14 @@ class DurableRunner:
             answer = validate_input(suspend.input, value)
             # Stored the way the logger will record it, so recovery rebuilds the same answer.
             answer_codec = codec(Any if suspend.input is None else suspend.input)
-            stored = dumps(answer_codec.dump(answer, f"run {run_id!r}: the answer"))
+            try:
+                stored = dumps(answer_codec.dump(answer, f"run {run_id!r}: the answer"))
+            except SerializationError as err:
+                # The caller's value cannot be stored (a lone surrogate, NaN...): bad input,
+                # refused before anything is written, as a failed validation would be.
+                raise InvalidInput(
+                    str(err), [{"type": "unstorable", "loc": (), "msg": str(err), "input": value}]
+                ) from None
             await self._acquire(step, ("suspended",), answer=stored)
         except BaseException:
             self._drop(step)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import json
+import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -483,15 +484,22 @@ class Store:
 
     @classmethod
     async def open(cls, url: str | sa.URL, *, migrate: bool = True, **options: Any) -> Store:
-        """Connect to `url` and (by default) create or migrate the schema."""
+        """Connect to `url` and (by default) create or migrate the schema. A database that
+        cannot be reached, opened or written is a `ConfigurationError` saying why."""
         store = cls(create_engine(url, **options))
         try:
-            if migrate:
-                await store.migrate()
-            if store._fast is not None:
-                await store._fast._connect()
+            try:
+                if migrate:
+                    await store.migrate()
+                if store._fast is not None:
+                    await store._fast._connect()
+            except (sa.exc.DBAPIError, OSError, sqlite3.Error) as err:
+                raise ConfigurationError(
+                    f"cannot open the store {store.url}: {_reason(err)}"
+                ) from err
         except BaseException:
-            await store.aclose()
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
             raise
         return store
 
@@ -915,6 +923,10 @@ class Store:
                     return None
             except IntegrityError:
                 continue  # another runner inserted the first claim meanwhile: judge it
+            except sa.exc.DBAPIError as err:  # the first write of a runner: say why plainly
+                raise ConfigurationError(
+                    f"cannot use the store {self.url}: {_reason(err)}"
+                ) from err
 
     async def renew_owner(self, owner: str, token: str, lease: float) -> bool:
         """Extend the claim of `owner` by runner `token`; False if it no longer holds it."""
@@ -959,6 +971,15 @@ def _unleased(owner: str) -> sa.ColumnElement[bool]:
         S.runs.c.lease_owner == owner,
         S.runs.c.lease_expires < db_now(),
     )
+
+
+def _reason(err: BaseException) -> str:
+    """What the driver said, on one line, without SQLAlchemy's statement and link."""
+    cause = err.orig if isinstance(err, sa.exc.DBAPIError) and err.orig is not None else err
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    if "readonly" in text or "read-only" in text:
+        text += " (the store must be writable: the runner records its owner and migrates)"
+    return text
 
 
 def _owner_query(owner: str) -> sa.Select[Any]:

@@ -109,4 +109,11 @@ def cleanup_flow(counter: str) -> Generator[Any, Any, int]:
         yield Call(side_effect, counter, 99, "cleanup")
 
 
+@computation(name="crash.name", version=1)
+def name_flow() -> Generator[Any, Any, str]:
+    """Asks for a text answer (any string the JSON of a command line can hold)."""
+    name: str = yield Yield("name?", input=str)
+    return name
+
+
 HANDLERS = (Fresh(), charges)
