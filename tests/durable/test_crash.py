@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from effects import InterruptedEffect, Throw
+from effects import Cancelled, InterruptedEffect, Throw
 from effects.durable import DurableRunner, RunStatus
 
 pytestmark = pytest.mark.anyio
@@ -131,22 +131,45 @@ async def test_recover_of_an_interrupted_at_most_once_effect_fails_the_run(
     assert [k for k, _ in attempts].count("charge") == 1
 
 
+CANCEL_KILL_POINTS = [
+    (action, point)
+    for action in ("cancel", "cancel-running")
+    for point in ("before:99", "after:99", "before:98", "after:98")
+]
+
+
+@pytest.mark.parametrize(("action", "kill_at"), CANCEL_KILL_POINTS)
 async def test_recover_finishes_an_interrupted_cancellation(
-    tmp_path: Path, flows: ModuleType, forked: Callable[..., None]
+    tmp_path: Path, flows: ModuleType, forked: Callable[..., None], action: str, kill_at: str
 ) -> None:
-    """Killed while a cancellation's cleanup runs, the run is not resumed as if nothing had
-    happened: recovery completes the cancellation, and the cleanup effect is applied once."""
+    """Killed while a cancellation's cleanup runs (two external effects, 99 then 98), the run
+    is not resumed as if nothing had happened: the cancel was committed before the cleanup
+    began, recovery finishes the cleanup from its checkpoints and the run ends `cancelled`
+    with its reason. A cleanup effect that completed before the kill is not performed again;
+    only the one in flight may be (with the same key). Cancelled at its prompt (`cancel`) or
+    while a step waits in a slow effect in the same process (`cancel-running`), where the
+    interrupted effect is not performed again either."""
     counter = str(tmp_path / "counter.db")
     flows.init_counter(counter)
     forked("--db", url(tmp_path), "--counter", counter, "--run-id", "x1", "--owner", "w1",
-           "--action", "cancel", "--flow", "cleanup", "--kill-at", "before:99")  # fmt: skip
+           "--action", action, "--flow", "blocking", "--kill-at", kill_at)  # fmt: skip
     async with DurableRunner(url(tmp_path), handlers=flows.HANDLERS, owner="w1") as runner:
         stopped = await runner.get("x1")
         assert (stopped.status, stopped.cancel_requested) == (RunStatus.RUNNING, True)
         [run] = await runner.recover()
         assert run.status is RunStatus.CANCELLED
-    _, applied = flows.read_counter(counter)
-    assert [i for _, i in applied] == [0, 99]
+        assert run.outcome == Cancelled("stop")
+        assert await runner.recover() == []
+    attempts, applied = flows.read_counter(counter)
+    assert [i for _, i in applied] == [0, 99, 98]
+    keys = [key for key, _ in attempts]
+    repeated = {k for k in set(keys) if keys.count(k) > 1}
+    when, _, n = kill_at.partition(":")
+    in_flight = {key for key, i in applied if i == int(n)}
+    assert repeated == (in_flight if when == "after" else set())
+    # The slow effect ran once: cancelled at the prompt, it had completed; cancelled while
+    # running, it was interrupted, and recovery delivers the cancellation there again.
+    assert keys.count("block") == 1
 
 
 async def test_at_most_once_effect_completes_normally_without_a_crash(

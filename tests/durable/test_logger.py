@@ -232,9 +232,18 @@ def test_on_log_gets_the_final_log_on_every_exit() -> None:
     assert isinstance(suspended, Suspend)
     assert len(logs) == 2
     assert isinstance(suspended.cancel("bye"), Cancelled)
-    assert [[e.args for e in log.entries] for log in logs] == [[{"n": 1}], [{"n": 2}], [{"n": 3}]]
-    # The Yield never got its answer: the cancelled run's log does not keep it pending.
-    assert [e.status for e in logs[2].entries] == ["done"]
+    assert [[e.args for e in log.entries] for log in logs[:2]] == [[{"n": 1}], [{"n": 2}]]
+    # The Yield never got its answer: the cancelled run's log does not keep it pending, it
+    # records where the cancellation was delivered (a replay cancels there again).
+    assert [(e.args, e.status) for e in logs[2].entries] == [
+        ({"n": 3}, "done"),
+        ({"value": "?", "input": None}, "error"),
+    ]
+    assert logs[2].entries[1].error == {
+        "type": "effects.Cancellation",
+        "message": "bye",
+        "args": ["bye"],
+    }
 
 
 def test_log_property_shows_the_latest_installation() -> None:

@@ -549,7 +549,11 @@ async def test_cancel_a_step_running_in_this_process(db: str) -> None:
         assert run.status is RunStatus.CANCELLED
         log = await r.get_log(run.id)
     assert RECORD == ["cleanup"]
-    assert [e.status for e in log.entries] == ["done"]  # the cleanup Call
+    # The slow Call, cancelled where it waited (recorded so a replay cancels there), then the
+    # cleanup Call.
+    assert [e.status for e in log.entries] == ["error", "done"]
+    assert log.entries[0].error is not None
+    assert log.entries[0].error["type"] == "effects.Cancellation"
 
 
 async def test_cancel_from_another_runner_is_delivered_at_the_next_checkpoint(db: str) -> None:

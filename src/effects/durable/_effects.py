@@ -13,7 +13,7 @@ from ._log import Log
 
 T = TypeVar("T", bound="type[Effect[Any]] | Handler")
 
-CheckpointReason = Literal["external", "write_ahead"]
+CheckpointReason = Literal["external", "write_ahead", "cancelled"]
 
 
 class Checkpoint(Effect[None]):
@@ -21,9 +21,10 @@ class Checkpoint(Effect[None]):
 
     `reason` is `"external"` after an effect of an external handler completed (so it is never
     repeated after a crash), or `"write_ahead"` just before an at-most-once effect runs (its
-    `pending` entry is the log's last). The handler (a durable store) must finish writing before
-    it returns; the computation continues only then. `log` is a snapshot: entries are immutable
-    and later changes to the run's log do not show in it.
+    `pending` entry is the log's last), or `"cancelled"` when a cancellation was delivered at
+    an effect (the log records where, so a replay cancels there again). The handler (a durable
+    store) must finish writing before it returns; the computation continues only then. `log`
+    is a snapshot: entries are immutable and later changes to the run's log do not show in it.
     """
 
     log: Log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from types import GeneratorType
 from typing import Any, NoReturn
 
@@ -12,6 +12,7 @@ import pydantic
 
 from .._computation import Comp, ComputationFunction
 from .._exceptions import (
+    Cancellation,
     DivergenceError,
     EffectsError,
     InterruptedEffect,
@@ -25,6 +26,7 @@ from .._outcome import Throw
 from .._std.call import Call
 from .._std.control import Yield
 from ._effects import Checkpoint, _idempotency_key, is_at_most_once, needs_outside
+from ._identity import type_name
 from ._log import Log, LogEntry, check_log, make_entry, make_log
 from ._loop import LoopHandle, LoopState, NextIteration
 from ._serialize import (
@@ -43,6 +45,44 @@ from ._serialize import (
 from ._versioning import Patched
 
 _PATCHED = effect_name(Patched)
+_CANCELLATION = type_name(Cancellation)
+_NO_REASON: Any = object()
+
+
+def _cancelled(
+    seq: int, name: str, fp: str, args: dict[str, Any], reason: Any = _NO_REASON
+) -> LogEntry:
+    """The entry of an effect that a cancellation interrupted: replay delivers the
+    cancellation again at this point, so a crash during the cleanup that followed continues
+    that cleanup instead of the run's normal path."""
+    error = dump_error(Cancellation(reason)) if reason is not _NO_REASON else None
+    if error is None or "args" not in error:
+        error = {"type": _CANCELLATION, "message": "cancelled"}  # the reason is not JSON
+    return make_entry(seq, name, fp, args, "error", None, error)
+
+
+def is_cancelled(entry: LogEntry) -> bool:
+    """Whether `entry` records an effect interrupted by a cancellation."""
+    return (
+        entry.status == "error"
+        and entry.error is not None
+        and (entry.error["type"] == _CANCELLATION)
+    )
+
+
+def cancellation(entries: Sequence[LogEntry]) -> tuple[bool, Any]:
+    """Whether a log records a cancellation, and its reason (`None` if not recorded)."""
+    found = False
+    for entry in entries:
+        if is_cancelled(entry):
+            found = True
+            assert entry.error is not None
+            args = entry.error.get("args")
+            if args:
+                return True, args[0]
+    return found, None
+
+
 _PRIMITIVE = (str, int, float, bool, type(None))
 
 
@@ -106,6 +146,11 @@ class _RecordedAwait:
             result = await self._aw
         except Exception as err:
             self._logger._record_error(self._effect, self._seq, self._args, err)
+            raise
+        except BaseException:
+            # Interrupted (the reason is delivered later, at the yield): marked so that a
+            # replay of a cancelled run's log cancels at the same point.
+            self._logger._record_cancelled(self._effect, self._seq, self._args)
             raise
         failed = self._logger._record_done(self._effect, self._seq, self._args, result)
         if failed is not None:
@@ -175,7 +220,8 @@ class EffectLogger(Handler):
     - `run_id`: the run's id (default: the log's, else 32 random hex digits); idempotency keys are
       `"{run_id}:{seq}"`. A log of another run is rejected with `LogError`.
     - `checkpoints=True`: yield `Checkpoint(log, reason)` in the scope outside the logger after
-      each effect of an external handler completes, and before each at-most-once effect runs.
+      each effect of an external handler completes, before each at-most-once effect runs, and
+      when a cancellation is delivered at an effect performed outside the logger.
     - `on_log(log)`: called with the final log when the scope exits (returns, raises or is
       cancelled). While suspended, `Suspend.data[EffectLogger]` holds the current log.
 
@@ -401,6 +447,12 @@ class EffectLogger(Handler):
             )
         )
 
+    def _record_cancelled(
+        self, effect: Any, seq: int, args: dict[str, Any], reason: Any = _NO_REASON
+    ) -> None:
+        name = effect_name(type(effect))
+        self._entries.append(_cancelled(seq, name, fingerprint(args), args, reason))
+
     def _complete(
         self, comp: Any, effect: Any, seq: int, args: dict[str, Any]
     ) -> Generator[Any, Any, Any]:
@@ -409,6 +461,9 @@ class EffectLogger(Handler):
             result = yield comp
         except Exception as err:
             self._record_error(effect, seq, args, err)
+            raise
+        except Cancellation as cancel:
+            self._record_cancelled(effect, seq, args, cancel.reason)
             raise
         failed = self._record_done(effect, seq, args, result)
         if failed is not None:
@@ -465,8 +520,19 @@ class EffectLogger(Handler):
             if checkpoint:
                 yield Checkpoint(self._snapshot(), "external")
             raise
+        except Cancellation as cancel:
+            # Cancelled here: recorded, so that replaying the log of a run whose cleanup was
+            # cut off by a crash delivers the cancellation at this very point again.
+            if not suspends:
+                key.set(prev)
+            self._settle(seq, pending, _cancelled(seq, name, fp, args, cancel.reason))
+            if self.checkpoints:
+                # Durable at once: a recovery then always replays to this point, and never
+                # performs the interrupted effect again.
+                yield Checkpoint(self._snapshot(), "cancelled")
+            raise
         except BaseException:
-            # Cancellation (or the run being discarded): nothing completed, nothing to record.
+            # The run being discarded (a shutdown, as in a crash): nothing to record.
             if not suspends:
                 key.set(prev)
             if suspends:
@@ -519,6 +585,9 @@ class EffectLogger(Handler):
         if status == "error":
             self._entries.append(m)
             assert m.error is not None
+            if m.error["type"] == _CANCELLATION:
+                args = m.error.get("args")
+                return Cancellation(args[0] if args else None)
             return load_error(m.error)
         if isinstance(effect, Yield):
             # The run was waiting here: replay ends, and the Yield is performed again live

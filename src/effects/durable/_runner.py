@@ -54,7 +54,7 @@ from . import _owners
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._log import Log, make_log
-from ._logger import EffectLogger
+from ._logger import EffectLogger, cancellation
 from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
 from ._serialize import codec, dump_error, load_error, storable_text
 from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
@@ -88,6 +88,7 @@ class _Step:
         "rows",
         "scope",
         "sig",
+        "unwinding",
     )
 
     def __init__(self, row: RunRow, rows: LogRows, sig: Signature) -> None:
@@ -105,6 +106,9 @@ class _Step:
         self.attempt = False  # this step is a counted recovery attempt
         self.resumed = False  # this step answers the run's pending Yield (`resume`)
         self.committed = False  # a checkpoint of this step was written
+        # Recovering a cancellation whose cleanup was cut off: the replay delivers the
+        # cancellation where it was recorded, and the cleanup must not be interrupted again.
+        self.unwinding = False
 
     def set_log(self, log: Log) -> None:
         self.final_log = log
@@ -451,6 +455,12 @@ class DurableRunner:
         if step is not None:
             if not step.leased:
                 raise ConflictError(f"run {run_id!r} is between two steps in this process")
+            if not step.cancelling:
+                step.cancelling, step.cancel_reason = True, reason
+                # Committed before the cleanup starts: if this process dies during the
+                # cleanup, recovery finishes the cancellation instead of continuing the run.
+                with anyio.CancelScope(shield=True):
+                    self._publish(await self.store.request_cancel(run_id))
             step.cancel(reason)  # a step that has not begun yet starts cancelled
             await step.done.wait()
             return await self.get(run_id)
@@ -474,7 +484,7 @@ class DurableRunner:
             raise
         # Not `step.cancel(...)`: that cancels the step's scope, which would interrupt the
         # cleanup that `acancel` runs.
-        step.cancel_reason = reason
+        step.cancelling, step.unwinding, step.cancel_reason = True, True, reason
         return await self._launch(step, lambda: suspend.acancel(reason), True)
 
     async def get(self, run_id: str) -> Run:
@@ -757,7 +767,14 @@ class DurableRunner:
                 await self._release(step)
             self._drop(step)
             raise
-        if cancel is not None:
+        cancelled, reason = cancellation(entries)
+        if cancelled:
+            # The log records where a cancellation interrupted the run and the start of its
+            # cleanup: replay delivers it there again and the cleanup goes on from its log.
+            step.cancelling, step.unwinding = True, True
+            step.cancel_reason = reason if reason is not None else "cancel requested"
+            interp.cancelling, interp.cancel_reason = True, step.cancel_reason
+        elif cancel is not None:
             step.cancelling, step.cancel_reason = True, cancel[0]
         elif row.cancel_requested:
             step.cancelling, step.cancel_reason = True, "cancel requested"
@@ -808,7 +825,7 @@ class DurableRunner:
         try:
             with anyio.CancelScope() as scope:
                 step.scope = scope
-                if step.cancelling:
+                if step.cancelling and not step.unwinding:
                     step.cancel(step.cancel_reason)
                 outcome = await drive()
             step.scope = None
@@ -877,10 +894,10 @@ class DurableRunner:
         if step.failure is not None:
             return
         interp = step.interp
-        if interp is not None and interp.cancelling:
-            # Cleanup of a cancelled step: the final checkpoint records how it ended. (When
-            # the runner shuts down, nothing more may be written: recovery must replay the
-            # run's normal path, not its cleanup.)
+        if interp is not None and interp.cancelling and not step.cancelling:
+            # The runner is shutting down (a cancellation nobody requested): nothing more may
+            # be written, recovery replays the run's normal path. The cleanup of a requested
+            # cancel is checkpointed like any other work (its cancel is committed already).
             return
         if not step.leased:
             # Replaying to the pending Yield must not perform anything live.

@@ -17,6 +17,8 @@ from collections.abc import Generator
 from contextlib import closing
 from typing import Any
 
+import anyio
+
 from effects import Call, Effect, Fresh, Yield, computation, handler
 from effects.durable import at_most_once, idempotency_key
 
@@ -100,13 +102,43 @@ def charge_flow(counter: str) -> Generator[Any, Any, int]:
 
 @computation(name="crash.cleanup", version=1)
 def cleanup_flow(counter: str) -> Generator[Any, Any, int]:
-    """Waits for an answer; its cleanup is an external effect (number 99)."""
+    """Waits for an answer; its cleanup is two external effects (numbers 99, then 98)."""
     try:
         yield Call(side_effect, counter, 0, "t")
         answer: int = yield Yield("wait", input=int)
         return answer
     finally:
         yield Call(side_effect, counter, 99, "cleanup")
+        yield Call(side_effect, counter, 98, "cleanup")
+
+
+BLOCKED: anyio.Event | None = None
+"""Set (by a worker) to learn when `block` is waiting; `block` then waits to be cancelled."""
+
+
+async def block(counter: str) -> int:
+    """An external effect that, in a worker that set `BLOCKED`, waits until it is cancelled
+    (elsewhere it returns at once)."""
+    with closing(sqlite3.connect(counter)) as db, db:
+        db.execute("INSERT INTO attempts (key, i) VALUES (?, ?)", ("block", 50))
+    if BLOCKED is not None:
+        BLOCKED.set()
+        await anyio.sleep_forever()
+    return 50
+
+
+@computation(name="crash.blocking", version=1)
+def blocking_flow(counter: str) -> Generator[Any, Any, int]:
+    """Like `cleanup_flow`, with a slow effect (`block`) where a cancel interrupts a running
+    step."""
+    try:
+        yield Call(side_effect, counter, 0, "t")
+        yield Call(block, counter)
+        answer: int = yield Yield("wait", input=int)
+        return answer
+    finally:
+        yield Call(side_effect, counter, 99, "cleanup")
+        yield Call(side_effect, counter, 98, "cleanup")
 
 
 @computation(name="crash.name", version=1)

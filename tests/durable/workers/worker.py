@@ -1,6 +1,9 @@
 """A worker process for the durable tests: one action on one run, then a JSON line on stdout.
 
-    python worker.py --db URL --action start|resume|recover|cancel [--kill-at POINT] ...
+    python worker.py --db URL --action ACTION [--kill-at POINT] ...
+
+ACTION is start, resume, recover, cancel (at the first prompt) or cancel-running (while the
+step waits in a slow effect).
 
 `--kill-at` makes the process SIGKILL itself at that point (see crash_flows), so a test can
 stop it at an exact place without any timing. `run(argv)` is the same as a function, for
@@ -24,14 +27,23 @@ from effects.durable import DurableRunner
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with DurableRunner(args.db, handlers=crash_flows.HANDLERS, owner=args.owner) as runner:
         try:
-            if args.action in ("start", "cancel"):
+            if args.action in ("start", "cancel", "cancel-running"):
                 if args.flow == "charge":
                     comp = crash_flows.charge_flow(args.counter)
                 elif args.flow == "cleanup":
                     comp = crash_flows.cleanup_flow(args.counter)
+                elif args.flow == "blocking":
+                    comp = crash_flows.blocking_flow(args.counter)
                 else:
                     comp = crash_flows.flow(args.steps, args.counter)
-                run = await runner.start(comp, run_id=args.run_id)
+                if args.action == "cancel-running":
+                    # Cancel the step while it waits in `block`, in this process.
+                    crash_flows.BLOCKED = blocked = anyio.Event()
+                    run = await runner.start(comp, run_id=args.run_id, wait=False)
+                    await blocked.wait()
+                    run = await runner.cancel(run.id, "stop")
+                else:
+                    run = await runner.start(comp, run_id=args.run_id)
                 if args.action == "cancel":
                     run = await runner.cancel(run.id, "stop")
                 elif args.answer is not None and run.status == "suspended":
@@ -59,8 +71,12 @@ def run(argv: list[str]) -> dict[str, Any]:
     """Parse `argv`, do the action, return the report (also the target of forked workers)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", required=True)
-    parser.add_argument("--action", choices=["start", "resume", "recover", "cancel"], required=True)
-    parser.add_argument("--flow", choices=["flow", "charge", "cleanup"], default="flow")
+    parser.add_argument(
+        "--action",
+        choices=["start", "resume", "recover", "cancel", "cancel-running"],
+        required=True,
+    )
+    parser.add_argument("--flow", choices=["flow", "charge", "cleanup", "blocking"], default="flow")
     parser.add_argument("--counter", default="")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--run-id")
