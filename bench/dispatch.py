@@ -20,6 +20,7 @@ a collection runs before each sample, outside the timed region.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -45,7 +46,7 @@ from effect.do import do
 # The runtime under test is written in parallel with this script: until it imports, the peers
 # (bare, minimal, python-effect) still run and the "ours" rows say why they are missing.
 try:
-    from effects import Effect, State, handler, run
+    from effects import Effect, State, arun, handler, run
 except ImportError as exc:
     EFFECTS_IMPORT_ERROR: ImportError | None = exc
 else:
@@ -140,6 +141,20 @@ def loop(n: int) -> Generator[Any, Any, Any]:
 
 def run_ours(n: int) -> int:
     result: int = run(loop(n), State(0))
+    return result
+
+
+_loop_runner: asyncio.Runner | None = None
+
+
+def run_ours_async(n: int) -> int:
+    """The same loop under the async driver (`arun` on asyncio): what every AsyncComputation
+    and durable step pays per effect, including the driver's fairness checks."""
+    global _loop_runner
+    if _loop_runner is None:
+        # One event loop for every sample: starting a loop is not what is measured.
+        _loop_runner = asyncio.Runner()
+    result: int = _loop_runner.run(arun(loop(n), State(0)))
     return result
 
 
@@ -256,6 +271,7 @@ class Variant:
 RATIOS: list[tuple[str, str, tuple[str, float] | None]] = [
     ("ours", "minimal", ("<=", 1.5)),
     ("ours_depth100", "ours", ("<=", 1.3)),
+    ("ours_async", "ours", None),
     ("python_effect", "ours", (">=", 20.0)),
     ("ours", "bare", None),
     ("minimal", "bare", None),
@@ -267,6 +283,7 @@ NAMES = {
     "minimal": "minimal",
     "ours": "ours",
     "ours_depth100": f"ours depth {DEPTH}",
+    "ours_async": "ours async",
     "python_effect": "python-effect",
 }
 
@@ -286,12 +303,14 @@ def build_variants(n: int, n_peer: int) -> list[Variant]:
         variants += [
             Variant("ours", "effects, depth 1", n, run_ours),
             Variant("ours_depth100", f"effects, depth {DEPTH}", n, deep, error),
+            Variant("ours_async", "effects, depth 1, arun (asyncio)", n, run_ours_async),
         ]
     else:
         reason = f"effects not importable yet ({EFFECTS_IMPORT_ERROR})"
         variants += [
             Variant("ours", "effects, depth 1", n, None, reason, skipped=True),
             Variant("ours_depth100", f"effects, depth {DEPTH}", n, None, reason, skipped=True),
+            Variant("ours_async", "effects, depth 1, arun", n, None, reason, skipped=True),
         ]
     variants.append(
         Variant("python_effect", "python-effect 1.1 (@do, sync_perform)", n_peer, run_python_effect)

@@ -7,17 +7,26 @@ The run is a stack of frames instead of recursion: a frame is a generator, the h
 its effects are looked up in, and the handler scope it opened (if any). Entering
 `with_handler` pushes a frame whose table is a copy of the current one with the new handlers
 added, so lookup is one dict access whatever the depth.
+
+Fairness: a step that performs effects without ever awaiting would hold the event loop for as
+long as it runs. The loop counts its iterations and reads the clock every `_TICKS` of them; under
+the async driver, once a step has run `SLICE` seconds since it last gave control back, the loop
+returns a `_Pause` and the driver awaits a checkpoint (which is also where a cancellation of the
+step's task is noticed) before going on. The sync driver never pauses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
+import time
 from collections.abc import Awaitable, Generator
 from types import GeneratorType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from ._computation import Comp
 from ._effect import Effect
@@ -59,6 +68,25 @@ class _Await:
 
     def __init__(self, awaitable: Awaitable[Any]) -> None:
         self.awaitable = awaitable
+
+
+class _Pause:
+    """Returned by `Run.step` when the step's time slice is used up: the driver gives control
+    to the event loop, then continues by sending `value` (the pending result)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+# The loop reads the clock every len(_TICKS) iterations (an effect is one iteration): at ~0.2 us per
+# effect that is a clock read every ~25 us, against a slice of SLICE seconds. The counter is
+# what the hot loop pays for fairness (measured with bench/dispatch.py: within noise).
+_TICKS = range(128)
+SLICE = 0.005
+"""Seconds of work after which the async driver gives control back to the event loop."""
+_clock = time.perf_counter
 
 
 class _Scope:
@@ -190,6 +218,7 @@ class Run:
         "discard_on_interrupt",
         "frames",
         "interrupt_reason",
+        "slice_end",
         "unwound",
     )
 
@@ -207,81 +236,91 @@ class Run:
         # crash: the log is the truth and recovery continues the run, so cleanup must not run
         # (and perform effects) now. Such runs are discarded instead of unwound.
         self.discard_on_interrupt = False
+        # When the current slice of work ends (`_clock()` time); infinite under the sync driver.
+        self.slice_end = math.inf
 
     # -- the loop -------------------------------------------------------------------------
 
-    def step(self, value: Any, exc: BaseException | None) -> Outcome | _Await:
-        """Run until the computation finishes, suspends or a handler returns an awaitable."""
+    def step(self, value: Any, exc: BaseException | None) -> Outcome | _Await | _Pause:
+        """Run until the computation finishes, suspends, a handler returns an awaitable or the
+        time slice (`slice_end`) is used up."""
         frames = self.frames
         gen, tables, scope = frames[-1]
         table, send = tables.fast, gen.send
         while True:
-            try:
-                if exc is None:
-                    eff = send(value)
-                else:
-                    err, exc = exc, None
-                    eff = gen.throw(err)
-            except StopIteration as stop:
-                value = stop.value
-            except BaseException as err:
-                value, exc = None, err
-            else:
-                # Two separate `try`s: a handler raising KeyError is not a missing handler.
+            # The inner `for` is the iteration counter: cheaper than counting by hand.
+            for _ in _TICKS:
                 try:
-                    fn = table[type(eff)]
-                except KeyError:
-                    found = self._resolve(eff, tables)
-                    if found is None:  # a scope or a sub-computation was pushed
-                        gen, tables, scope = frames[-1]
-                        table, send = tables.fast, gen.send
-                        value = None
-                        continue
-                    if isinstance(found, BaseException):
-                        value, exc = None, found
-                        continue
-                    fn = found
-                try:
-                    value = fn(eff)
-                    continue
-                except _Signal as signal:
-                    # A general handler's result was not a plain value. Signalling this by raising
-                    # keeps the common path free of any per-effect check; the raise costs only on
-                    # suspensions, awaits and handler computations.
-                    kind, payload = signal.kind, signal.payload
-                    home = signal.tables
+                    if exc is None:
+                        eff = send(value)
+                    else:
+                        err, exc = exc, None
+                        eff = gen.throw(err)
+                except StopIteration as stop:
+                    value = stop.value
                 except BaseException as err:
                     value, exc = None, err
-                    continue
-                value = None
-                if kind == _PUSH:
-                    assert home is not None
-                    if type(payload) is WithHandler:
-                        frames.append(self._enter(payload, home))
-                    else:
-                        frames.append((_start_generator(payload), home, None))
-                    gen, tables, scope = frames[-1]
-                    table, send = tables.fast, gen.send
-                elif kind == _SUSPEND:
-                    if self.cancelling:
-                        exc = YieldDuringCancellation(
-                            f"{eff!r} while the run is being cancelled: cleanup may perform "
-                            "effects but cannot wait for input"
-                        )
-                        continue
-                    return self._suspend(payload)
                 else:
-                    return _Await(payload)
-                continue
-            # The current frame returned or raised: close its handler scope and pop it; the
-            # value or error goes to the frame below.
-            if scope is not None:
-                value, exc = _exit_scope(scope, value, exc)
-            frames.pop()
-            if not frames:
-                return self._finish(value, exc)
-            gen, tables, scope = frames[-1]
-            table, send = tables.fast, gen.send
+                    # Two separate `try`s: a handler raising KeyError is not a missing handler.
+                    try:
+                        fn = table[type(eff)]
+                    except KeyError:
+                        found = self._resolve(eff, tables)
+                        if found is None:  # a scope or a sub-computation was pushed
+                            gen, tables, scope = frames[-1]
+                            table, send = tables.fast, gen.send
+                            value = None
+                            continue
+                        if isinstance(found, BaseException):
+                            value, exc = None, found
+                            continue
+                        fn = found
+                    try:
+                        value = fn(eff)
+                        continue
+                    except _Signal as signal:
+                        # A general handler's result was not a plain value. Signalling this by
+                        # raising keeps the common path free of any per-effect check; the raise
+                        # costs only on suspensions, awaits and handler computations.
+                        kind, payload = signal.kind, signal.payload
+                        home = signal.tables
+                    except BaseException as err:
+                        value, exc = None, err
+                        continue
+                    value = None
+                    if kind == _PUSH:
+                        assert home is not None
+                        if type(payload) is WithHandler:
+                            frames.append(self._enter(payload, home))
+                        else:
+                            frames.append((_start_generator(payload), home, None))
+                        gen, tables, scope = frames[-1]
+                        table, send = tables.fast, gen.send
+                    elif kind == _SUSPEND:
+                        if self.cancelling:
+                            exc = YieldDuringCancellation(
+                                f"{eff!r} while the run is being cancelled: cleanup may perform "
+                                "effects but cannot wait for input"
+                            )
+                            continue
+                        return self._suspend(payload)
+                    else:
+                        return _Await(payload)
+                    continue
+                # The current frame returned or raised: close its handler scope and pop it; the
+                # value or error goes to the frame below.
+                if scope is not None:
+                    value, exc = _exit_scope(scope, value, exc)
+                frames.pop()
+                if not frames:
+                    return self._finish(value, exc)
+                gen, tables, scope = frames[-1]
+                table, send = tables.fast, gen.send
+            # Only between effects (no error in flight): a cancellation noticed at the pause is
+            # thrown at the computation's current `yield`, as if the effect whose result is
+            # pending had been an await that got cancelled.
+            if exc is None and _clock() >= self.slice_end:
+                return _Pause(value)
 
     def _resolve(self, eff: Any, tables: Tables) -> HandlerFn | BaseException | None:
         """The slow path of lookup: scopes, sub-computations, subclasses, missing handlers."""
@@ -331,6 +370,7 @@ class Run:
         if isinstance(exc, Cancellation):
             self.cancelling, self.cancel_reason = True, exc.reason
         token = _async_driver.set(False)
+        self.slice_end = math.inf  # nobody else to run: never pause
         try:
             while True:
                 out = self.step(value, exc)
@@ -348,18 +388,28 @@ class Run:
             _async_driver.reset(token)
 
     async def adrive(self, value: Any, exc: BaseException | None) -> Outcome:
-        """Async driver: awaits what handlers return; on cancellation by anyio, unwinds the
-        computation (shielded, so cleanup may still await) and re-raises."""
+        """Async driver: awaits what handlers return and gives control back to the event loop
+        every `SLICE` seconds of work; on cancellation by anyio (at either), unwinds the
+        computation (shielded, so cleanup may still await) and re-raises.
+
+        This is the one async driver: `astart`/`arun`, `AsyncComputation` and durable runs all
+        drive computations through it."""
         if isinstance(exc, Cancellation):
             self.cancelling, self.cancel_reason = True, exc.reason
         token = _async_driver.set(True)
         try:
             while True:
+                self.slice_end = _clock() + SLICE
                 out = self.step(value, exc)
-                if type(out) is not _Await:
+                kind = type(out)
+                if kind is not _Await and kind is not _Pause:
                     return out  # type: ignore[return-value]
                 try:
-                    value, exc = await out.awaitable, None
+                    if kind is _Pause:
+                        await anyio.lowlevel.checkpoint()
+                        value, exc = out.value, None  # type: ignore[union-attr]
+                    else:
+                        value, exc = await out.awaitable, None  # type: ignore[union-attr]
                 except anyio.get_cancelled_exc_class():
                     reason = self.interrupt_reason
                     if reason is None and self.discard_on_interrupt:
