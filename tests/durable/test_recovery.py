@@ -17,7 +17,15 @@ from typing import Any
 import anyio
 import pytest
 
-from effects import Call, Handler, SerializationError, Throw, Yield, computation
+from effects import (
+    Call,
+    ConfigurationError,
+    Handler,
+    SerializationError,
+    Throw,
+    Yield,
+    computation,
+)
 from effects.durable import DurableRunner, RunStatus, current_run_id
 from effects.durable import _schema as schema
 from effects.durable._cli import main
@@ -248,3 +256,128 @@ async def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
         run = await runner.get("old")
         assert (run.status, run.parked, run.recovery_attempts) == (RunStatus.DONE, None, 0)
         assert await runner.store.schema_version() == schema.SCHEMA_VERSION
+
+
+GATES: dict[str, anyio.Event] = {}
+ENTERED: list[str] = []
+IN_FLIGHT = {"now": 0, "max": 0}
+CHANGED: list[anyio.Event] = []
+
+
+async def wait_gate(name: str) -> str:
+    """An external effect that completes when the test opens gate `name`."""
+    ENTERED.append(name)
+    IN_FLIGHT["now"] += 1
+    IN_FLIGHT["max"] = max(IN_FLIGHT["max"], IN_FLIGHT["now"])
+    for changed in CHANGED:
+        changed.set()
+    try:
+        await GATES[name].wait()
+    finally:
+        IN_FLIGHT["now"] -= 1
+    return name
+
+
+@computation(name="recovery.gated", version=1)
+def gated(name: str) -> Generator[Any, Any, str]:
+    passed: str = yield Call(wait_gate, name)
+    answer: str = yield Yield(f"after {passed}")
+    return answer
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (without sleeping) until `condition()` holds after a gate was entered."""
+    with anyio.fail_after(10):
+        while not condition():
+            changed = anyio.Event()
+            CHANGED[:] = [changed]
+            if condition():
+                break
+            await changed.wait()
+
+
+class _Crash(Exception):
+    """Leaves a runner the way a crash would: its steps in flight stay `running`."""
+
+
+async def cut_off(db: str, names: list[str]) -> None:
+    """Start a run per name, each waiting at its gate, then stop the runner abruptly."""
+    try:
+        async with DurableRunner(db, owner="first") as runner:
+            for name in names:
+                await runner.start(gated(name), run_id=name, wait=False)
+            await until(lambda: len(ENTERED) == len(names))
+            raise _Crash()
+    except _Crash:
+        pass
+    ENTERED.clear()
+    IN_FLIGHT.update(now=0, max=0)
+
+
+@pytest.fixture
+def _gates() -> Generator[None, None, None]:
+    GATES.clear()
+    ENTERED.clear()
+    IN_FLIGHT.update(now=0, max=0)
+    yield
+    GATES.clear()
+    CHANGED.clear()
+
+
+@pytest.mark.usefixtures("_gates")
+async def test_recover_does_not_hold_up_runs_behind_a_slow_one(tmp_path: Path) -> None:
+    """A run whose recovery waits (gate `slow` stays closed) does not delay the next one:
+    `fast` is recovered to its prompt while `slow` is still waiting."""
+    for name in ("slow", "fast"):
+        GATES[name] = anyio.Event()
+    await cut_off(url(tmp_path), ["slow", "fast"])
+    GATES["fast"].set()
+    async with DurableRunner(url(tmp_path), owner="second") as runner:
+        async with anyio.create_task_group() as tg:
+            recovered: list[Any] = []
+
+            async def recover() -> None:
+                recovered.extend(await runner.recover())
+
+            tg.start_soon(recover)
+            with anyio.fail_after(10):
+                async with runner.subscribe("fast") as updates:
+                    async for run in updates:
+                        if run.status is RunStatus.SUSPENDED:
+                            break
+            assert sorted(ENTERED) == ["fast", "slow"]
+            assert (await runner.get("slow")).status is RunStatus.RUNNING
+            GATES["slow"].set()
+        assert sorted((r.id, r.status) for r in recovered) == [
+            ("fast", RunStatus.SUSPENDED),
+            ("slow", RunStatus.SUSPENDED),
+        ]
+        assert [r.id for r in recovered] == ["slow", "fast"]  # oldest first, as before
+
+
+@pytest.mark.usefixtures("_gates")
+async def test_recover_concurrency_is_bounded(tmp_path: Path) -> None:
+    """With `recover_concurrency=2`, four waiting recoveries run two at a time: the third
+    starts only when one of the first two finished."""
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        GATES[name] = anyio.Event()
+    await cut_off(url(tmp_path), names)
+    async with DurableRunner(url(tmp_path), owner="second", recover_concurrency=2) as runner:
+        async with anyio.create_task_group() as tg:
+            recovered: list[Any] = []
+
+            async def recover() -> None:
+                recovered.extend(await runner.recover())
+
+            tg.start_soon(recover)
+            for n in range(len(names)):
+                await until(lambda n=n: len(ENTERED) >= min(n + 2, len(names)))
+                assert IN_FLIGHT["max"] <= 2
+                GATES[ENTERED[n]].set()
+        assert IN_FLIGHT["max"] == 2
+        assert [r.status for r in recovered] == [RunStatus.SUSPENDED] * 4
+        with pytest.raises(ConfigurationError):
+            await runner.recover(concurrency=0)
+    with pytest.raises(ConfigurationError):
+        DurableRunner(url(tmp_path), recover_concurrency=0)

@@ -205,6 +205,8 @@ class DurableRunner:
     - `max_recovery_attempts`: how many times `recover()` takes over a run that makes no
       progress (each attempt fails or its process dies before the next checkpoint) before it
       *parks* the run: `Run.parked` says why, `recover()` skips it until `unpark(run_id)`.
+    - `recover_concurrency`: how many runs `recover()` continues at once (default 8); a run
+      whose recovery waits (a slow call, a sleep) does not hold up the others.
 
     Runs on asyncio only: SQLAlchemy's async drivers (aiosqlite, asyncpg) are asyncio-based.
     """
@@ -217,6 +219,7 @@ class DurableRunner:
         owner: str | None = None,
         lease: float = 30.0,
         max_recovery_attempts: int = 5,
+        recover_concurrency: int = 8,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         if lease <= 0:
@@ -224,6 +227,9 @@ class DurableRunner:
         if max_recovery_attempts < 1:
             raise ConfigurationError("max_recovery_attempts must be at least 1")
         self.max_recovery_attempts = max_recovery_attempts
+        if recover_concurrency < 1:
+            raise ConfigurationError("recover_concurrency must be at least 1")
+        self.recover_concurrency = recover_concurrency
         self.url = url
         self.handlers = _flatten(handlers)
         self.owner = owner or _default_owner()
@@ -515,7 +521,7 @@ class DurableRunner:
         rows = await self.store.list(status=statuses, name=name, limit=limit, parked=parked)
         return [self._to_run(r) for r in rows]
 
-    async def recover(self) -> builtins.list[Run]:
+    async def recover(self, *, concurrency: int | None = None) -> builtins.list[Run]:
         """Continue the runs whose step was cut off (status `running`, not parked, lease
         expired, absent or held by this `owner`), each from its last checkpoint; returns their
         new states (oldest run first).
@@ -528,15 +534,26 @@ class DurableRunner:
         checkpoint; a run that used up `max_recovery_attempts` without progress is *parked*
         (returned with `parked` set to the reason) and skipped until `unpark`. An at-most-once
         effect that was interrupted fails its run with `InterruptedEffect`, as documented.
+
+        Runs are recovered concurrently, at most `concurrency` at once (default: the runner's
+        `recover_concurrency`); each step still runs to its end (its suspension, result or
+        error) before `recover()` returns.
         """
-        results: builtins.list[Run] = []
-        for row in await self.store.recoverable(self.owner):
-            if row.id in self._steps:
-                continue
-            run = await self._recover_isolated(row)
-            if run is not None:
-                results.append(run)
-        return results
+        limit = self.recover_concurrency if concurrency is None else concurrency
+        if limit < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        rows = [r for r in await self.store.recoverable(self.owner) if r.id not in self._steps]
+        found: builtins.list[Run | None] = [None] * len(rows)
+        limiter = anyio.CapacityLimiter(limit)
+
+        async def one(i: int, row: RunRow) -> None:
+            async with limiter:
+                found[i] = await self._recover_isolated(row)
+
+        async with anyio.create_task_group() as tg:
+            for i, row in enumerate(rows):
+                tg.start_soon(one, i, row)
+        return [run for run in found if run is not None]
 
     async def unpark(self, run_id: str) -> Run:
         """Let `recover()` continue a parked run again (after fixing what made its recovery
