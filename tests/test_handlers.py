@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Generator
+from types import GeneratorType
 from typing import Any
+
+import anyio.lowlevel
+import pytest
 
 from effects import (
     Done,
     Effect,
     Handler,
+    InScope,
     Reader,
     Stack,
     State,
     Suspend,
     Throw,
     Yield,
+    arun,
     catch,
     handler,
     handles,
@@ -292,3 +298,104 @@ def test_catch_inside_handler_scope() -> None:
         return f"recovered with {(yield State.get())}"
 
     assert run(catch(risky(), recover), State("initial")) == "recovered with changed"
+
+
+# -- InScope: the interceptor hook -----------------------------------------------------------
+
+
+class Observe(Handler):
+    """An interceptor recording the answer of every computation an outer handler returns."""
+
+    def __init__(self, seen: list[Any], in_scope: bool = True) -> None:
+        self.seen = seen
+        self.in_scope = in_scope
+
+    def intercept(self, table: Any) -> None:
+        for t, (fn, home, owner) in list(table.items()):
+            if home is None:
+                continue  # a pure entry: plain values only
+
+            def wrapper(effect: Any, fn: Any = fn, home: Any = home) -> Any:
+                result = fn(effect)
+                if type(result) is GeneratorType:
+                    watched = self.watch(effect, result)
+                    return InScope(watched, home) if self.in_scope else watched
+                return result
+
+            table[t] = (wrapper, home, owner)
+
+    def watch(self, effect: Any, comp: Any) -> Generator[Any, Any, Any]:
+        value = yield from comp
+        self.seen.append((effect, value))
+        return value
+
+
+def refine(effect: Ask) -> Generator[Any, Any, str]:
+    """A handler written as a computation that asks the next handler out."""
+    answer = yield Ask(effect.question + "!")
+    return f"refined({answer})"
+
+
+def asks() -> Generator[Any, Any, str]:
+    return (yield Ask("q"))
+
+
+def test_in_scope_runs_a_wrapped_computation_where_its_handler_would() -> None:
+    """An interceptor returning `InScope(comp, home)` keeps the handler's computation in the
+    handler's home: its own `Ask` reaches the outer handler, and the interceptor sees the
+    answer."""
+    seen: list[Any] = []
+    outer = handler({Ask: lambda e: f"outer:{e.question}"})
+    inner = handler({Ask: refine})
+    out = run(with_handler(asks(), Observe(seen)), inner, outer)
+    assert out == "refined(outer:q!)"
+    assert seen == [(Ask("q"), "refined(outer:q!)")]
+
+
+@pytest.mark.anyio
+async def test_in_scope_under_the_async_runner() -> None:
+    """The same under `arun`, with the handler computation awaiting on the way."""
+
+    def slow_refine(effect: Ask) -> Generator[Any, Any, str]:
+        yield from sleep_a_little()
+        return (yield from refine(effect))
+
+    def sleep_a_little() -> Generator[Any, Any, None]:
+        yield Nap()
+
+    class Nap(Effect[None]):
+        pass
+
+    seen: list[Any] = []
+    outer = handler(
+        {Ask: lambda e: f"outer:{e.question}", Nap: lambda e: anyio.lowlevel.checkpoint()}
+    )
+    inner = handler({Ask: slow_refine})
+    out = await arun(with_handler(asks(), Observe(seen)), inner, outer)
+    assert out == "refined(outer:q!)"
+    assert seen == [(Ask("q"), "refined(outer:q!)")]
+
+
+def test_without_in_scope_the_computation_runs_outside_the_interceptor() -> None:
+    """What `InScope` is for: a computation the wrapper returns as such runs outside the
+    interceptor, where the wrapped handler answers its `Ask` again (not the outer one)."""
+    seen: list[Any] = []
+    calls: list[str] = []
+
+    def counting_refine(effect: Ask) -> Any:
+        calls.append(effect.question)
+        if len(calls) > 1:
+            return "again"  # the handler was reached a second time
+        return refine(effect)
+
+    outer = handler({Ask: lambda e: f"outer:{e.question}"})
+    inner = handler({Ask: counting_refine})
+    out = run(with_handler(asks(), Observe(seen, in_scope=False)), inner, outer)
+    assert calls == ["q", "q!"]
+    assert out == "refined(again)"
+
+
+def test_in_scope_needs_a_handler_home() -> None:
+    """`InScope`'s scope is a `home` from a handler table; anything else is a TypeError."""
+    with pytest.raises(TypeError, match="home"):
+        InScope(asks(), object())

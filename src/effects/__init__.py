@@ -2,7 +2,8 @@
 
 The same generator runs with test or production handlers, synchronously or on anyio, and
 suspends at `Yield` for input. Durable runs live in `effects.durable`; test doubles in
-`effects.testing`.
+`effects.testing`; task trees, progress and output in `effects.tasks` (its computation-facing
+names are re-exported here).
 """
 
 from ._async_computation import AsyncComputation, Message
@@ -27,13 +28,14 @@ from ._exceptions import (
     YieldDuringCancellation,
 )
 from ._handler import Handler, Stack, WithHandler, handler, handles, with_handler
-from ._interpreter import running_async
+from ._interpreter import InScope, running_async
 from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
 from ._runners import arun, astart, run, start
 from ._std.call import Call, Retry
 from ._std.control import Err, Ok, Yield, bracket, catch, try_catch
 from ._std.state import EventAccumulator, Reader, State, Writer
-from ._std.tasks import (
+from ._std.world import Clock, Fresh, Random
+from .tasks import (
     Output,
     OutputLine,
     Print,
@@ -43,7 +45,6 @@ from ._std.tasks import (
     TaskTree,
     task,
 )
-from ._std.world import Clock, Fresh, Random
 
 __all__ = (
     # core
@@ -59,6 +60,7 @@ __all__ = (
     "with_handler",
     "WithHandler",
     "Stack",
+    "InScope",
     # outcomes
     "Outcome",
     "Done",

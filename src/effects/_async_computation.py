@@ -32,7 +32,7 @@ from ._exceptions import (
     RunNotFound,
     TimeoutError,
 )
-from ._handler import Handler, Stack, _flatten
+from ._handler import Handler, Stack, flatten
 from ._interpreter import Run
 from ._outcome import Cancelled, Outcome, Suspend, _Continuation
 
@@ -217,7 +217,7 @@ class AsyncComputation:
         group then, not a request's. A computation that is not one, or a handler that fails to
         install, raises here.
         """
-        run = Run(comp, _flatten(handlers))
+        run = Run(comp, flatten(handlers))
         if run_id is None:
             run_id = secrets.token_urlsafe(16)
         elif not linked and run_id in _registry:

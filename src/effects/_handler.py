@@ -77,7 +77,14 @@ class Handler:
     def intercept(self, table: Table) -> None:
         """Rewrite entries of the enclosing scope's table before this scope's own are added.
 
-        Used by handlers that observe effects handled further out (the effect logger).
+        Used by handlers that observe effects handled further out (the effect logger). `table`
+        maps each effect type to `(function, home, owner)`. `home` is `None` for a *pure*
+        entry (its results are plain values, never classified); otherwise it is the handler
+        scope where computations returned by `function` run. Replace an entry with
+        `(wrapper, home, owner)`: a wrapper of a general entry (non-`None` home) has its
+        results classified like a handler's, and a computation it returns runs *outside this
+        interceptor* (where the original entry still answers). To run a computation where the
+        original handler would have run it, return `effects.InScope(comp, home)`.
         """
 
     def output(self, value: Any) -> Any:
@@ -130,8 +137,10 @@ def handler(
     return h
 
 
-def _flatten(handlers: Handler | Stack | Iterable[Handler | Stack]) -> tuple[Handler, ...]:
-    """One handler, one stack, or any iterable of them, as a flat tuple (first innermost)."""
+def flatten(handlers: Handler | Stack | Iterable[Handler | Stack]) -> tuple[Handler, ...]:
+    """One handler, one stack, or any iterable of them, as a flat tuple (first innermost).
+
+    Package-internal (shared by the runners, `AsyncComputation` and `DurableRunner`)."""
     if isinstance(handlers, Handler):
         return (handlers,)
     out: list[Handler] = []
@@ -154,7 +163,7 @@ class Stack:
     __slots__ = ("handlers",)
 
     def __init__(self, *handlers: Handler | Stack) -> None:
-        self.handlers = _flatten(handlers)
+        self.handlers = flatten(handlers)
 
     def __add__(self, other: Stack | Handler) -> Stack:
         return Stack(self, other)
@@ -197,4 +206,4 @@ def with_handler(comp: Any, *handlers: Handler | Stack) -> WithHandler[Any]:
     `with_handler(comp, a, b)` is `with_handler(with_handler(comp, a), b)`. Inner installations
     shadow outer ones for their extent and are restored afterwards.
     """
-    return WithHandler(comp, _flatten(handlers))
+    return WithHandler(comp, flatten(handlers))

@@ -129,6 +129,35 @@ class _Signal(BaseException):
         self.tables = tables
 
 
+class InScope:
+    """A handler's result meaning "answer this effect by running `comp` in `scope`".
+
+    `scope` is the `home` of an entry of the table that `Handler.intercept` receives: the
+    handler scope in which that entry's own handler runs the computations it returns (the scope
+    outside that handler's installation). An interceptor that wraps such an entry calls the
+    original function itself; when that returns a computation, the wrapper returns
+    `InScope(observed(computation), home)` so the computation still runs where the original
+    handler meant it to — there, effects of the type being handled reach the next handler out,
+    not the wrapper again. The computation's value (or error) answers the effect.
+
+    Only results of general entries (non-`None` home) are interpreted this way; a `pure` entry's
+    results are passed on as they are.
+    """
+
+    __slots__ = ("comp", "scope")
+
+    def __init__(self, comp: Any, scope: Any) -> None:
+        if not isinstance(scope, Tables):
+            raise TypeError(
+                f"InScope needs the `home` of a handler table entry as its scope, got {scope!r}"
+            )
+        self.comp = comp
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return f"InScope({self.comp!r})"
+
+
 _PUSH, _SUSPEND, _AWAIT = range(3)
 # Results of these types are plain values; checking them first keeps the classifier cheap.
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple, set})
@@ -142,6 +171,8 @@ def _general(fn: HandlerFn, home: Tables) -> HandlerFn:
             return result
         if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
             raise _Signal(_PUSH, result, home)
+        if rtype is InScope:
+            raise _Signal(_PUSH, result.comp, result.scope)
         if result is SUSPEND:
             raise _Signal(_SUSPEND, effect)
         if isinstance(result, BaseException):

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from ._computation import Computation
 from ._exceptions import Cancellation, UnhandledSuspension
-from ._handler import Handler, Stack, _flatten
+from ._handler import Handler, Stack, flatten
 from ._interpreter import Run
 from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
 
@@ -29,12 +29,12 @@ def _value(outcome: Outcome) -> Any:
 
 def start(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome:
     """Run `comp` with `handlers` (first listed innermost) until it finishes or suspends."""
-    return Run(comp, _flatten(handlers)).drive(None, None)
+    return Run(comp, flatten(handlers)).drive(None, None)
 
 
 async def astart(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome:
     """Async twin of `start`: awaits what async handlers return (asyncio or trio)."""
-    return await Run(comp, _flatten(handlers)).adrive(None, None)
+    return await Run(comp, flatten(handlers)).adrive(None, None)
 
 
 def run(comp: Computation[T], *handlers: Handler | Stack) -> T:

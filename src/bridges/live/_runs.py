@@ -32,8 +32,8 @@ from effects import (
     RunNotFound,
     Stack,
 )
-from effects._std.tasks import TaskSnapshot
 from effects.durable import DurableRunner, Run
+from effects.tasks import TaskSnapshot
 
 from ._app import LiveApp
 from ._forms import Form, build_form, parse_form, validation_errors

@@ -3,7 +3,7 @@ that run, and the regions that render them (progress bars and output lines).
 
 The hub's handler is a `TaskTree` installed around every run of the app's `DurableRunner`.
 Its snapshots reach pages without passing through the store: they are in-memory state, rebuilt
-by replay after a restart (see `effects._std.tasks`). They still never run ahead of what is
+by replay after a restart (see `effects.tasks`). They still never run ahead of what is
 durable: a checkpoint is written before the computation continues past an external effect, so
 when a task reports progress, everything it did before is already committed.
 """
@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from effects._std.tasks import ROOT, OutputLine, TaskSnapshot, TaskTree
 from effects.durable import current_run_id
+from effects.tasks import ROOT, OutputLine, TaskSnapshot, TaskTree
 
 Listener = Callable[[str, TaskSnapshot], None]
 

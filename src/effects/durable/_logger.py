@@ -6,7 +6,7 @@ import inspect
 import os
 from collections.abc import Callable, Generator, Sequence
 from types import GeneratorType
-from typing import Any, NoReturn
+from typing import Any
 
 import pydantic
 
@@ -21,7 +21,7 @@ from .._exceptions import (
     SerializationError,
 )
 from .._handler import Entry, Handler, HandlerFn, Table, WithHandler, handles
-from .._interpreter import _PUSH, SUSPEND, _Signal, returning
+from .._interpreter import SUSPEND, InScope, returning
 from .._outcome import Throw
 from .._std.call import Call
 from .._std.control import Yield
@@ -115,13 +115,6 @@ class _General:
 
 
 _GENERAL: Any = _General()
-
-
-def _push(home: Any, comp: Any) -> NoReturn:
-    # Run `comp` in `home` (the original handler's scope), as the interpreter does with a
-    # computation a handler returns: the fast path called the handler itself, so it hands the
-    # computation over the way the interpreter's own classifying wrapper does.
-    raise _Signal(_PUSH, comp, home)
 
 
 class _RecordedAwait:
@@ -401,8 +394,13 @@ class EffectLogger(Handler):
             if not pure:
                 rtype = type(result)
                 if rtype not in _PRIMITIVE:
+                    # The fast path called the handler itself: its computation (or an inner
+                    # interceptor's) runs where the handler meant it to, `home`, not outside us.
                     if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
-                        _push(home, self._complete(result, effect, seq, args))
+                        return InScope(self._complete(result, effect, seq, args), home)
+                    if rtype is InScope:
+                        comp = self._complete(result.comp, effect, seq, args)
+                        return InScope(comp, result.scope)
                     if isinstance(result, BaseException):
                         self._record_error(effect, seq, args, result)
                         return result

@@ -46,7 +46,7 @@ from .._exceptions import (
     RunNotFound,
     SerializationError,
 )
-from .._handler import Handler, Stack, _flatten, handles, with_handler
+from .._handler import Handler, Stack, flatten, handles, with_handler
 from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.world import uuid7
@@ -231,7 +231,7 @@ class DurableRunner:
             raise ConfigurationError("recover_concurrency must be at least 1")
         self.recover_concurrency = recover_concurrency
         self.url = url
-        self.handlers = _flatten(handlers)
+        self.handlers = flatten(handlers)
         self.owner = owner or _default_owner()
         self.lease = lease
         self._engine_options = engine_options or {}
