@@ -19,6 +19,7 @@ from effects import ConflictError, Done
 from effects.durable import DurableRunner, Run, RunStatus
 from effects.durable._schema import SCHEMA_VERSION
 from effects.durable._store import Store
+from fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +180,31 @@ async def test_recover_after_sigkill_on_postgres(
         assert run.outcome == Done(sum(range(STEPS)) + 3)
     _, applied = flows.read_counter(counter)
     assert [i for _, i in applied] == list(range(STEPS))
+
+
+async def test_subscriptions_survive_a_server_restart(
+    postgres_server: PostgresServer, pg_database_url: str, flows: ModuleType, counter: str
+) -> None:
+    """After PostgreSQL restarts, the runner listens again (with backoff) and every
+    subscription re-reads its run: a change made while the LISTEN was down arrives, and so do
+    later changes, through NOTIFY again."""
+    async with DurableRunner(pg_database_url, handlers=flows.HANDLERS) as other:
+        first = await other.start(flows.flow(2, counter), run_id="first")
+        second = await other.start(flows.flow(2, counter), run_id="second")
+    async with DurableRunner(pg_database_url, handlers=flows.HANDLERS) as watcher:
+        with anyio.fail_after(45):
+            async with watcher.subscribe("first") as one, watcher.subscribe("second") as two:
+                assert (await one.__anext__()).revision == first.revision
+                assert (await two.__anext__()).revision == second.revision
+                await anyio.to_thread.run_sync(postgres_server.restart)
+                async with DurableRunner(pg_database_url, handlers=flows.HANDLERS) as other:
+                    # Likely before the watcher is back: it learns of it by re-reading.
+                    await other.resume("first", 1)
+                    async for update in one:
+                        last = update
+                    assert last.status is RunStatus.DONE
+                    # The watcher has re-read, so it listens again: this arrives by NOTIFY.
+                    await other.resume("second", 1)
+                    async for update in two:
+                        last = update
+                    assert last.status is RunStatus.DONE

@@ -63,6 +63,10 @@ logger = logging.getLogger("effects.durable")
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///runs.db"
 
+# Backoff of the LISTEN connection after it was lost (seconds).
+_LISTEN_RETRY_FIRST: Final = 0.1
+_LISTEN_RETRY_MAX: Final = 5.0
+
 
 class _StepStopped(BaseException):
     """Thrown into a computation whose checkpoint could not be written (another process took
@@ -1055,7 +1059,10 @@ class DurableRunner:
     # -- background tasks -------------------------------------------------------------------
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Follow changes committed by other processes (PostgreSQL NOTIFY)."""
+        """Follow changes committed by other processes (PostgreSQL NOTIFY), for as long as the
+        runner lives: a lost connection (a server restart, a network cut) is re-established
+        with backoff, and every subscription then re-reads its run, since the notifications
+        sent meanwhile are lost."""
         send, receive = anyio.create_memory_object_stream[str](1024)
 
         def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -1064,27 +1071,96 @@ class DurableRunner:
             except anyio.WouldBlock:
                 pass  # subscribers re-read the run on the next notification
 
+        delay = _LISTEN_RETRY_FIRST
         started = False
-        with send, receive:
-            try:
-                async with self.store.engine.connect() as conn:
-                    raw = await conn.get_raw_connection()
-                    driver: Any = raw.driver_connection
-                    await driver.add_listener(NOTIFY_CHANNEL, on_notify)
-                    task_status.started()
-                    started = True
+
+        async def listening() -> None:
+            nonlocal started, delay
+            if not started:
+                task_status.started()
+                started = True
+            else:
+                for run_id in builtins.list(self._subscribers):
                     try:
-                        async for payload in receive:
-                            await self._notified(payload)
-                    finally:
-                        with anyio.CancelScope(shield=True):
+                        self._publish(await self.store.get(run_id))
+                    except RunNotFound:
+                        continue
+                logger.info("listening again for changes of other processes")
+            delay = _LISTEN_RETRY_FIRST
+
+        with send, receive:
+            while True:
+                try:
+                    await self._listen_once(on_notify, receive, listening)
+                except Exception as err:
+                    if not started:
+                        raise  # the runner does not start without it
+                    logger.warning(
+                        "lost the connection that listens for changes of other processes "
+                        "(%s); reconnecting in %.1f s",
+                        " ".join(str(err).split()) or type(err).__name__,
+                        delay,
+                    )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _LISTEN_RETRY_MAX)
+
+    async def _listen_once(
+        self,
+        on_notify: Callable[..., None],
+        receive: anyio.abc.ObjectReceiveStream[str],
+        listening: Callable[[], Awaitable[None]],
+    ) -> None:
+        """LISTEN on one connection and handle notifications until that connection is lost
+        (then raise)."""
+        async with self.store.engine.connect() as conn:
+            # After a server restart the pool may hand out a dead connection: a query finds
+            # out (and SQLAlchemy then discards the pool's other connections of that time).
+            await conn.exec_driver_sql("SELECT 1")
+            await conn.rollback()  # a LISTEN inside a transaction would wait for its commit
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            lost = anyio.Event()
+
+            def on_lost(_conn: Any) -> None:
+                lost.set()
+
+            driver.add_termination_listener(on_lost)
+            try:
+                await driver.add_listener(NOTIFY_CHANNEL, on_notify)
+                # Changes committed before the LISTEN are read by `listening` (after it, so
+                # nothing falls between the two).
+                await listening()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_connection, driver, lost, tg.cancel_scope)
+                    async for payload in receive:
+                        await self._notified(payload)
+            finally:
+                driver.remove_termination_listener(on_lost)
+                with anyio.CancelScope(shield=True):
+                    if lost.is_set() or driver.is_closed():
+                        await conn.invalidate()
+                    else:
+                        try:
                             await driver.remove_listener(NOTIFY_CHANNEL, on_notify)
-            except Exception as err:
-                if not started:
-                    raise
-                # A crash here would take the runner's task group (and its owner) down:
-                # subscribers keep seeing this process's own changes.
-                logger.warning("stopped listening for changes of other processes: %s", err)
+                        except Exception:  # closing anyway
+                            await conn.invalidate()
+        raise ConnectionError("the listening connection was closed")
+
+    async def _watch_connection(
+        self, driver: Any, lost: anyio.Event, scope: anyio.CancelScope
+    ) -> None:
+        # A server that goes away closes the connection (asyncpg then calls `on_lost`); a
+        # network that goes silent does not: probe it once per lease period.
+        while True:
+            with anyio.move_on_after(self.lease):
+                await lost.wait()
+                break
+            try:
+                with anyio.fail_after(self.lease / 3):
+                    await driver.execute("SELECT 1")
+            except Exception:
+                break
+        scope.cancel()
 
     async def _notified(self, payload: str) -> None:
         run_id, _, revision = payload.rpartition(":")
