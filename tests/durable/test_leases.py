@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from effects import Call, ConfigurationError, Done, computation
+from effects import Call, ConfigurationError, Done, Yield, computation
 from effects.durable import DurableRunner, RunStatus
 
 pytestmark = pytest.mark.anyio
@@ -295,3 +295,26 @@ async def test_the_heartbeat_does_not_need_the_event_loop(db: str) -> None:
     assert found == [[]]
     assert run.outcome == Done("unblocked")
     assert CALLS == ["blocker"]
+
+
+def heartbeats() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("effects-heartbeat-")]
+
+
+async def test_the_heartbeat_thread_lives_with_its_runner(db: str) -> None:
+    """A runner's heartbeat thread starts on entry and ends on exit; an in-memory SQLite store
+    (which no other process, nor the heartbeat's own connection, can see) has none."""
+    assert heartbeats() == []
+    async with DurableRunner(db, owner="a"):
+        assert heartbeats() == ["effects-heartbeat-a"]
+    assert heartbeats() == []
+    async with DurableRunner("sqlite+aiosqlite://", owner="m") as memory:
+        assert heartbeats() == []
+        run = await memory.start(slow_answer(), run_id="m1")
+        assert (await memory.resume(run.id, 3)).outcome == Done(3)
+
+
+@computation(name="leases.answer", version=1)
+def slow_answer() -> Generator[Any, Any, int]:
+    answer: int = yield Yield("number?", input=int)
+    return answer

@@ -324,6 +324,8 @@ class DurableRunner:
         if holder is not None:
             raise ConfigurationError(_owners.refusal(self.owner, holder))
         _owners._live_tokens.add(self._token)
+        if store.in_memory:
+            return  # no other process can see these leases (nor the heartbeat's connection)
         beat = _owners.Heartbeat(
             self.url, self._engine_options, self.owner, self._token, self.lease, self._leased
         )

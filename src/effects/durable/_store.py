@@ -512,6 +512,15 @@ class Store:
             await self.engine.dispose()
 
     @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: only this engine sees it (no other process, and no
+        other engine of this one)."""
+        u = self.engine.url
+        return self.dialect == "sqlite" and (
+            u.database in (None, "", ":memory:") or u.query.get("mode") == "memory"
+        )
+
+    @property
     def url(self) -> str:
         """The store URL without its password."""
         return self.engine.url.render_as_string(hide_password=True)
