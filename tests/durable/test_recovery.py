@@ -19,12 +19,16 @@ import pytest
 
 from effects import (
     Call,
+    Cancellation,
     ConfigurationError,
+    ConflictError,
+    Effect,
     Handler,
     SerializationError,
     Throw,
     Yield,
     computation,
+    handler,
 )
 from effects.durable import DurableRunner, RunStatus, current_run_id
 from effects.durable import _schema as schema
@@ -204,6 +208,8 @@ async def test_a_run_whose_recovery_keeps_dying_is_parked_until_unparked(
         assert parked.parked is not None
         assert "attempted 5 times without progress" in parked.parked
         assert await runner.recover() == []  # skipped while parked
+        with pytest.raises(ConflictError, match="parked"):
+            await runner.resume("p1", 1)
         assert [r.id for r in await runner.list(parked=True)] == ["p1"]
         assert await runner.list(parked=False) == []
         shown = await anyio.to_thread.run_sync(cli, "show", "p1", "--db", url(tmp_path))
@@ -381,3 +387,45 @@ async def test_recover_concurrency_is_bounded(tmp_path: Path) -> None:
             await runner.recover(concurrency=0)
     with pytest.raises(ConfigurationError):
         DurableRunner(url(tmp_path), recover_concurrency=0)
+
+
+class Inner(Effect[str]):
+    """Answered by a handler that runs a sub-computation which was cancelled."""
+
+
+def _cancelled_inside(effect: Inner) -> str:
+    raise Cancellation("inner")
+
+
+INNER = handler({Inner: _cancelled_inside}, name="inner", external=True)
+
+
+@computation(name="recovery.inner_cancel", version=1)
+def inner_cancel(name: str) -> Generator[Any, Any, str]:
+    try:
+        got: str = yield Inner()
+    except Cancellation as stopped:  # a computation may handle a sub-task's cancellation
+        got = f"inner {stopped.reason}"
+    passed: str = yield Call(wait_gate, name)
+    answer: str = yield Yield(f"{got}, after {passed}")
+    return answer
+
+
+@pytest.mark.usefixtures("_gates")
+async def test_a_cancellation_raised_by_a_handler_does_not_cancel_the_run_on_recovery(
+    tmp_path: Path,
+) -> None:
+    """A `Cancellation` a handler raised (and the computation handled) is replayed where it
+    happened; it does not make recovery unwind a run nobody cancelled."""
+    GATES["g"] = anyio.Event()
+    try:
+        async with DurableRunner(url(tmp_path), owner="first", handlers=INNER) as runner:
+            await runner.start(inner_cancel("g"), run_id="i1", wait=False)
+            await until(lambda: ENTERED == ["g"])
+            raise _Crash()
+    except _Crash:
+        pass
+    GATES["g"].set()
+    async with DurableRunner(url(tmp_path), owner="second", handlers=INNER) as runner:
+        [run] = await runner.recover()
+        assert (run.status, run.prompt) == (RunStatus.SUSPENDED, "inner inner, after g")

@@ -71,9 +71,10 @@ def is_cancelled(entry: LogEntry) -> bool:
 
 
 def cancellation(entries: Sequence[LogEntry]) -> tuple[bool, Any]:
-    """Whether a log records a cancellation, and its reason (`None` if not recorded)."""
+    """Whether a log records a cancellation, and the reason of the latest one that recorded
+    its reason (`None` if none did)."""
     found = False
-    for entry in entries:
+    for entry in reversed(entries):
         if is_cancelled(entry):
             found = True
             assert entry.error is not None

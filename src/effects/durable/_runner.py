@@ -668,6 +668,11 @@ class DurableRunner:
         try:
             row, entries = await store.load(run_id)
             status = RunStatus(row.status)
+            if status is RunStatus.RUNNING and row.parked is not None:
+                raise ConflictError(
+                    f"cannot {action} run {run_id!r}: it is parked (recovery gave up on it: "
+                    f"{row.parked}); unpark it to let recover() continue it"
+                )
             if status is RunStatus.RUNNING:
                 holder = f" (lease held by {row.lease_owner})" if row.lease_owner else ""
                 raise ConflictError(f"cannot {action} run {run_id!r}: a step is running{holder}")
@@ -791,7 +796,7 @@ class DurableRunner:
             self._drop(step)
             raise
         cancelled, reason = cancellation(entries)
-        if cancelled:
+        if cancelled and row.cancel_requested:  # (a handler may raise a Cancellation too)
             # The log records where a cancellation interrupted the run and the start of its
             # cleanup: replay delivers it there again and the cleanup goes on from its log.
             step.cancelling, step.unwinding = True, True
