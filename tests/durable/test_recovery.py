@@ -397,6 +397,10 @@ def _cancelled_inside(effect: Inner) -> str:
     raise Cancellation("inner")
 
 
+def _note(text: str) -> str:
+    return text
+
+
 INNER = handler({Inner: _cancelled_inside}, name="inner", external=True)
 
 
@@ -406,6 +410,7 @@ def inner_cancel(name: str) -> Generator[Any, Any, str]:
         got: str = yield Inner()
     except Cancellation as stopped:  # a computation may handle a sub-task's cancellation
         got = f"inner {stopped.reason}"
+    yield Call(_note, got)  # checkpointed: the log then holds the inner effect's entry
     passed: str = yield Call(wait_gate, name)
     answer: str = yield Yield(f"{got}, after {passed}")
     return answer
@@ -428,4 +433,25 @@ async def test_a_cancellation_raised_by_a_handler_does_not_cancel_the_run_on_rec
     GATES["g"].set()
     async with DurableRunner(url(tmp_path), owner="second", handlers=INNER) as runner:
         [run] = await runner.recover()
+        assert (run.status, run.prompt) == (RunStatus.SUSPENDED, "inner inner, after g")
+
+
+INNER_IN_MEMORY = handler({Inner: _cancelled_inside}, name="inner-in-memory")
+
+
+@pytest.mark.usefixtures("_gates")
+async def test_a_cancellation_raised_by_an_in_memory_handler_replays(tmp_path: Path) -> None:
+    """The same with a handler that is not external: its `Cancellation` is recorded too, so
+    the replay does not diverge at the effect after it."""
+    GATES["g"] = anyio.Event()
+    try:
+        async with DurableRunner(url(tmp_path), owner="first", handlers=INNER_IN_MEMORY) as r:
+            await r.start(inner_cancel("g"), run_id="i2", wait=False)
+            await until(lambda: ENTERED == ["g"])
+            raise _Crash()
+    except _Crash:
+        pass
+    GATES["g"].set()
+    async with DurableRunner(url(tmp_path), owner="second", handlers=INNER_IN_MEMORY) as r:
+        [run] = await r.recover()
         assert (run.status, run.prompt) == (RunStatus.SUSPENDED, "inner inner, after g")

@@ -392,6 +392,9 @@ class EffectLogger(Handler):
             except Exception as err:
                 self._record_error(effect, seq, args, err)
                 return err
+            except Cancellation as cancel:  # a handler's own cancelled sub-computation
+                self._record_cancelled(effect, seq, args, cancel.reason)
+                raise
             if not pure:
                 rtype = type(result)
                 if rtype not in _PRIMITIVE:
