@@ -4,6 +4,7 @@ when the hosts' clocks disagree."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -318,3 +319,28 @@ async def test_the_heartbeat_thread_lives_with_its_runner(db: str) -> None:
 def slow_answer() -> Generator[Any, Any, int]:
     answer: int = yield Yield("number?", input=int)
     return answer
+
+
+async def test_a_killed_holder_does_not_block_its_successor(
+    db: str, tmp_path: Path, forked: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner killed with SIGKILL mid-step leaves its claim of owner "w" behind; on the same
+    host its process is known dead, so a successor with that owner starts at once (without
+    waiting for the claim to expire) and recovers the run."""
+    monkeypatch.syspath_prepend(str(WORKERS))
+    flows = importlib.import_module("crash_flows")
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    forked("--db", db, "--counter", counter, "--run-id", "k1", "--owner", "w",
+           "--action", "start", "--answer", "3", "--kill-at", "after:2")  # fmt: skip
+    [(pid, expires_in)] = sql(
+        db,
+        "SELECT pid, expires - (julianday('now') - 2440587.5) * 86400.0 FROM effects_owners "
+        "WHERE owner = 'w'",
+    )
+    assert pid != os.getpid()
+    assert expires_in > 5  # still live by the database's clock
+    async with DurableRunner(db, handlers=flows.HANDLERS, owner="w") as runner:
+        [run] = await runner.recover()
+        assert run.id == "k1"
+        assert sql(db, "SELECT pid FROM effects_owners WHERE owner = 'w'") == [(os.getpid(),)]
