@@ -176,12 +176,21 @@ async def test_recover_isolates_runs(
                "--action", "start", "--kill-at", "before:2")  # fmt: skip
         flows.init_counter(counter)  # the next worker's kill point is reached again
     handlers = (*flows.HANDLERS, FailsFor("bad"))
-    async with DurableRunner(url(tmp_path), handlers=handlers, owner="w1") as runner:
+    async with DurableRunner(
+        url(tmp_path), handlers=handlers, owner="w1", max_recovery_attempts=2
+    ) as runner:
         recovered = await runner.recover()
         assert [(r.id, r.status) for r in recovered] == [("good", RunStatus.SUSPENDED)]
         bad = await runner.get("bad")
         assert (bad.status, bad.lease_owner, bad.parked) == (RunStatus.RUNNING, None, None)
         assert bad.recovery_attempts == 1
+        # The second failure in a row uses up max_recovery_attempts: parked, with the error.
+        [parked] = await runner.recover()
+        assert (parked.id, parked.status, parked.recovery_attempts) == ("bad", "running", 2)
+        assert parked.parked == (
+            "recovery failed 2 times; the last attempt raised RuntimeError: cannot serve bad"
+        )
+        assert await runner.recover() == []
 
 
 async def test_a_run_whose_recovery_keeps_dying_is_parked_until_unparked(

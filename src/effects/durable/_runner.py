@@ -606,7 +606,11 @@ class DurableRunner:
         reason = storable_text(reason)
         try:
             row = await self.store.get(run_id)
-            if row.status != RunStatus.RUNNING.value or row.parked is not None:
+            if (
+                row.status != RunStatus.RUNNING.value
+                or row.parked is not None
+                or row.recovery_attempts < self.max_recovery_attempts  # it progressed since
+            ):
                 return None
             parked = await self.store.park(
                 run_id, revision=row.revision, owner=self.owner, reason=reason
