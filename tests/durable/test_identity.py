@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from effects import Call, DivergenceError, Done, Suspend, computation, start, with_handler
+from effects import Call, DivergenceError, Done, Suspend, Yield, computation, start, with_handler
 from effects.durable import EffectLogger, Log
 
 WORKERS = Path(__file__).parent / "workers"
@@ -219,3 +219,28 @@ def test_sets_nested_in_models_and_containers_are_sorted() -> None:
     assert encode(value) == {"f": {"tags": ["a", "b", "c"]}, "xs": [[1, 2, 3]], "t": ["z", "y"]}
     nested = frozenset({frozenset({"b", "a"}), frozenset({"c"})})
     assert encode(nested) == [["a", "b"], ["c"]]
+
+
+def echo(value: float) -> float:
+    return value
+
+
+@computation(name="identity_float_argument", version=1)
+def waits_for(seconds: float) -> Generator[Any, Any, str]:
+    yield Call(echo, seconds)  # the argument is part of the Call's identity
+    return f"{(yield Yield('go?'))}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # SQLAlchemy's async drivers
+async def test_a_run_started_with_an_int_for_a_float_parameter_resumes(tmp_path: Path) -> None:
+    # The store rebuilds `seconds` as a float; the first step must see it as the replays
+    # will, or the recorded Call(echo, 3) and the replayed Call(echo, 3.0) differ.
+    from effects.durable import DurableRunner
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    async with DurableRunner(db) as runner:
+        run = await runner.start(waits_for(3))
+    async with DurableRunner(db) as runner:
+        run = await runner.resume(run.id, "now")
+    assert run.outcome == Done("now")

@@ -470,7 +470,14 @@ async def test_async_cold_resume() -> None:
     out = await astart(with_handler(comp(), EffectLogger()), *hs)
     assert isinstance(out, Suspend)
     log = through_json(out.data[EffectLogger])
-    assert [e.status for e in log.entries] == ["done", "done", "done", "pending"]
+    # A sleep records its wake-up time (the timer), then itself once it is over.
+    assert [(e.effect, e.status) for e in log.entries] == [
+        ("effects.Call", "done"),
+        ("effects.durable.Timer", "done"),
+        ("effects.Sleep", "done"),
+        (f"{GetOrder.__module__}.GetOrder", "done"),
+        ("effects.Yield", "pending"),
+    ]
     again = await astart(with_handler(comp(), EffectLogger(log)), *hs)
     assert isinstance(again, Suspend)
     assert again.value == "async-user-1/async-order-2"

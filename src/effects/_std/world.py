@@ -48,7 +48,8 @@ class Now(Effect[datetime]):
 
 
 class Sleep(Effect[None]):
-    """Wait `seconds`."""
+    """Wait `seconds`. Under an `EffectLogger` it is a durable timer: the wake-up time is
+    recorded before the wait, so a replay waits only for what is left (docs/durable/timers.md)."""
 
     seconds: float
 
@@ -135,7 +136,7 @@ class Random(Handler):
 
 class Clock(Handler):
     """The real-time clock: `Clock.now()` (UTC) and `Clock.sleep(seconds)` (anyio sleep under
-    the async runner, blocking sleep under the sync one)."""
+    the async runner, blocking sleep under the sync one; a durable timer in a logged run)."""
 
     @staticmethod
     def now() -> Now:

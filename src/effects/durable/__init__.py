@@ -6,11 +6,12 @@ models, stored as JSON), and replays a log so that a restarted run returns the r
 without performing the effects again, up to the `Yield` it was waiting at.
 
 `durable_loop` keeps long loops' logs bounded; `patched` lets a changed computation replay runs
-recorded by its older version; `Checkpoint`, `idempotency_key` and `at_most_once` are the
-contract with a durable store.
+recorded by its older version; `Checkpoint`, `StartTimer`, `AwaitTimer`, `idempotency_key` and
+`at_most_once` are the contract with a durable store. `Clock.sleep` in a logged run is a durable
+timer: its wake-up time is recorded before it waits.
 """
 
-from ._effects import Checkpoint, at_most_once, idempotency_key
+from ._effects import AwaitTimer, Checkpoint, StartTimer, at_most_once, idempotency_key
 from ._log import ErrorInfo, Log, LogEntry
 from ._logger import EffectLogger
 from ._loop import LoopDone, durable_loop
@@ -30,6 +31,8 @@ __all__ = (
     "LogEntry",
     "ErrorInfo",
     "Checkpoint",
+    "StartTimer",
+    "AwaitTimer",
     "idempotency_key",
     "at_most_once",
     "durable_loop",

@@ -176,6 +176,7 @@ def _run_json(run: Run) -> dict[str, Any]:
         "cancel_requested": run.cancel_requested,
         "parked": run.parked,
         "recovery_attempts": run.recovery_attempts,
+        "wake_at": run.wake_at.isoformat() if run.wake_at is not None else None,
     }
     outcome = run.outcome
     if type(outcome) is Suspend:
@@ -220,6 +221,8 @@ def _print_run(run: Run, out: TextIO) -> None:
         status += ", cancel requested"
     if run.recovery_attempts:
         status += f", {run.recovery_attempts} recovery attempt(s) without progress"
+    if run.wake_at is not None:
+        status += f", wakes at {run.wake_at.strftime('%Y-%m-%d %H:%M:%S UTC')}"
     line("status", status)
     if run.parked is not None:
         line("parked", f"{run.parked} (python -m effects runs unpark {run.id})")
@@ -284,7 +287,7 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
         for module in args.imports:
             importlib.import_module(module)
         handlers = _handlers(args.handlers)
-    async with DurableRunner(args.db, handlers=handlers) as runner:
+    async with DurableRunner(args.db, handlers=handlers, timers=False) as runner:
         if args.action == "list":
             runs = await runner.list(
                 args.status, name=args.name, limit=args.limit, parked=True if args.parked else None

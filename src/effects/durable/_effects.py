@@ -1,5 +1,5 @@
-"""What the effect logger says to the world outside it: `Checkpoint`, idempotency keys and the
-at-most-once mark."""
+"""What the effect logger says to the world outside it: `Checkpoint`, the durable timer's
+`StartTimer` and `AwaitTimer`, idempotency keys and the at-most-once mark."""
 
 from __future__ import annotations
 
@@ -13,18 +13,20 @@ from ._log import Log
 
 T = TypeVar("T", bound="type[Effect[Any]] | Handler")
 
-CheckpointReason = Literal["external", "write_ahead", "cancelled"]
+CheckpointReason = Literal["external", "write_ahead", "cancelled", "timer"]
 
 
 class Checkpoint(Effect[None]):
     """Persist `log` now. Yielded by `EffectLogger(checkpoints=True)` in the scope outside it.
 
     `reason` is `"external"` after an effect of an external handler completed (so it is never
-    repeated after a crash), or `"write_ahead"` just before an at-most-once effect runs (its
-    `pending` entry is the log's last), or `"cancelled"` when a cancellation was delivered at
-    an effect (the log records where, so a replay cancels there again). The handler (a durable
-    store) must finish writing before it returns; the computation continues only then. `log`
-    is a snapshot: entries are immutable and later changes to the run's log do not show in it.
+    repeated after a crash), `"write_ahead"` just before an at-most-once effect runs (its
+    `pending` entry is the log's last), `"cancelled"` when a cancellation was delivered at an
+    effect (the log records where, so a replay cancels there again), or `"timer"` once a
+    sleep's wake-up time is recorded (so a restarted run sleeps only what is left). The handler
+    (a durable store) must finish writing before it returns; the computation continues only
+    then. `log` is a snapshot: entries are immutable and later changes to the run's log do not
+    show in it.
     """
 
     log: Log
@@ -32,6 +34,34 @@ class Checkpoint(Effect[None]):
 
 
 Checkpoint.__module__ = "effects.durable"
+
+
+class StartTimer(Effect[float]):
+    """A durable sleep of `seconds` starts: answer its wake-up time, UTC epoch seconds.
+
+    Yielded by `EffectLogger` outside it when the computation performs `Clock.sleep(seconds)`
+    live; the answer is recorded (and, with `checkpoints=True`, checkpointed) before the sleep
+    begins, and a replay reuses it. `DurableRunner` answers by the database's clock. With no
+    handler for it, the logger asks the clock in scope (`Clock.now()`), or the system clock.
+    """
+
+    seconds: float
+
+
+class AwaitTimer(Effect[None]):
+    """Wait until `wake_at` (UTC epoch seconds), the recorded wake-up time of a sleep.
+
+    Yielded by `EffectLogger` outside it, live, after `StartTimer` (or after replaying a sleep
+    that had started). `DurableRunner` waits in memory when little is left, else releases the
+    run as `sleeping` until it is due. With no handler for it, the logger performs
+    `Sleep(what is left)` by the clock in scope.
+    """
+
+    wake_at: float
+
+
+StartTimer.__module__ = "effects.durable"
+AwaitTimer.__module__ = "effects.durable"
 
 _idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "effects_idempotency_key", default=None

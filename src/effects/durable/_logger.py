@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Callable, Generator, Sequence
 from types import GeneratorType
 from typing import Any
@@ -25,7 +26,15 @@ from .._interpreter import SUSPEND, InScope, returning
 from .._outcome import Throw
 from .._std.call import Call
 from .._std.control import Yield
-from ._effects import Checkpoint, _idempotency_key, is_at_most_once, needs_outside
+from .._std.world import Now, Sleep
+from ._effects import (
+    AwaitTimer,
+    Checkpoint,
+    StartTimer,
+    _idempotency_key,
+    is_at_most_once,
+    needs_outside,
+)
 from ._identity import type_name
 from ._log import Log, LogEntry, check_log, make_entry, make_log
 from ._loop import LoopHandle, LoopState, NextIteration
@@ -84,6 +93,8 @@ def cancellation(entries: Sequence[LogEntry]) -> tuple[bool, Any]:
     return found, None
 
 
+# The entry recording a sleep's wake-up time; the sleep's own entry follows it once it is over.
+_TIMER = "effects.durable.Timer"
 _PRIMITIVE = (str, int, float, bool, type(None))
 
 
@@ -184,6 +195,15 @@ def _identity(comp: Any) -> tuple[str, int]:
     raise TypeError(
         f"computation= expects a @computation function or its Comp, got {type(comp).__name__}"
     )
+
+
+def _clock() -> Generator[Any, Any, float]:
+    """Now as UTC epoch seconds, by the clock in scope (`Clock.now()`), else the system's."""
+    try:
+        now = yield Now()
+    except MissingHandlerError:
+        return time.time()
+    return float(now.timestamp())
 
 
 class EffectLogger(Handler):
@@ -318,7 +338,7 @@ class EffectLogger(Handler):
                 continue
             if issubclass(t, Throw):  # raising an error is deterministic
                 continue
-            entry: Entry = (self._wrapper(fn, home, owner), _GENERAL, owner)
+            entry: Entry = (self._wrapper(fn, home, owner, issubclass(t, Sleep)), _GENERAL, owner)
             table[t] = entry
 
     def decorate(self, data: dict[Any, Any]) -> None:
@@ -352,10 +372,11 @@ class EffectLogger(Handler):
 
         return quiet
 
-    def _wrapper(self, fn: HandlerFn, home: Any, owner: Handler) -> HandlerFn:
+    def _wrapper(self, fn: HandlerFn, home: Any, owner: Handler, sleep: bool) -> HandlerFn:
         external = bool(owner.external)
         amo = is_at_most_once(owner)
-        if external or amo:
+        if external or amo or sleep:
+            # A sleep records its wake-up time first (`_sleep`), so it takes this path too.
 
             def logged_outside(effect: Any) -> Any:
                 if self._cursor < self._n_old:
@@ -478,6 +499,9 @@ class EffectLogger(Handler):
         except SerializationError as err:
             return err
         seq = self._next_seq
+        if isinstance(effect, Sleep):
+            self._next_seq = seq + 2  # the timer's entry, then the sleep's
+            return self._sleep(effect, seq, args, fingerprint(args), None)
         self._next_seq = seq + 1
         return self._perform(
             effect, seq, args, fingerprint(args), external, amo or is_at_most_once(type(effect))
@@ -556,6 +580,70 @@ class EffectLogger(Handler):
             yield Checkpoint(self._snapshot(), "external")
         return result
 
+    def _sleep(
+        self, effect: Sleep, seq: int, args: dict[str, Any], fp: str, wake_at: float | None
+    ) -> Generator[Any, Any, None]:
+        """A durable sleep: record its wake-up time at `seq` (unless a replayed entry gave it),
+        wait until then, and record the sleep at `seq + 1`.
+
+        The wake-up time is checkpointed before the wait begins, so a run restarted during the
+        sleep (or released while it sleeps) waits only for what is left.
+        """
+        name = effect_name(type(effect))
+        timed = wake_at is not None  # whether the timer's entry is in the log
+        try:
+            if wake_at is None:
+                try:
+                    wake_at = float((yield StartTimer(effect.seconds)))
+                except MissingHandlerError:
+                    wake_at = (yield from _clock()) + effect.seconds
+                self._entries.append(
+                    make_entry(seq, _TIMER, fp, args, "done", {"wake_at": wake_at})
+                )
+                timed = True
+                if self.checkpoints:
+                    yield Checkpoint(self._snapshot(), "timer")
+            try:
+                yield AwaitTimer(wake_at)
+            except MissingHandlerError:
+                left = wake_at - (yield from _clock())
+                yield type(effect)(max(0.0, left))  # to the clock in scope
+        except Exception as err:
+            at = seq + 1 if timed else seq
+            self._entries.append(make_entry(at, name, fp, args, "error", None, dump_error(err)))
+            raise
+        except Cancellation as cancel:
+            # Recorded as `_perform` does: a replay of a cleanup cut off by a crash is
+            # cancelled at this sleep again.
+            self._entries.append(
+                _cancelled(seq + 1 if timed else seq, name, fp, args, cancel.reason)
+            )
+            if self.checkpoints:
+                yield Checkpoint(self._snapshot(), "cancelled")
+            raise
+        self._entries.append(make_entry(seq + 1, name, fp, args, "done", None))
+
+    def _replay_timer(self, effect: Sleep, entry: LogEntry) -> Any:
+        """A replayed sleep reached its recorded wake-up time: its own entry follows (the
+        sleep was over), or the log ends here (it was cut off): wait for what is left."""
+        self._entries.append(entry)
+        self._next_seq = entry.seq + 1
+        try:
+            wake_at = float(entry.result["wake_at"])
+        except (KeyError, TypeError, ValueError):
+            self._diverged = DivergenceError(
+                f"replay diverged at log position {entry.seq}: the recorded timer "
+                f"{entry.result!r} holds no wake-up time",
+                position=entry.seq,
+                expected=f"{_TIMER} result {entry.result!r}",
+                got=f"{effect!r}",
+            )
+            return self._diverged
+        if self._cursor < self._n_old:
+            return self._replay(effect, False, False)
+        self._next_seq = entry.seq + 2
+        return self._sleep(effect, entry.seq, entry.args, entry.fingerprint, wake_at)
+
     def _settle(self, seq: int, pending: bool, entry: LogEntry) -> None:
         entries = self._entries
         if pending:
@@ -576,6 +664,8 @@ class EffectLogger(Handler):
             return self._live(effect, external, amo)
         if not isinstance(m, LogEntry):
             return m
+        if m.effect == _TIMER:
+            return self._replay_timer(effect, m)
         status = m.status
         self._next_seq = m.seq + 1
         if status == "done":
@@ -629,7 +719,9 @@ class EffectLogger(Handler):
         except SerializationError as err:
             return err
         name = effect_name(type(effect))
-        if entry.effect != name or (
+        # A sleep's first entry is its timer (logs of earlier versions have the sleep only).
+        expected = _TIMER if entry.effect == _TIMER and isinstance(effect, Sleep) else name
+        if entry.effect != expected or (
             entry.fingerprint != fingerprint(args)
             # An entry written before the canonical argument form (callables by name only,
             # sets in iteration order) matches that older form of the same arguments.

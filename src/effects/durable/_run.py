@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 class RunStatus(StrEnum):
     """Where a durable run is. `RUNNING` means a step holds (or held, if its process died) the
-    run's lease; the last three are final."""
+    run's lease; `SLEEPING` that it waits, in no process's memory, for its timer (`Run.wake_at`);
+    the last three are final."""
 
     RUNNING = "running"
     SUSPENDED = "suspended"
+    SLEEPING = "sleeping"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -45,6 +47,8 @@ class Run:
     `parked` is set (to the reason) on a `running` run that `recover()` gave up on after
     `max_recovery_attempts` attempts without progress; `recovery_attempts` counts the attempts
     since the run's last checkpoint. `DurableRunner.unpark` lets recovery try again.
+    A `sleeping` run has no outcome; `wake_at` says when its `Clock.sleep` is over (by the
+    database's clock): then any runner's timer loop continues it.
     """
 
     id: str
@@ -61,6 +65,7 @@ class Run:
     cancel_requested: bool = False
     parked: str | None = None
     recovery_attempts: int = 0
+    wake_at: datetime | None = None
 
     @property
     def finished(self) -> bool:

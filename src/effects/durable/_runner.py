@@ -58,6 +58,7 @@ from ._logger import EffectLogger, cancellation
 from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
 from ._serialize import codec, dump_error, load_error, storable_text
 from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
+from ._timers import Timers
 
 logger = logging.getLogger("effects.durable")
 
@@ -92,6 +93,7 @@ class _Step:
         "rows",
         "scope",
         "sig",
+        "sleep_until",
         "unwinding",
     )
 
@@ -106,6 +108,7 @@ class _Step:
         self.cancel_reason: Any = None
         self.failure: BaseException | None = None
         self.final_log: Log | None = None
+        self.sleep_until: float | None = None  # set when a long sleep releases the run
         self.done = anyio.Event()
         self.attempt = False  # this step is a counted recovery attempt
         self.resumed = False  # this step answers the run's pending Yield (`resume`)
@@ -211,6 +214,15 @@ class DurableRunner:
       *parks* the run: `Run.parked` says why, `recover()` skips it until `unpark(run_id)`.
     - `recover_concurrency`: how many runs `recover()` continues at once (default 8); a run
       whose recovery waits (a slow call, a sleep) does not hold up the others.
+    - `sleep_in_memory`: a `Clock.sleep` with at most this many seconds left waits in the
+      step; a longer one releases the run (status `sleeping`, `Run.wake_at`) and the timer
+      loop of whichever runner is open then continues it when it is due. Either way the
+      wake-up time is recorded first, so a restart sleeps only what is left.
+    - `timer_poll`: the longest the timer loop waits before looking for due runs again (it
+      wakes earlier for the earliest wake-up time it knows of).
+    - `timers=False`: no timer loop in this runner (for short-lived tools such as the CLI,
+      which should not take over runs they have no handlers for); `recover()` still continues
+      due sleeping runs.
 
     Runs on asyncio only: SQLAlchemy's async drivers (aiosqlite, asyncpg) are asyncio-based.
     """
@@ -225,6 +237,9 @@ class DurableRunner:
         max_recovery_attempts: int = 5,
         recover_concurrency: int = 8,
         engine_options: dict[str, Any] | None = None,
+        sleep_in_memory: float = 5.0,
+        timer_poll: float = 1.0,
+        timers: bool = True,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
@@ -234,6 +249,14 @@ class DurableRunner:
         if recover_concurrency < 1:
             raise ConfigurationError("recover_concurrency must be at least 1")
         self.recover_concurrency = recover_concurrency
+        if sleep_in_memory < 0 or timer_poll <= 0:
+            raise ConfigurationError("sleep_in_memory must be >= 0 and timer_poll > 0 (seconds)")
+        self.sleep_in_memory = sleep_in_memory
+        self.timer_poll = timer_poll
+        self.timers = timers
+        self._timer_changed = anyio.Event()
+        # Sleeping runs this process could not continue (at that revision): not retried.
+        self._unwakeable: dict[str, int] = {}
         self.url = url
         self.handlers = flatten(handlers)
         self.owner = owner or _default_owner()
@@ -269,6 +292,10 @@ class DurableRunner:
         await tg.__aenter__()
         self._store, self._tg = store, tg
         try:
+            if self.timers and not store.in_memory:
+                # (An in-memory store's sleeps wait in memory: no other process could wake
+                # them, and its one connection must not be shared with a loop.)
+                tg.start_soon(self._timer_loop)
             if store.engine.dialect.driver == "asyncpg":
                 await tg.start(self._listen)
         except BaseException as err:
@@ -384,6 +411,10 @@ class DurableRunner:
         sig = signature(function)
         args = sig.dump_args(comp)
         run_id = run_id if run_id is not None else str(uuid7())
+        # The first step runs on the arguments as every replay will rebuild them from the
+        # store (an int given for a float parameter is a float, a tuple for a list a list),
+        # so the effects it records carry the same arguments as the replays' do.
+        comp = sig.load_args(run_id, args)
         if run_id in self._steps:
             raise ConflictError(f"run {run_id!r} is running a step in this process")
         now = time.time()
@@ -486,6 +517,8 @@ class DurableRunner:
             flagged = await self.store.request_cancel(run_id)
             self._publish(flagged)  # same revision, so subscribers compare the flag too
             return self._to_run(flagged)
+        if status is RunStatus.SLEEPING:
+            return await self._wake(row, cancel=(reason,))
         step, suspend = await self._cold(run_id, row.revision, "cancel")
         try:
             # Flagged in the same transaction: if this process dies during the cleanup,
@@ -529,8 +562,8 @@ class DurableRunner:
 
     async def recover(self, *, concurrency: int | None = None) -> builtins.list[Run]:
         """Continue the runs whose step was cut off (status `running`, not parked, lease
-        expired, absent or held by this `owner`), each from its last checkpoint; returns their
-        new states (oldest run first).
+        expired, absent or held by this `owner`), each from its last checkpoint, then the
+        `sleeping` runs that are due; returns their new states (oldest run first).
 
         Runs are isolated from each other: whatever the recovery of one raises is logged and
         the others go on. A run that cannot be replayed with the code now deployed
@@ -559,7 +592,22 @@ class DurableRunner:
         async with anyio.create_task_group() as tg:
             for i, row in enumerate(rows):
                 tg.start_soon(one, i, row)
-        return [run for run in found if run is not None]
+        woken = await self._wake_all_due()
+        return [run for run in found if run is not None] + woken
+
+    async def _wake_all_due(self) -> builtins.list[Run]:
+        """The sleeping runs that are due, continued now (what the timer loop does next)."""
+        results: builtins.list[Run] = []
+        for row in await self.store.due(await self.store.clock()):
+            if row.id in self._steps:
+                continue
+            try:
+                results.append(await self._wake(row))
+            except ConflictError:
+                continue
+            except _DEPLOYMENT_ERRORS as err:
+                logger.warning("sleeping run %s cannot be continued: %s", row.id, err)
+        return results
 
     async def unpark(self, run_id: str) -> Run:
         """Let `recover()` continue a parked run again (after fixing what made its recovery
@@ -651,7 +699,8 @@ class DurableRunner:
         token = _current_run.set(step.row.id)
         try:
             interp = _Interpreter(
-                with_handler(comp, effect_logger), (_Checkpoints(self, step), *self.handlers)
+                with_handler(comp, effect_logger),
+                (_Checkpoints(self, step), Timers(self, step), *self.handlers),
             )
         finally:
             _current_run.reset(token)
@@ -680,6 +729,11 @@ class DurableRunner:
             if status is RunStatus.RUNNING:
                 holder = f" (lease held by {row.lease_owner})" if row.lease_owner else ""
                 raise ConflictError(f"cannot {action} run {run_id!r}: a step is running{holder}")
+            if status is RunStatus.SLEEPING:
+                raise ConflictError(
+                    f"cannot {action} run {run_id!r}: it is sleeping until "
+                    f"{_stamp(row.wake_at or 0).isoformat()}"
+                )
             if status is not RunStatus.SUSPENDED:
                 raise ResumeError(f"cannot {action} run {run_id!r}: it is {status.value}")
             if revision is not None and revision != row.revision:
@@ -863,6 +917,8 @@ class DurableRunner:
             step.scope = None
             if step.failure is not None:
                 raise step.failure
+            if scope.cancelled_caught and step.sleep_until is not None and not step.cancelling:
+                return await self._release_sleeping(step)
             if scope.cancelled_caught:
                 # adrive unwound the computation (its cleanup ran) before re-raising.
                 outcome = Cancelled(step.cancel_reason)
@@ -1020,6 +1076,47 @@ class DurableRunner:
         step.leased = False
         return self._to_run(step.row, live)
 
+    async def _release_sleeping(self, step: _Step) -> Run:
+        """Release a run whose step stopped at a long sleep: `sleeping` until `sleep_until`."""
+        changes: dict[str, Any] = {
+            "status": RunStatus.SLEEPING.value,
+            "wake_at": step.sleep_until,
+            "lease_owner": None,
+            "lease_expires": None,
+            "answer": None,
+        }
+        # The wake-up time was checkpointed before the wait began: the log has nothing new.
+        await self._commit(step, changes, step.final_log)
+        step.leased = False
+        self._timer_changed.set()
+        return self._to_run(step.row)
+
+    async def _wake(self, row: RunRow, cancel: tuple[Any] | None = None) -> Run:
+        """Continue a sleeping run by replay (its timer is due, or it is being cancelled)."""
+        if row.id in self._steps:
+            raise ConflictError(f"run {row.id!r} is running a step in this process")
+        placeholder = _Step(row, LogRows(row.id), None)  # type: ignore[arg-type]
+        self._steps[row.id] = placeholder
+        try:
+            with anyio.CancelScope(shield=True):  # see `_timer_loop`
+                row, entries = await self.store.load(row.id)
+            if row.status != RunStatus.SLEEPING.value:
+                raise ConflictError(f"run {row.id!r} is no longer sleeping ({row.status})")
+            function = _registered(row)
+            sig = signature(function)
+            comp = sig.load_args(row.id, row.args)
+            step = _Step(row, LogRows(row.id, entries), sig)
+            log = make_log(row.name, row.version, row.id, entries)
+            interp = self._interpreter(step, comp, function, log)
+            await self._acquire(step, ("sleeping",), cancel=cancel is not None)
+        except BaseException:
+            del self._steps[row.id]
+            raise
+        if cancel is not None:
+            step.cancelling, step.cancel_reason = True, cancel[0]
+        # The replay ends at the recorded wake-up time, which has come (or the cancel wins).
+        return await self._launch(step, lambda: interp.adrive(None, None), True, recovering=True)
+
     # -- snapshots --------------------------------------------------------------------------
 
     def _publish(self, row: RunRow) -> None:
@@ -1065,9 +1162,53 @@ class DurableRunner:
             cancel_requested=bool(row.cancel_requested),
             parked=row.parked,
             recovery_attempts=row.recovery_attempts,
+            wake_at=(
+                _stamp(row.wake_at)
+                if status is RunStatus.SLEEPING and row.wake_at is not None
+                else None
+            ),
         )
 
     # -- background tasks -------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        """Continue sleeping runs when they are due, whichever process put them to sleep."""
+        while True:
+            delay = self.timer_poll
+            try:
+                # Shielded: a query cut off by the runner's shutdown leaves SQLAlchemy a
+                # connection to close in a task of its own, which can outlive the event loop.
+                with anyio.CancelScope(shield=True):
+                    now = await self.store.clock()
+                    due = await self.store.due(now)
+                    following = await self.store.next_wake(now)
+                for row in due:
+                    if row.id not in self._steps and self._unwakeable.get(row.id) != row.revision:
+                        assert self._tg is not None
+                        # Reserved now: the next round must not start it a second time.
+                        reserved = _Step(row, LogRows(row.id), None)  # type: ignore[arg-type]
+                        self._steps[row.id] = reserved
+                        self._tg.start_soon(self._wake_due, row, reserved)
+                if following is not None:
+                    delay = min(delay, max(following - now, 0.0))
+            except Exception as err:
+                logger.warning("could not look for due timers: %s", err)
+            with anyio.move_on_after(delay):
+                await self._timer_changed.wait()
+            self._timer_changed = anyio.Event()
+
+    async def _wake_due(self, row: RunRow, reserved: _Step) -> None:
+        if self._steps.get(row.id) is reserved:
+            del self._steps[row.id]
+        try:
+            await self._wake(row)
+        except ConflictError:
+            pass  # another process took it first, or it changed meanwhile
+        except _DEPLOYMENT_ERRORS as err:
+            self._unwakeable[row.id] = row.revision
+            logger.warning("sleeping run %s cannot be continued: %s", row.id, err)
+        except Exception:
+            logger.exception("sleeping run %s: the step failed", row.id)
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Follow changes committed by other processes (PostgreSQL NOTIFY), for as long as the

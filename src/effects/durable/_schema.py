@@ -36,7 +36,7 @@ runs = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     # {"parameter": json value}, encoded through the computation function's type hints.
     sa.Column("args", sa.Text, nullable=False),
-    # running | suspended | done | failed | cancelled
+    # running | suspended | sleeping | done | failed | cancelled
     sa.Column("status", sa.String(16), nullable=False),
     # The pending Yield's prompt (JSON) and the JSON schema of its `input` type, if any.
     sa.Column("prompt", sa.Text, nullable=True),
@@ -61,7 +61,11 @@ runs = sa.Table(
     sa.Column("recovery_attempts", sa.Integer, nullable=False, server_default="0"),
     # Why recovery gave up on the run (it is skipped by `recover()` until `unpark`), or NULL.
     sa.Column("parked", sa.Text, nullable=True),
+    # When a `sleeping` run is due (UTC epoch seconds, by the database's clock): any runner's
+    # timer loop takes it then and continues it by replay.
+    sa.Column("wake_at", sa.Double, nullable=True),
     sa.Index("effects_runs_status", "status", "created_at"),
+    sa.Index("effects_runs_wake", "status", "wake_at"),
 )
 """One row per durable run: what it is, where it is, who holds it."""
 
@@ -123,10 +127,21 @@ def _owners(conn: sa.Connection) -> None:
     owners.create(conn, checkfirst=True)
 
 
+def _timers(conn: sa.Connection) -> None:
+    # Additive: existing runs have no timer. Same SQL on SQLite and PostgreSQL; skipped parts
+    # that exist already (tables created from this module's latest definitions).
+    inspector = sa.inspect(conn)
+    if "wake_at" not in {c["name"] for c in inspector.get_columns(runs.name)}:
+        conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN wake_at DOUBLE PRECISION"))
+    if "effects_runs_wake" not in {i["name"] for i in inspector.get_indexes(runs.name)}:
+        conn.execute(sa.text(f"CREATE INDEX effects_runs_wake ON {runs.name} (status, wake_at)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and effect log", _initial),
     Migration(2, "recovery attempts and parked runs", _recovery_attempts),
     Migration(3, "owners: one live runner per owner", _owners),
+    Migration(4, "durable timers: sleeping runs and their wake-up time", _timers),
 )
 """Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
 

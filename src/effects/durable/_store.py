@@ -102,6 +102,7 @@ class RunRow:
     updated_at: float
     recovery_attempts: int = 0
     parked: str | None = None
+    wake_at: float | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> RunRow:
@@ -872,6 +873,35 @@ class Store:
             if result.rowcount:
                 await self._notify(conn, run_id, row.revision, flag=True)
         return RunRow.from_row(row)
+
+    async def clock(self) -> float:
+        """The database's current time (`db_now()`, UTC epoch seconds): what timers are set
+        and judged by, as leases are, whichever host asks."""
+        if self.in_memory:
+            return _now()  # the same clock as `db_now()` here, without a query
+        async with self._reader.connect() as conn:
+            value: Any = await conn.scalar(sa.select(db_now()))
+        return float(value)
+
+    async def due(self, now: float, limit: int = 100) -> builtins.list[RunRow]:
+        """Sleeping runs whose wake-up time has come by `now`, earliest first."""
+        query = (
+            sa.select(S.runs)
+            .where(S.runs.c.status == "sleeping", S.runs.c.wake_at <= now)
+            .order_by(S.runs.c.wake_at, S.runs.c.id)
+            .limit(limit)
+        )
+        async with self._reader.connect() as conn:
+            return [RunRow.from_row(r) for r in await conn.execute(query)]
+
+    async def next_wake(self, after: float) -> float | None:
+        """The earliest wake-up time of a sleeping run later than `after`, if any."""
+        query = sa.select(sa.func.min(S.runs.c.wake_at)).where(
+            S.runs.c.status == "sleeping", S.runs.c.wake_at > after
+        )
+        async with self._reader.connect() as conn:
+            value = await conn.scalar(query)
+        return None if value is None else float(value)
 
     async def recoverable(self, owner: str) -> builtins.list[RunRow]:
         """Running runs whose step has no live owner: the lease is ours (a previous life of
