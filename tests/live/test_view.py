@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import pytest
-from live_client import SECRET, LiveServer, Visitor, form_key, region
+from live_client import (
+    SECRET,
+    EventReader,
+    LiveServer,
+    Visitor,
+    form_key,
+    page_position,
+    parse_id,
+    region,
+)
 from markupsafe import Markup
 
 from bridges.live import Event, LiveApp, LiveView, NotFound, Page, Reply
@@ -76,12 +87,21 @@ class Counter(LiveView):
         return f"Counter {self.name}"
 
 
+class Bounded(Counter):
+    """A counter whose page runs out of revisions after 3 renders."""
+
+    async def mount(self, page: Page) -> None:
+        await super().mount(page)
+        page.projection.limit = 3
+
+
 @pytest.fixture
 def server(serve: Serve, tmp_path: Path) -> LiveServer:
     (tmp_path / "counter.html").write_text(COUNTER)
     (tmp_path / "note.html").write_text(NOTE)
     live = LiveApp(secret=SECRET, template_dirs=[tmp_path], title="Counters")
     live.page("/count/{name}", Counter)
+    live.page("/bounded/{name}", Bounded)
     return serve(live.build())
 
 
@@ -161,6 +181,68 @@ async def test_messages_reach_the_stream_and_the_final_one_is_never_lost(
             await ada.post("/count/a", "burst", "b1", {"n": "5000"}, live=True)
             await events.until("note", "tick 5000")
             assert len(events.ids) < 5000
+
+
+async def read_to_the_end(events: EventReader) -> None:
+    with anyio.fail_after(10):  # pings would keep a stream that never ends alive
+        while True:
+            await events.next()
+
+
+async def test_a_page_out_of_revisions_starts_a_new_epoch(server: LiveServer) -> None:
+    """When a page's revision reaches its bound, it starts a new epoch and ends its streams;
+    the client's reconnection, with its old id, gets the new epoch's full snapshot."""
+    async with Visitor(server.url) as ada:
+        page = await ada.get("/bounded/a")
+        old = page_position(page)
+        epoch, revision = parse_id(old)
+        assert revision == 1
+        async with ada.stream("/bounded/a", last_event_id=old) as events:
+            event, data = await events.next()
+            assert (event.event, data["regions"]) == ("snapshot", {})
+            for _ in range(3):
+                page = await ada.get("/bounded/a")
+                await ada.post("/bounded/a", "inc", form_key(page, "inc"), live=True)
+            with pytest.raises(EOFError):
+                await read_to_the_end(events)
+            assert events.epochs == {epoch}
+            assert max(events.ids) == 3
+        async with ada.stream("/bounded/a", last_event_id=f"{epoch}.3") as events:
+            event, data = await events.next()
+            new_epoch, revision = parse_id(event.id)
+            assert new_epoch != epoch
+            assert revision == 1
+            assert set(data["regions"]) == {"counter", "note"}
+            assert "<output>3</output>" in data["regions"]["counter"]["html"]
+
+
+async def drain(ws: Any) -> None:
+    with anyio.fail_after(10):
+        while True:
+            await ws.recv()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the websockets client
+async def test_a_new_epoch_closes_the_websocket_too(server: LiveServer) -> None:
+    """Over the WebSocket the server closes with 1012 (service restart): the client
+    reconnects and takes the new epoch's snapshot."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with Visitor(server.url) as ada:
+        page = await ada.get("/bounded/b")
+        url = f"ws://127.0.0.1:{server.port}/bounded/b/_live/ws"
+        headers = {"Cookie": ada.cookie}
+        async with connect(url, origin=server.url, additional_headers=headers) as ws:  # type: ignore[arg-type]
+            with anyio.fail_after(20):
+                assert json.loads(await ws.recv())["type"] == "snapshot"
+                for _ in range(3):
+                    page = await ada.get("/bounded/b")
+                    await ada.post("/bounded/b", "inc", form_key(page, "inc"), live=True)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await drain(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1012
 
 
 def test_render_must_be_implemented() -> None:
