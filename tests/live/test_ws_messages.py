@@ -13,7 +13,7 @@ from live_client import SECRET, LiveServer, Visitor, form_key
 from live_flows import signup
 
 from bridges.live import wizard_app
-from bridges.live._messages import MAX_DEPTH, MAX_MESSAGE, BadMessage, nesting, parse_command
+from bridges.live._messages import MAX_DEPTH, MAX_MESSAGE, BadMessage, parse_command, too_deep
 
 Serve = Callable[[Any], LiveServer]
 
@@ -111,9 +111,13 @@ def test_parse_command_bounds() -> None:
     parse_command(
         json.dumps({**ok, "extra": json.loads("[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1))})
     )
-    assert nesting(nested) == MAX_DEPTH
-    assert nesting('{"a": "[[[[[[[[[[[[\\"[[[[["}') == 1
-    assert nesting('"unterminated [[[[') == 0
+    assert not too_deep(nested)
+    assert too_deep("[" + nested + "]")
+    assert too_deep("[" * (MAX_DEPTH + 1))  # unbalanced, but deep all the same
+    assert not too_deep("[}" * 1000 + "][" * 1000)  # unbalanced and shallow: left to the parser
+    assert not too_deep('{"a": "[[[[[[[[[[[[\\"[[[[["}')
+    assert not too_deep('"unterminated [[[[[[[[[[[[[[[[')
+    assert not too_deep("[]" * 30_000)
     with pytest.raises(BadMessage) as deep:
         parse_command(json.dumps({**ok, "extra": json.loads(nested)}))
     assert deep.value.code == "too_deep"

@@ -26,7 +26,8 @@ MAX_ERRORS = 20  # validation errors reported in one envelope
 # A JSON string, escapes included; what is left outside strings is the message's structure.
 # The alternatives cannot overlap, so a hostile string cannot make the regex backtrack.
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_PAIR = re.compile(r"\[\]|\{\}")
 
 
 def json_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -91,17 +92,25 @@ class BadMessage(Exception):
         }
 
 
-def nesting(text: str) -> int:
-    """How deep arrays and objects nest in `text` (JSON or not), brackets inside strings not
-    counted. Linear and without recursion, so it is safe on any input of bounded size."""
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_STRING.sub("", text)):
-        if match.group() in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than `limit` deep in `text` (JSON or not),
+    brackets inside strings not counted. Linear and without recursion, so safe on any input."""
+    skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    # Fast path, at C speed: each pass removes the innermost pairs, one level of nesting.
+    reduced = skeleton
+    for _ in range(limit):
+        reduced, removed = _PAIR.subn("", reduced)
+        if not reduced:
+            return False
+        if not removed:
+            break
+    # Something is left: deeper than `limit`, or unbalanced. Count, stopping past the limit.
+    depth = 0
+    for char in skeleton:
+        depth += 1 if char in "[{" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def _ref(text: str) -> str | None:
@@ -125,7 +134,7 @@ def parse_command(frame: str | bytes | None) -> WsCommand:
             frame = frame.decode("utf-8")
         except UnicodeDecodeError:
             raise BadMessage("invalid", "a binary frame must be UTF-8 JSON") from None
-    if nesting(frame) > MAX_DEPTH:
+    if too_deep(frame):
         raise BadMessage("too_deep", f"a message may nest at most {MAX_DEPTH} levels")
     try:
         return WsCommand.model_validate_json(frame)
