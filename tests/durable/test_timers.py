@@ -438,3 +438,36 @@ async def test_an_in_memory_store_sleeps_in_memory(flows: ModuleType) -> None:
     async with DurableRunner("sqlite+aiosqlite://", handlers=Clock(), sleep_in_memory=0) as runner:
         run = await runner.start(flows.nap(0.05))
     assert run.outcome == Done("woke")
+
+
+# -- the kill-point harness -------------------------------------------------------------------
+
+TIMER_KILLS = [f"{when}:{i}" for i in range(3) for when in ("before", "after")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kill_at", TIMER_KILLS)
+async def test_a_sleeping_flow_killed_at_any_point_recovers_each_effect_once(
+    tmp_path: Path, forked: Any, monkeypatch: pytest.MonkeyPatch, kill_at: str
+) -> None:
+    """Killed before or after each external effect of a flow that sleeps between them, the
+    run is finished by `recover()`: every effect applied once, every timer set once (a
+    restart reuses the recorded wake-up time)."""
+    monkeypatch.syspath_prepend(str(WORKERS))
+    import crash_flows
+
+    counter = str(tmp_path / "counter.db")
+    crash_flows.init_counter(counter)
+    forked("--db", _db(tmp_path), "--counter", counter, "--run-id", "t1", "--owner", "w1",
+           "--flow", "timer", "--action", "start", "--kill-at", kill_at)  # fmt: skip
+    async with DurableRunner(_db(tmp_path), handlers=crash_flows.HANDLERS, owner="w1") as runner:
+        before = [e.result for e in _timer_entries(await runner.get_log("t1"))]
+        [run] = await runner.recover()
+        log = await runner.get_log("t1")
+    assert run.outcome == Done(0 + 1 + 2)
+    _, applied = crash_flows.read_counter(counter)
+    assert sorted(i for _, i in applied) == [0, 1, 2]
+    timers = [e.result for e in _timer_entries(log)]
+    assert len(timers) == 2
+    assert timers[: len(before)] == before
+    assert [e.effect for e in log.entries].count("effects.Sleep") == 2

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from effects import Call, Effect, Fresh, Yield, computation, handler
+from effects import Call, Clock, Effect, Fresh, Yield, computation, handler
 from effects.durable import at_most_once, idempotency_key
 
 KILL_AT: str | None = None
@@ -148,4 +148,18 @@ def name_flow() -> Generator[Any, Any, str]:
     return name
 
 
-HANDLERS = (Fresh(), charges)
+@computation(name="crash.timer", version=1)
+def timer_flow(counter: str) -> Generator[Any, Any, int]:
+    """Three external effects (0, 1, 2) with a durable sleep (held in memory) between each."""
+    total = yield Call(side_effect, counter, 0, "t")
+    yield Clock.sleep(TIMER_SLEEP)
+    total += yield Call(side_effect, counter, 1, "t")
+    yield Clock.sleep(TIMER_SLEEP)
+    total += yield Call(side_effect, counter, 2, "t")
+    return total
+
+
+TIMER_SLEEP = 0.3
+"""Seconds each sleep of `timer_flow` lasts."""
+
+HANDLERS = (Fresh(), charges, Clock())

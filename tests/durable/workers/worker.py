@@ -34,6 +34,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     comp = crash_flows.cleanup_flow(args.counter)
                 elif args.flow == "blocking":
                     comp = crash_flows.blocking_flow(args.counter)
+                elif args.flow == "timer":
+                    comp = crash_flows.timer_flow(args.counter)
                 else:
                     comp = crash_flows.flow(args.steps, args.counter)
                 if args.action == "cancel-running":
@@ -76,7 +78,9 @@ def run(argv: list[str]) -> dict[str, Any]:
         choices=["start", "resume", "recover", "cancel", "cancel-running"],
         required=True,
     )
-    parser.add_argument("--flow", choices=["flow", "charge", "cleanup", "blocking"], default="flow")
+    parser.add_argument(
+        "--flow", choices=["flow", "charge", "cleanup", "blocking", "timer"], default="flow"
+    )
     parser.add_argument("--counter", default="")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--run-id")
