@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -16,14 +18,20 @@ from effects import (
     Handler,
     Suspend,
     Throw,
+    UnhandledSuspension,
     Yield,
     YieldDuringCancellation,
     arun,
     astart,
     handler,
+    run,
     start,
     with_handler,
 )
+
+
+class Boom(Exception):
+    pass
 
 
 class Note(Effect[None]):
@@ -129,6 +137,94 @@ def test_abandoned_suspension_is_closed_quietly() -> None:
     assert isinstance(s, Suspend)
     del s
     assert closed == ["closed"]
+
+
+def test_abandoned_suspension_with_nested_cleanups_is_closed_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nested `finally` blocks that perform effects (in one generator and across `yield from`)
+    are all entered when a suspension is dropped, and nothing is left for the garbage
+    collector to close noisily (found by tests/test_properties.py)."""
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    closed: list[str] = []
+
+    def inner() -> Generator[Any, Any, None]:
+        try:
+            try:
+                yield Yield("?")
+            finally:
+                closed.append("inner 1")
+                yield Note("cannot run")
+        finally:
+            closed.append("inner 2")
+            yield Note("cannot run either")
+
+    def comp() -> Generator[Any, Any, None]:
+        try:
+            yield from inner()
+        finally:
+            closed.append("outer")
+            yield Note("nor this")
+
+    s = start(comp(), _recorder()[1])
+    assert isinstance(s, Suspend)
+    del s
+    gc.collect()
+    assert closed == ["inner 1", "inner 2", "outer"]
+    assert unraisable == []
+
+
+def test_run_closes_a_computation_that_suspends_at_once() -> None:
+    """`run` refuses a computation that suspends and closes it right away: its cleanup has
+    run when `UnhandledSuspension` arrives, even while the exception (whose traceback holds
+    the dropped run) is kept (found by tests/test_properties.py)."""
+    closed: list[str] = []
+
+    def comp() -> Generator[Any, Any, None]:
+        try:
+            try:
+                yield Yield("?")
+            finally:
+                closed.append("inner")
+                yield Note("cannot run")
+        finally:
+            closed.append("outer")
+
+    with pytest.raises(UnhandledSuspension) as caught:
+        run(comp(), _recorder()[1])
+    assert caught.value.__traceback__ is not None
+    assert closed == ["inner", "outer"]
+
+
+def test_dropped_run_whose_cleanup_raises_still_closes_outer_scopes() -> None:
+    """A `finally` that raises while an abandoned run is closed does not stop the outer frames
+    and handler scopes from being closed; the error is reported once, as Python reports a
+    failing generator cleanup (found by tests/test_properties.py)."""
+    cleaned: list[str] = []
+
+    class Tracked(Handler):
+        def cleanup(self) -> None:
+            cleaned.append("scope")
+
+    def inner() -> Generator[Any, Any, None]:
+        try:
+            yield Yield("?")
+        finally:
+            raise Boom("cleanup failed")
+
+    def outer() -> Generator[Any, Any, None]:
+        try:
+            yield inner()  # a frame of its own
+        finally:
+            cleaned.append("outer finally")
+
+    s = start(with_handler(outer(), Tracked()))
+    assert isinstance(s, Suspend)
+    cont, _ = s._take(None, validate=False)
+    with pytest.raises(Boom, match="cleanup failed"):
+        cont.discard()
+    assert cleaned == ["outer finally", "scope"]
 
 
 @pytest.mark.anyio

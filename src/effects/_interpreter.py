@@ -444,7 +444,10 @@ class Run:
                 except anyio.get_cancelled_exc_class():
                     reason = self.interrupt_reason
                     if reason is None and self.discard_on_interrupt:
-                        self.discard()
+                        # Treated as a crash: the cancellation must go on, whatever a
+                        # `finally` block raises while the generators are closed.
+                        with contextlib.suppress(Exception):
+                            self.discard()
                         raise
                     if reason is None:
                         reason = "cancelled by the task group"
@@ -460,17 +463,57 @@ class Run:
         """Close an abandoned run's generators and handler scopes, innermost first, without
         running effects (nobody is left to answer them)."""
         frames, self.frames = self.frames, []
+        error: Exception | None = None
         for gen, _, scope in reversed(frames):
             try:
-                gen.close()
-            except RuntimeError:
-                # "generator ignored GeneratorExit": a finally block tried to perform an
-                # effect; there is nobody left to answer it.
-                pass
+                _close(gen)
+            except Exception as err:
+                # A `finally` block raised: every outer frame and scope is still closed, then
+                # the first such error is raised (from `Suspend.__del__`, Python prints it as
+                # it does for any generator whose cleanup fails when collected).
+                if error is None:
+                    error = err
             if scope is not None:
                 for h in scope.cleanups:
                     with contextlib.suppress(Exception):
                         h.cleanup()
+        if error is not None:
+            raise error
+
+
+# More cleanup levels than any real computation nests; a generator that keeps yielding when
+# closed (it catches GeneratorExit in a loop) is left to the garbage collector after that.
+_CLOSE_ATTEMPTS = 1000
+
+
+def _close(gen: Any) -> None:
+    """Close an abandoned generator for good, innermost delegate first.
+
+    A `finally` block that performs an effect makes `close()` raise "generator ignored
+    GeneratorExit" and leaves that generator suspended inside the block: nobody is left to
+    answer the effect. If it was a delegate (`yield from`), the error moves on to the generator
+    that delegated to it and the delegate is orphaned, still suspended. Either way, the garbage
+    collector would later close it and print the error as an unraisable exception. So: close
+    the innermost generator of the `yield from` chain, once per attempt, until `gen` has
+    finished; each attempt abandons at least one level of cleanup.
+    """
+    if type(gen) is not GeneratorType:
+        with contextlib.suppress(RuntimeError):
+            gen.close()  # not a generator (an iterator with close): nothing to walk
+        return
+    for _ in range(_CLOSE_ATTEMPTS):
+        if gen.gi_frame is None:
+            return
+        inner = gen
+        while True:
+            sub = inner.gi_yieldfrom
+            if type(sub) is not GeneratorType or sub.gi_frame is None:
+                break
+            inner = sub
+        try:
+            inner.close()
+        except RuntimeError:
+            pass
 
 
 def close_awaitable(aw: Any) -> None:

@@ -19,10 +19,19 @@ def _value(outcome: Outcome) -> Any:
     if type(outcome) is Throw:
         raise outcome.error
     if type(outcome) is Suspend:
-        raise UnhandledSuspension(
+        # Nobody can resume it now: close the run here rather than whenever the garbage
+        # collector frees the Suspend (kept alive by this exception's traceback, it is freed
+        # with a cycle, and then its generators may be closed first, noisily, and out of order).
+        refused = UnhandledSuspension(
             f"the computation suspended at Yield({outcome.value!r}); drive suspending "
             "computations with start()/astart() or AsyncComputation"
         )
+        cont, _ = outcome._take(None, validate=False)
+        try:
+            cont.discard()
+        except Exception as err:  # a cleanup failed while closing it: keep that visible
+            raise refused from err
+        raise refused
     assert type(outcome) is Cancelled
     raise Cancellation(outcome.reason)
 
