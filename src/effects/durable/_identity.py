@@ -75,10 +75,48 @@ _PYTHON = SchemaSerializer(core_schema.any_schema())
 def encode(value: Any) -> Any:
     """The canonical JSON form of an argument value (raises `TypeError`, `ValueError` or
     `PydanticSerializationError` when it has none)."""
+    try:
+        return _plain(value)
+    except (_NotPlain, RecursionError):  # (a list holding itself: pydantic names the cycle)
+        pass
     out = pydantic_core.to_jsonable_python(value, fallback=_symbol)
     if _has_list(out):
         out = _sort_sets(_PYTHON.to_python(value), out)
     return out
+
+
+class _NotPlain(Exception):
+    """A value `_plain` leaves to pydantic."""
+
+
+_LEAVES = (str, int, bool, type(None))
+_CALLABLES = (types.FunctionType, types.MethodType, functools.partial)
+
+
+def _plain(value: Any) -> Any:
+    # The common case, without pydantic: builtin containers of plain values and callables,
+    # giving exactly what pydantic would (tuples as lists), with sets sorted.
+    t = type(value)
+    if t in _LEAVES:
+        return value
+    if t is float:
+        if value - value == 0:  # finite (nan and inf are pydantic's to decide)
+            return value
+        raise _NotPlain
+    if t is list or t is tuple:
+        return [_plain(v) for v in value]
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NotPlain
+            out[k] = _plain(v)
+        return out
+    if t is set or t is frozenset:
+        return sorted((_plain(v) for v in value), key=_key)
+    if isinstance(value, _CALLABLES):
+        return _symbol(value)
+    raise _NotPlain
 
 
 def _has_list(js: Any) -> bool:
