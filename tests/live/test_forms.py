@@ -202,3 +202,28 @@ def test_rendered_form_escapes_values_and_marks_errors() -> None:
     assert 'aria-invalid="true"' in html
     assert 'aria-describedby="f-age-err"' in html
     assert isinstance(macro(form.fields[0]), Markup | str)
+
+
+def test_text_is_stripped_so_blank_answers_fail_min_length() -> None:
+    """A name of spaces is no name: text is stripped before validation (so `min_length`
+    refuses it and a blank optional field takes its default); secrets are kept as typed."""
+    data = parse_form(
+        Signup,
+        {
+            "name": ["   "],
+            "age": [" 36 "],
+            "color": ["red"],
+            "bio": ["  \n "],
+            "password": [" pw "],
+            "address.street": ["  Main St \t"],
+            "address.zip": ["12345"],
+        },
+    )
+    assert data["name"] == ""
+    assert data["age"] == "36"
+    assert "bio" not in data
+    assert data["password"] == " pw "
+    assert data["address"]["street"] == "Main St"
+    errors = validation_errors(Signup, data)
+    assert [(e["loc"], e["type"]) for e in errors] == [(("name",), "string_too_short")]
+    assert parse_form(str, {"value": ["  x "]}) == "x"

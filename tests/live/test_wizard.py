@@ -58,6 +58,22 @@ async def test_wizard_walks_through_its_steps(serve: Serve, db_url: str) -> None
         assert path in index
 
 
+async def test_blank_name_is_refused(serve: Serve, db_url: str) -> None:
+    """A name made of spaces does not pass `min_length=1`: the step stays, with the error."""
+    server = make(serve, db_url)
+    async with Visitor(server.url) as ada:
+        path = await ada.start()
+        page = await ada.get(path)
+        key = form_key(page, "answer")
+        response = await ada.post(path, "answer", key, {"name": "  \t ", "age": "36"}, live=True)
+        assert response.status_code == 422
+        assert [e["loc"] for e in response.json()["errors"]] == [["name"]]
+        page = await ada.answer(path, {"name": "  Ada ", "age": "36"})
+        assert "Choose a plan" in region(page, "main")
+        page = await ada.answer(path, {"plan": "pro"})
+        assert "Ada (36) on pro" in region(page, "main")
+
+
 async def test_invalid_input_keeps_the_step(serve: Serve, db_url: str) -> None:
     """An invalid answer re-renders the same step with errors next to the fields and the
     values kept; the same key then takes the corrected answer."""

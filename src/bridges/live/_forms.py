@@ -397,19 +397,31 @@ def _value(resolver: _Resolver, name: str, prop: Schema, required: bool, form: F
         return [line.strip() for text in raw for line in text.splitlines() if line.strip()]
     if stype == "boolean":
         return bool(raw) and raw[0] not in ("", "false", "off", "0")
-    if not raw or raw[0] == "":
+    # What a browser sends is what was typed, spaces included: a name of spaces is no name,
+    # so `min_length` and "required" judge the text without them. Secrets are taken as typed.
+    text = raw[0] if raw else None
+    if text is not None and not _is_secret(schema):
+        text = text.strip()
+    if not text:
         if not required:
             return _OMIT  # the model's default applies
         if nullable:
             return None
-        return raw[0] if raw else None
-    return raw[0]
+        return text
+    return text
+
+
+def _is_secret(schema: Schema) -> bool:
+    return schema.get("format") == "password" or schema.get("widget") == "password"
 
 
 def parse_form(input: Any, form: FormData) -> Any:
     """Turn submitted form data into the answer of a `Yield(input=...)`: a dict for an
     object (nested objects from dotted names), the bare value otherwise. Values stay strings
-    where the schema says number or date: pydantic converts them when it validates."""
+    where the schema says number or date: pydantic converts them when it validates. Text is
+    stripped of surrounding whitespace (passwords excepted), so a field left blank or filled
+    with spaces counts as empty: optional ones take their default, and `min_length` applies to
+    what remains."""
     root = input_schema(input)
     resolver = _Resolver(root)
     if _is_object(resolver, root):
