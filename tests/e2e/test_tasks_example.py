@@ -137,3 +137,28 @@ async def test_a_restart_mid_download_downloads_again(
         shown = (await anyio.run_process(command)).stdout.decode()
     assert shown.count("importer.spawn") == 2
     assert "importer.SourceLost" in shown
+
+
+async def test_a_recovered_run_shows_its_tree_in_the_open_tab(
+    start_server: StartServer, new_page: NewPage, tmp_path: Path
+) -> None:
+    """The open tab follows a run across a server restart: the next process continues the
+    run, and the tab shows its task tree (rebuilt by replay) to the end, and again on reload."""
+    port, db = free_port(), tmp_path / "runs.db"
+    server = start_server("tasks", "--db", str(db), port=port)
+    page = await new_page()
+    url = await start_import(page, server.url, rows=300, speed=100)
+    await expect(page.locator("#live-output")).to_contain_text("5,User 5,")
+    server.stop()
+    start_server("tasks", "--db", str(db), port=port)
+    output, tasks = page.locator("#live-output"), page.locator("#live-tasks")
+    await expect(output).to_contain_text("downloading again", timeout=10_000)
+    await expect(tasks).to_contain_text("Download contacts.csv")
+    await expect(page.locator("#live-main")).to_contain_text(
+        "277 contacts imported, 23 rejected", timeout=15_000
+    )
+    await page.wait_for_function(ALL_FULL)
+    await expect(tasks.locator("section[data-status=completed]")).to_have_count(1)
+    await page.goto(url)
+    await expect(tasks.locator(".live-task-completed")).to_have_count(4)
+    await expect(output).to_contain_text("300,User 300,")

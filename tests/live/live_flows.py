@@ -102,3 +102,29 @@ def job(items: int, width: int = 10, gate: str = "") -> Generator[Any, Any, int]
 def _wait(name: str) -> Generator[Any, Any, None]:
     yield Output(f"waiting at {name}")
     yield Call(wait_gate, name)
+
+
+class Prepared(BaseModel):
+    """The start form of `prepared`."""
+
+    gate: str
+    then: Literal["fail", "ask"] = "fail"
+
+
+@computation(name="live_tests.prepared", version=1)
+def prepared(gate: str, then: str = "fail") -> Generator[Any, Any, bool]:
+    """A task, then a wait at a gate outside any task, then a failure or a question: continued
+    after a restart at the gate, the step performs no task effect at all."""
+
+    def prepare() -> Generator[Any, Any, None]:
+        yield Progress(0, 2)
+        yield Output("prepared")
+        yield Progress(2)
+
+    yield from task("Prepare", prepare())
+    yield Call(anyio.sleep, 0)  # recorded: after a restart, the task above is replayed
+    yield Call(wait_gate, gate)
+    if then == "fail":
+        raise ValueError("no luck")
+    answer: bool = yield Yield("Go on?", input=bool)
+    return answer

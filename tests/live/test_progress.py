@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from live_client import SECRET, LiveServer, RawStream, Visitor, form_key, region
-from live_flows import Job, gate, job
+from live_flows import Job, Prepared, gate, job, prepared
 
-from bridges.live import progress_app
+from bridges.live import TasksHub, progress_app
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +195,77 @@ async def test_work_cut_off_by_a_restart_is_recovered(
             await events.until("status", "Finished.")
         page = await ada.get(path)
         assert ">20<" in region(page, "main")
+
+
+def _run_id(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+async def test_tree_root_follows_a_failed_or_cancelled_run(
+    serve: Serve, db_url: str, gate_name: str
+) -> None:
+    """The root of a run's task tree is the run: once the run failed or was cancelled, the
+    root says so, in the tasks hub and on the page (it used to stay `running`)."""
+    hub = TasksHub()
+    server = serve(
+        progress_app(prepared, secret=SECRET, url=db_url, start_input=Prepared, hub=hub, settle=0)
+    )
+    async with Visitor(server.url) as ada:
+        path = await ada.start({"gate": gate_name})
+        async with ada.stream(path) as events:
+            await events.until("tasks", "Prepare")
+            gate(gate_name).set()
+            await events.until("status", "Failed.")
+            await events.until("tasks", 'data-status="failed"')
+        tree = hub.latest(_run_id(path))
+        assert tree is not None
+        assert (tree.root.status, tree.root.error) == ("failed", "ValueError: no luck")
+        assert [n.status for n in tree.nodes[1:]] == ["completed"]
+
+    other = make(serve, db_url.replace("runs.db", "jobs.db"), hub=(jobs := TasksHub()))
+    cancel_gate = gate_name + "-cancel"
+    try:
+        async with Visitor(other.url) as ada:
+            path = await ada.start({"items": "5", "gate": cancel_gate})
+            page = await ada.get(path)
+            async with ada.stream(path) as events:
+                await events.until("tasks", "Waiting")
+                key = form_key(region(page, "controls"), "cancel")
+                assert (await ada.post(path, "cancel", key, live=True)).json()["ok"]
+                await events.until("tasks", 'data-status="cancelled"')
+            tree = jobs.latest(_run_id(path))
+            assert tree is not None
+            assert [n.status for n in tree.nodes] == ["cancelled", "cancelled"]
+    finally:
+        gate(cancel_gate).set()
+
+
+@pytest.mark.parametrize("then", ["fail", "ask"])
+async def test_a_recovered_run_shows_its_tree(
+    serve: Serve, db_url: str, gate_name: str, then: str
+) -> None:
+    """A run continued by the next server process shows the task tree rebuilt by replay, even
+    when the continued step fails or asks a question without any task effect of its own."""
+    options = {"secret": SECRET, "url": db_url, "start_input": Prepared, "settle": 0}
+    first = serve(progress_app(prepared, **options))
+    async with Visitor(first.url) as ada:
+        path = await ada.start({"gate": gate_name, "then": then})
+        async with ada.stream(path) as events:
+            await events.until("output", "prepared")
+        first.stop()
+
+        hub = TasksHub()
+        second = serve(progress_app(prepared, hub=hub, **options))
+        ada.http.base_url = httpx.URL(second.url)
+        async with ada.stream(path) as events:
+            await events.next()
+            gate(gate_name).set()
+            await events.until("status", "Failed." if then == "fail" else "Waiting for")
+            await events.until("tasks", "Prepare")
+            await events.until("output", "prepared")
+        tree = hub.latest(_run_id(path))
+        assert tree is not None
+        assert [(n.title, n.status) for n in tree.nodes[1:]] == [("Prepare", "completed")]
+        assert tree.root.status == ("failed" if then == "fail" else "running")
+        page = await ada.get(path)
+        assert "Prepare" in region(page, "tasks")

@@ -205,9 +205,9 @@ class RunView(LiveView):
             raise NotFound(run_id) from None
         if run.name != self.config.name:
             raise NotFound(run_id)
-        self.run = run
         self.allowed = await self.config.allowed(page.session, run)
         self.tasks = self.config.hub.latest(run_id)
+        self._take(run)
         page.spawn(self._follow, page, run_id)
 
     async def _follow(self, page: Page, run_id: str) -> None:
@@ -255,6 +255,9 @@ class RunView(LiveView):
             # The run moved: the previous step's answer, errors and notice no longer apply.
             self.values, self.errors, self.notice = None, [], None
         self.run = run
+        if run.finished:
+            # The tree's root is the run: it ends the way the run did.
+            self.tasks = self.config.hub.end(run) or self.tasks
         if run.status != "running":
             self._release_waiters(lambda revision: run.revision > revision)
 
@@ -501,6 +504,8 @@ class IndexView(LiveView):
     async def handle_info(self, message: Any, page: Page) -> None:
         if isinstance(message, RunChanged):
             run = message.run
+            if run.finished:
+                self.config.hub.end(run)
             self.runs = [
                 run if r.id == run.id and run.revision >= r.revision else r for r in self.runs
             ]

@@ -6,18 +6,25 @@ Its snapshots reach pages without passing through the store: they are in-memory 
 by replay after a restart (see `effects.tasks`). They still never run ahead of what is
 durable: a checkpoint is written before the computation continues past an external effect, so
 when a task reports progress, everything it did before is already committed.
+
+A tree rebuilt by replay (a step continued by `recover()`, a cold resume) is reported once,
+whole, at the first of: its first live change, the step's suspension, the step's end. The
+tree's root is the run itself, and the handler cannot tell how its run ended (a failure, a
+cancel, or a process stopping as in a crash all look alike to it): the bridge, which sees the
+run's final status, makes the root follow it with `TasksHub.end`.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from effects.durable import current_run_id
-from effects.tasks import ROOT, OutputLine, TaskSnapshot, TaskTree
+from effects.durable import Run, current_run_id
+from effects.tasks import ROOT, OutputLine, TaskSnapshot, TaskStatus, TaskTree
 
 Listener = Callable[[str, TaskSnapshot], None]
 
@@ -43,14 +50,44 @@ class _HubTaskTree(TaskTree):
     def __init__(self, hub: TasksHub, *, title: str = "", max_lines: int = 200) -> None:
         super().__init__(None, title=title, max_lines=max_lines)
         self._hub = hub
+        self._unreported = False
 
     def install(self) -> _HubTaskTree:
         inst: _HubTaskTree = super().install()  # type: ignore[assignment]
+        inst._unreported = False
         # A durable runner names the run it installs handlers for (also for steps that
         # recover() continues); the app's own marker covers runners that do not.
         run_id = current_run_id() or _current_run.get()
-        inst.on_change = (lambda snap: self._hub.publish(run_id, snap)) if run_id else None
+        if run_id:
+            hub = self._hub
+
+            def report(snapshot: TaskSnapshot) -> None:
+                inst._unreported = False
+                hub.publish(run_id, snapshot)
+
+            inst.on_change = report
+        else:
+            inst.on_change = None
         return inst
+
+    def replay(self, effect: Any) -> Any:
+        # Rebuilt without reporting (the replayed progress was shown when it happened)...
+        self._unreported = True
+        return super().replay(effect)
+
+    def _report_rebuilt(self) -> None:
+        # ...but reported once, whole, if the step suspends or ends before any live change
+        # does it: otherwise a recovered run that fails or waits for input at once would show
+        # no tree at all in this process.
+        if self._unreported and self.on_change is not None:
+            self.on_change(self.snapshot())
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        super().decorate(data)
+        self._report_rebuilt()
+
+    def cleanup(self) -> None:
+        self._report_rebuilt()
 
 
 class TasksHub:
@@ -86,6 +123,34 @@ class TasksHub:
         """The newest snapshot of `run_id` seen by this process, if any."""
         return self._latest.get(run_id)
 
+    def end(self, run: Run) -> TaskSnapshot | None:
+        """Make `run`'s tree follow its final status, once it is done, failed or cancelled:
+        the root (the run itself) and every node still open get `completed`, `failed` (with
+        the run's error) or `cancelled`, and the listeners are told. Returns the newest
+        snapshot of the run (None if this process has none). The bridge calls it whenever it
+        sees a run that ended; a `TaskTree` alone cannot tell a failure or a cancel from a
+        process that stops as in a crash (after which the run goes on)."""
+        snapshot = self._latest.get(run.id)
+        status = _FINAL.get(str(run.status))
+        if snapshot is None or status is None:
+            return snapshot
+        root = snapshot.root
+        error = (root.error or _error_text(run)) if status == "failed" else None
+        open_nodes = any(not n.finished for n in snapshot.nodes[1:])
+        if root.status == status and root.error == error and not open_nodes:
+            return snapshot
+        nodes = tuple(
+            dataclasses.replace(node, status=status, error=error)
+            if node.id == ROOT
+            else node
+            if node.finished
+            else dataclasses.replace(node, status=status)
+            for node in snapshot.nodes
+        )
+        ended = TaskSnapshot(snapshot.version + 1, nodes)
+        self.publish(run.id, ended)
+        return ended
+
     def listen(self, run_id: str | None, listener: Listener) -> Callable[[], None]:
         """Call `listener(run_id, snapshot)` on changes; returns the function that stops it."""
         self._listeners.setdefault(run_id, set()).add(listener)
@@ -98,6 +163,17 @@ class TasksHub:
                     del self._listeners[run_id]
 
         return stop
+
+
+_FINAL: dict[str, TaskStatus] = {"done": "completed", "failed": "failed", "cancelled": "cancelled"}
+
+
+def _error_text(run: Run) -> str | None:
+    if not run.error:
+        return None
+    kind = str(run.error.get("type", "")).rsplit(".", 1)[-1]
+    message = str(run.error.get("message", ""))
+    return f"{kind}: {message}" if kind and message else kind or message or None
 
 
 def progress_of(snapshot: TaskSnapshot | None) -> float | None:
