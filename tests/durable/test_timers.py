@@ -471,3 +471,23 @@ async def test_a_sleeping_flow_killed_at_any_point_recovers_each_effect_once(
     assert len(timers) == 2
     assert timers[: len(before)] == before
     assert [e.effect for e in log.entries].count("effects.Sleep") == 2
+
+
+@pytest.mark.anyio
+async def test_a_cancel_flagged_while_the_run_was_released_is_not_lost(
+    tmp_path: Path, flows: ModuleType
+) -> None:
+    async with DurableRunner(_db(tmp_path), handlers=Clock(), sleep_in_memory=0) as runner:
+        run = await runner.start(flows.nap(3600))
+        assert run.status is RunStatus.SLEEPING
+        flows.CLEANUPS.clear()
+        # The flag a cancel from another process set on the running step just before it
+        # released the run (the release keeps it).
+        with closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
+            db.execute("UPDATE effects_runs SET cancel_requested = 1 WHERE id = ?", (run.id,))
+        with anyio.fail_after(10):
+            async with runner.subscribe(run.id) as runs:
+                async for seen in runs:
+                    last = seen
+        assert last.status is RunStatus.CANCELLED
+        assert flows.CLEANUPS == ["finally"]

@@ -518,7 +518,11 @@ class DurableRunner:
             self._publish(flagged)  # same revision, so subscribers compare the flag too
             return self._to_run(flagged)
         if status is RunStatus.SLEEPING:
-            return await self._wake(row, cancel=(reason,))
+            try:
+                return await self._wake(row, cancel=(reason,))
+            except ConflictError:
+                # Woken meanwhile (by a timer loop here or elsewhere): cancel it as it is now.
+                return await self.cancel(run_id, reason)
         step, suspend = await self._cold(run_id, row.revision, "cancel")
         try:
             # Flagged in the same transaction: if this process dies during the cleanup,
@@ -1114,6 +1118,9 @@ class DurableRunner:
             raise
         if cancel is not None:
             step.cancelling, step.cancel_reason = True, cancel[0]
+        elif row.cancel_requested:
+            # Flagged while its last step was releasing it: the cancel is not lost.
+            step.cancelling, step.cancel_reason = True, "cancel requested"
         # The replay ends at the recorded wake-up time, which has come (or the cancel wins).
         return await self._launch(step, lambda: interp.adrive(None, None), True, recovering=True)
 

@@ -884,10 +884,14 @@ class Store:
         return float(value)
 
     async def due(self, now: float, limit: int = 100) -> builtins.list[RunRow]:
-        """Sleeping runs whose wake-up time has come by `now`, earliest first."""
+        """Sleeping runs whose wake-up time has come by `now` (or whose cancel was requested
+        while their last step released them), earliest first."""
         query = (
             sa.select(S.runs)
-            .where(S.runs.c.status == "sleeping", S.runs.c.wake_at <= now)
+            .where(
+                S.runs.c.status == "sleeping",
+                sa.or_(S.runs.c.wake_at <= now, S.runs.c.cancel_requested),
+            )
             .order_by(S.runs.c.wake_at, S.runs.c.id)
             .limit(limit)
         )
