@@ -20,6 +20,7 @@ import pytest
 from effects import (
     Call,
     Cancellation,
+    Clock,
     ConfigurationError,
     ConflictError,
     Effect,
@@ -464,3 +465,30 @@ async def test_a_cancellation_raised_by_an_in_memory_handler_replays(tmp_path: P
     async with DurableRunner(url(tmp_path), owner="second", handlers=INNER_IN_MEMORY) as r:
         [run] = await r.recover()
         assert (run.status, run.prompt) == (RunStatus.SUSPENDED, "inner inner, after g")
+
+
+@computation(name="recovery.nap", version=1)
+def nap(name: str) -> Generator[Any, Any, str]:
+    yield Clock.sleep(0.5)  # released at once below (sleep_in_memory=0), then made due
+    answer: str = yield Yield(f"{name} awake")
+    return answer
+
+
+async def test_recover_isolates_the_sleeping_runs_it_wakes(tmp_path: Path) -> None:
+    """A due sleeping run whose wake-up raises does not stop `recover()` from waking the
+    others."""
+    async with DurableRunner(url(tmp_path), handlers=Clock(), sleep_in_memory=0) as runner:
+        for name in ("bad", "good"):
+            run = await runner.start(nap(name), run_id=name)
+            assert run.status is RunStatus.SLEEPING
+    handlers = (Clock(), FailsFor("bad"))
+    async with DurableRunner(url(tmp_path), handlers=handlers, timer_poll=3600) as runner:
+        # Due now (as time would make them), while the timer loop waits for the old wake-up;
+        # the replay sleeps what is left of the half second in memory.
+        async with runner.store.engine.begin() as conn:
+            await conn.execute(schema.runs.update().values(wake_at=0.0))
+        recovered = await runner.recover()
+        assert [(r.id, r.status, r.prompt) for r in recovered] == [
+            ("good", RunStatus.SUSPENDED, "good awake")
+        ]
+        assert (await runner.get("bad")).status is RunStatus.SLEEPING

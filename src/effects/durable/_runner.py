@@ -585,33 +585,44 @@ class DurableRunner:
         limit = self.recover_concurrency if concurrency is None else concurrency
         if limit < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        rows = [r for r in await self.store.recoverable(self.owner) if r.id not in self._steps]
-        found: builtins.list[Run | None] = [None] * len(rows)
         limiter = anyio.CapacityLimiter(limit)
+        rows = [r for r in await self.store.recoverable(self.owner) if r.id not in self._steps]
+        recovered = await self._each(rows, self._recover_isolated, limiter)
+        # Then the sleeping runs that are due (what the timer loop does next).
+        due = [r for r in await self.store.due(await self.store.clock()) if r.id not in self._steps]
+        woken = await self._each(due, self._wake_isolated, limiter)
+        return recovered + woken
+
+    async def _each(
+        self,
+        rows: Sequence[RunRow],
+        step: Callable[[RunRow], Awaitable[Run | None]],
+        limiter: anyio.CapacityLimiter,
+    ) -> builtins.list[Run]:
+        """`step` for each row, concurrently within `limiter`; the results in the rows' order."""
+        found: builtins.list[Run | None] = [None] * len(rows)
 
         async def one(i: int, row: RunRow) -> None:
             async with limiter:
-                found[i] = await self._recover_isolated(row)
+                found[i] = await step(row)
 
         async with anyio.create_task_group() as tg:
             for i, row in enumerate(rows):
                 tg.start_soon(one, i, row)
-        woken = await self._wake_all_due()
-        return [run for run in found if run is not None] + woken
+        return [run for run in found if run is not None]
 
-    async def _wake_all_due(self) -> builtins.list[Run]:
-        """The sleeping runs that are due, continued now (what the timer loop does next)."""
-        results: builtins.list[Run] = []
-        for row in await self.store.due(await self.store.clock()):
-            if row.id in self._steps:
-                continue
-            try:
-                results.append(await self._wake(row))
-            except ConflictError:
-                continue
-            except _DEPLOYMENT_ERRORS as err:
-                logger.warning("sleeping run %s cannot be continued: %s", row.id, err)
-        return results
+    async def _wake_isolated(self, row: RunRow) -> Run | None:
+        """Continue one due sleeping run; never raises an `Exception` (the others go on)."""
+        try:
+            return await self._wake(row)
+        except ConflictError:
+            return None  # another process took it first, or it changed meanwhile
+        except _DEPLOYMENT_ERRORS as err:
+            self._unwakeable[row.id] = row.revision
+            logger.warning("sleeping run %s cannot be continued: %s", row.id, err)
+        except Exception:
+            logger.exception("sleeping run %s: the step failed", row.id)
+        return None
 
     async def unpark(self, run_id: str) -> Run:
         """Let `recover()` continue a parked run again (after fixing what made its recovery
@@ -1207,15 +1218,7 @@ class DurableRunner:
     async def _wake_due(self, row: RunRow, reserved: _Step) -> None:
         if self._steps.get(row.id) is reserved:
             del self._steps[row.id]
-        try:
-            await self._wake(row)
-        except ConflictError:
-            pass  # another process took it first, or it changed meanwhile
-        except _DEPLOYMENT_ERRORS as err:
-            self._unwakeable[row.id] = row.revision
-            logger.warning("sleeping run %s cannot be continued: %s", row.id, err)
-        except Exception:
-            logger.exception("sleeping run %s: the step failed", row.id)
+        await self._wake_isolated(row)
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Follow changes committed by other processes (PostgreSQL NOTIFY), for as long as the
