@@ -60,6 +60,17 @@ def test_a_run_started_under_one_hash_seed_resumes_under_another(tmp_path: Path)
     assert resumed == {"status": "done", "prompt": None}
 
 
+def test_starting_a_run_again_with_a_set_argument_under_another_hash_seed(
+    tmp_path: Path,
+) -> None:
+    # Stored arguments are compared as text: the set must be stored in one order.
+    db = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    script = str(WORKERS / "identity_flows.py")
+    first = json.loads(_python(1, script, db, "start-tagged", "t1", *TAGS))
+    again = json.loads(_python(2, script, db, "start-tagged", "t1", *TAGS))
+    assert first == again == {"status": "suspended", "prompt": f"{len(TAGS)} tags?"}
+
+
 def _record(comp: Any, *handlers: Any) -> Log:
     out = start(with_handler(comp, EffectLogger()), *handlers)
     assert type(out) is Suspend

@@ -85,7 +85,8 @@ class Signature:
         out: dict[str, Any] = {}
         for pname, _, c in self.params:
             if pname in bound.arguments:
-                out[pname] = c.dump(bound.arguments[pname], f"{name}: argument {pname!r}")
+                # Sorted sets: `start` with the id of an existing run compares the text.
+                out[pname] = c.dump_sorted(bound.arguments[pname], f"{name}: argument {pname!r}")
         return dumps(out)
 
     def load_args(self, run_id: str, text: str) -> Comp[Any]:

@@ -119,6 +119,15 @@ def _plain(value: Any) -> Any:
     raise _NotPlain
 
 
+def sort_sets(value: Any, js: Any) -> Any:
+    """`js`, the JSON form of `value` by any pydantic serializer, with the lists that were sets
+    in `value` sorted (a no-op when it holds no list)."""
+    if not _has_list(js):
+        return js
+    py = value if type(value) in (set, frozenset, list, tuple, dict) else _PYTHON.to_python(value)
+    return _sort_sets(py, js)
+
+
 def _has_list(js: Any) -> bool:
     t = type(js)
     if t is list:

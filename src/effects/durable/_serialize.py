@@ -27,7 +27,7 @@ from .._effect import result_type
 from .._exceptions import EffectsError, SerializationError
 from .._std.call import Call
 from .._std.control import Yield
-from ._identity import encode, legacy_encode, type_name
+from ._identity import encode, legacy_encode, sort_sets, type_name
 from ._log import ErrorInfo
 
 
@@ -255,6 +255,14 @@ class Codec:
         if problem is not None:
             raise SerializationError(f"{where}: cannot be stored as JSON: {problem}")
         return data
+
+    def dump_sorted(self, value: Any, where: str) -> Any:
+        """`dump`, with sets sorted: the same text for the same value in every process (for
+        stored forms that are compared as text, such as a run's arguments)."""
+        out = self.dump(value, where)
+        if self.kind == "typed":
+            return sort_sets(self._adapt().dump_python(value, mode="python"), out)
+        return sort_sets(value, out)
 
     def load(self, data: Any) -> Any:
         """Rebuild a value from its JSON form (raises `pydantic.ValidationError`)."""

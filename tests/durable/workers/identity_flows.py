@@ -2,7 +2,7 @@
 closure, a bound method), shared by the identity tests and their worker processes (both import
 it by this name, so the logged identities match).
 
-    python identity_flows.py DB start RUN_ID TAG... | resume RUN_ID
+    python identity_flows.py DB start|start-tagged RUN_ID TAG... | resume RUN_ID
 
 prints one JSON line: the run's status, or the error that stopped the action.
 """
@@ -68,6 +68,13 @@ def flow(tags: list[str], user: str) -> Generator[Any, Any, str]:
     return f"{answer}"
 
 
+@computation(name="identity_tagged", version=1)
+def tagged(tags: set[str]) -> Generator[Any, Any, str]:
+    """A set as a computation argument."""
+    answer = yield Yield(f"{len(tags)} tags?")
+    return f"{answer}"
+
+
 async def main(argv: list[str]) -> dict[str, Any]:
     from effects.durable import DurableRunner
 
@@ -76,6 +83,10 @@ async def main(argv: list[str]) -> dict[str, Any]:
         try:
             if action == "start":
                 run = await runner.start(flow(tags, "alice"), run_id=run_id)
+            elif action == "start-tagged":
+                # Starting again with the id of an existing run of the same arguments is a
+                # no-op that returns it.
+                run = await runner.start(tagged(set(tags)), run_id=run_id)
             else:
                 run = await runner.resume(run_id, "yes")
         except EffectsError as err:
