@@ -235,7 +235,13 @@ class EffectLogger(Handler):
       `"{run_id}:{seq}"`. A log of another run is rejected with `LogError`.
     - `checkpoints=True`: yield `Checkpoint(log, reason)` in the scope outside the logger after
       each effect of an external handler completes, before each at-most-once effect runs, and
-      when a cancellation is delivered at an effect performed outside the logger.
+      when a cancellation is delivered at an effect performed outside the logger, and once a
+      sleep's wake-up time is recorded.
+
+    `Clock.sleep` is a durable timer: live, the logger asks `StartTimer(seconds)` outside it for
+    the wake-up time, records it (an `effects.durable.Timer` entry), then `AwaitTimer(wake_at)`;
+    a replay that ends at that entry waits only for what is left. Without handlers for those
+    two, the clock in scope (`Clock.now()`) answers and `Sleep(what is left)` waits.
     - `on_log(log)`: called with the final log when the scope exits (returns, raises or is
       cancelled). While suspended, `Suspend.data[EffectLogger]` holds the current log.
 
