@@ -104,13 +104,16 @@ def _plain(value: Any) -> Any:
             return value
         raise _NotPlain
     if t is list or t is tuple:
-        return [_plain(v) for v in value]
+        for v in value:
+            if type(v) not in _LEAVES:
+                return [_plain(v) for v in value]
+        return list(value)  # a copy, as pydantic's: the caller may change its list later
     if t is dict:
         out = {}
         for k, v in value.items():
             if type(k) is not str:
                 raise _NotPlain
-            out[k] = _plain(v)
+            out[k] = v if type(v) in _LEAVES else _plain(v)
         return out
     if t is set or t is frozenset:
         return sorted((_plain(v) for v in value), key=_key)
