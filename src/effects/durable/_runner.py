@@ -502,8 +502,13 @@ class DurableRunner:
                 step.cancelling, step.cancel_reason = True, reason
                 # Committed before the cleanup starts: if this process dies during the
                 # cleanup, recovery finishes the cancellation instead of continuing the run.
-                with anyio.CancelScope(shield=True):
-                    self._publish(await self.store.request_cancel(run_id))
+                try:
+                    with anyio.CancelScope(shield=True):
+                        self._publish(await self.store.request_cancel(run_id))
+                except Exception as err:
+                    # The cancel still happens here, and the log records where it was
+                    # delivered (checkpointed at once), which recovery replays.
+                    logger.warning("run %s: could not commit the cancel request: %s", run_id, err)
             step.cancel(reason)  # a step that has not begun yet starts cancelled
             await step.done.wait()
             return await self.get(run_id)
