@@ -10,10 +10,13 @@ idempotency key. See docs/live/protocol.md for the wire format.
   page with a generated form; `progress_app(...)`: long work with task trees, progress bars and
   output, shared by every visitor; `run_app(...)` returns the `LiveApp` behind both.
 - `LiveApp` + `LiveView` (mount / handle_event / handle_info / render) for pages of your own.
+- `Limits`: how many pages the server keeps, for how long, and how many runs a session may
+  start per minute (docs/live/limits.md).
 """
 
 from ._app import LiveApp
 from ._forms import Form, FormField, Option, build_form, parse_form
+from ._limits import Limits, RateLimit
 from ._page import Page
 from ._regions import Projection, Region
 from ._runs import (
@@ -46,6 +49,7 @@ __all__ = (
     # pages of your own
     "LiveApp",
     "LiveView",
+    "Limits",
     "Page",
     "Event",
     "Reply",
@@ -60,4 +64,5 @@ __all__ = (
     "Option",
     "build_form",
     "parse_form",
+    "RateLimit",
 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
@@ -40,6 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ._limits import Clock, Limits, retry_after
 from ._messages import BadMessage, json_errors, parse_command
 from ._page import Page, Pages
 from ._session import Session, Sessions, same_origin
@@ -94,8 +95,9 @@ class LiveApp:
     of a page driven by messages), `settle` (how long a command sent without JavaScript may
     wait for its effect before the 303, so that the next page already shows it), `heartbeat`
     (seconds between pings on an idle stream), `noscript_refresh` (seconds between reloads of
-    a busy page without JavaScript), `page_ttl` and `max_pages` (eviction of idle pages),
-    `allowed_origins` (other origins trusted for WebSockets and POSTs), `https_only` (secure
+    a busy page without JavaScript), `limits` (a `Limits`: how many pages are kept, how long,
+    and how fast a session may start runs; `clock` is the monotonic clock they are measured
+    with), `allowed_origins` (other origins trusted for WebSockets and POSTs), `https_only` (secure
     cookie), `websocket` (serve `P/_live/ws`), `csp` (the Content-Security-Policy of pages;
     None sends none) and `lifespan`: `lifespan(live_app)`, an async context manager entered
     at start-up (before any page) and left at shutdown (after every page).
@@ -111,8 +113,8 @@ class LiveApp:
         settle: float = 2.0,
         heartbeat: float = 15.0,
         noscript_refresh: int = 2,
-        page_ttl: float = 600.0,
-        max_pages: int = 10_000,
+        limits: Limits | None = None,
+        clock: Clock = time.monotonic,
         allowed_origins: Sequence[str] = (),
         https_only: bool = False,
         websocket: bool = True,
@@ -127,8 +129,8 @@ class LiveApp:
         self.settle = settle
         self.heartbeat = heartbeat
         self.noscript_refresh = noscript_refresh
-        self.page_ttl = page_ttl
-        self.max_pages = max_pages
+        self.limits = limits if limits is not None else Limits()
+        self.clock = clock
         self.allowed_origins = frozenset(allowed_origins)
         self.websocket = websocket
         self.debug = debug
@@ -197,10 +199,12 @@ class LiveApp:
                     self._tg = None
 
     async def _janitor(self) -> None:
-        interval = max(1.0, self.page_ttl / 4) if math.isfinite(self.page_ttl) else math.inf
+        # Opening a page sweeps too; this catches the pages of an app nobody opens pages of.
+        limits = self.limits
+        interval = max(0.5, min(limits.connect_timeout, limits.page_ttl) / 2)
         while True:
             await anyio.sleep(interval)
-            self.pages.evict_idle(self.page_ttl)
+            self.pages.sweep()
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -246,9 +250,17 @@ class LiveApp:
         # Only a browser without JavaScript waits for the command's effect: it is about to
         # load a page. A live client gets the effect over its stream as soon as it happens.
         reply = await self._command(page, _event_from_form(form), settle=not live)
+        wait = reply.retry_after
+        status = 200 if reply.ok else 422 if wait is None else 429
+        headers = {} if wait is None else {"Retry-After": retry_after(wait)}
         if live:
             return JSONResponse(
-                self._reply_envelope(page, reply), status_code=200 if reply.ok else 422
+                self._reply_envelope(page, reply), status_code=status, headers=headers
+            )
+        if status == 429:
+            # No redirect to follow: the page itself, showing why, with the 429.
+            return HTMLResponse(
+                page.document(), status_code=429, headers={**self.headers, **headers}
             )
         return RedirectResponse(reply.redirect or page.action, status_code=303)
 
@@ -268,6 +280,7 @@ class LiveApp:
             errors=json_errors(reply.errors),
             redirect=reply.redirect,
             busy=page.busy,
+            retry_after=reply.retry_after,
         )
 
     async def _open_stream(

@@ -11,7 +11,6 @@ final state is never lost.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -62,7 +61,10 @@ class Page:
         self.connections: set[Connection] = set()
         self.lock = anyio.Lock()
         self.closed = False
-        self.last_seen = time.monotonic()
+        self.last_seen = app.clock()
+        # A page is kept only briefly until a stream connects to it or a command arrives:
+        # what a real browser does, and what a script that only GETs pages does not.
+        self.confirmed = False
         self.ready = anyio.Event()
         self.failure: BaseException | None = None
         self._inbox: dict[object, Any] = {}
@@ -134,9 +136,15 @@ class Page:
         """Whether the view says work is running."""
         return self.view.busy(self)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """The page's key among the app's pages: (session id, path)."""
+        return (self.session.id, self.path)
+
     def touch(self) -> None:
-        """Record activity (pages idle for long are evicted)."""
-        self.last_seen = time.monotonic()
+        """Record activity (pages idle for long, or least recently used, are dropped)."""
+        self.last_seen = self.app.clock()
+        self.app.pages.seen(self)
 
     async def main(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The page's life: its mailbox worker and the tasks it spawns."""
@@ -202,6 +210,7 @@ class Page:
 
     async def command(self, event: Event) -> Reply:
         """Handle a command: a duplicate key is a no-op, otherwise the view decides."""
+        self.confirmed = True
         self.touch()
         async with self.lock:
             await self._drain()
@@ -219,8 +228,14 @@ class Page:
         return reply
 
     def connect(self) -> Connection:
-        """Open a connection; it starts with a snapshot (sent by the caller)."""
+        """Open a connection; it starts with a snapshot (sent by the caller). A page that
+        was closed meanwhile (dropped to make room) gives a closed connection: the stream
+        ends after its snapshot and the client reconnects to a page mounted anew."""
         conn = Connection()
+        if self.closed:
+            conn.close()
+            return conn
+        self.confirmed = True
         self.connections.add(conn)
         self.touch()
         return conn
@@ -229,7 +244,8 @@ class Page:
         """Close a connection."""
         conn.close()
         self.connections.discard(conn)
-        self.touch()
+        if not self.closed:
+            self.touch()
 
     def document(self) -> str:
         """The whole HTML document, server-rendered (works without JavaScript)."""
@@ -255,17 +271,32 @@ class Page:
 
 
 class Pages:
-    """The live pages of an app, by (session, path); idle pages are evicted."""
+    """The live pages of an app, by (session, path), within the app's `Limits`.
+
+    Three orders make every limit O(1) per page dropped: pages nobody has connected to yet
+    (`_unconfirmed`), pages without connections (`_idle`, which includes those) and pages with
+    connections (`_connected`), each in least-recently-used order, plus each session's pages.
+    `touch` moves a page to the back of its order, and the clock is monotonic, so the front of
+    `_unconfirmed` and `_idle` is always the page idle the longest.
+    """
 
     def __init__(self, app: LiveApp) -> None:
         self.app = app
         self._pages: dict[tuple[str, str], Page] = {}
+        self._unconfirmed: OrderedDict[tuple[str, str], Page] = OrderedDict()
+        self._idle: OrderedDict[tuple[str, str], Page] = OrderedDict()
+        self._connected: OrderedDict[tuple[str, str], Page] = OrderedDict()
+        self._sessions: dict[str, OrderedDict[str, Page]] = {}
 
     def __len__(self) -> int:
         return len(self._pages)
 
     def __contains__(self, key: object) -> bool:
         return key in self._pages
+
+    def of_session(self, session_id: str) -> list[str]:
+        """The paths of a session's pages, least recently used first."""
+        return list(self._sessions.get(session_id, ()))
 
     async def open(
         self,
@@ -278,52 +309,100 @@ class Pages:
     ) -> Page:
         """The page for `session` at `path`, mounted now if it does not exist yet."""
         key = (session.id, path)
-        page = self._pages.get(key)
-        if page is not None and not page.closed:
+        while (page := self._pages.get(key)) is not None:
             await page.ready.wait()
             if page.failure is not None:
                 raise page.failure
-            page.touch()
-            return page
+            if not page.closed:
+                page.touch()
+                return page
+            # Dropped while it was being mounted: mount it anew (unless another request
+            # already does).
+            self._forget(page)
+        self._make_room(session.id)
         page = Page(self.app, session, path, params, query, factory(), root_path)
         self._pages[key] = page
+        self._sessions.setdefault(session.id, OrderedDict())[path] = page
+        self.seen(page)
         try:
             await self.app.task_group.start(page.main)
             await page.mount()
         except BaseException as err:
             page.failure = err if isinstance(err, NotFound) else NotFound(str(err))
             page.close()
-            if self._pages.get(key) is page:
-                del self._pages[key]
+            self._forget(page)
             raise
         finally:
             page.ready.set()
-        self._trim()
         return page
 
-    def _trim(self) -> None:
-        excess = len(self._pages) - self.app.max_pages
-        if excess <= 0:
-            return
-        idle = sorted(
-            (p for p in self._pages.values() if not p.connections), key=lambda p: p.last_seen
-        )
-        for page in idle[:excess]:
+    def seen(self, page: Page) -> None:
+        """Move `page` to the back of its least-recently-used order (called by `touch`)."""
+        key = page.key
+        if self._pages.get(key) is not page:
+            return  # dropped already
+        if page.connections:
+            self._unconfirmed.pop(key, None)
+            self._idle.pop(key, None)
+            self._connected[key] = page
+            self._connected.move_to_end(key)
+        else:
+            self._connected.pop(key, None)
+            self._idle[key] = page
+            self._idle.move_to_end(key)
+            if page.confirmed:
+                self._unconfirmed.pop(key, None)
+            else:
+                self._unconfirmed[key] = page
+                self._unconfirmed.move_to_end(key)
+        self._sessions[page.session.id].move_to_end(page.path)
+
+    def sweep(self) -> int:
+        """Drop the pages past their time: unconfirmed ones after `connect_timeout`, pages
+        without connections after `page_ttl`. Returns how many were dropped."""
+        limits = self.app.limits
+        now = self.app.clock()
+        dropped = self._expire(self._unconfirmed, now - limits.connect_timeout)
+        return dropped + self._expire(self._idle, now - limits.page_ttl)
+
+    def _expire(self, order: OrderedDict[tuple[str, str], Page], cutoff: float) -> int:
+        dropped = 0
+        while order:
+            page = next(iter(order.values()))
+            if page.last_seen > cutoff:
+                break
             self._drop(page)
+            dropped += 1
+        return dropped
+
+    def _make_room(self, session_id: str) -> None:
+        # Called before a page is added, so the page being opened is never the one dropped.
+        limits = self.app.limits
+        self.sweep()
+        mine = self._sessions.get(session_id)
+        if mine is not None and len(mine) >= limits.pages_per_session:
+            pages = list(mine.values())
+            self._drop(next((p for p in pages if not p.connections), pages[0]))
+        while len(self._pages) >= limits.max_pages:
+            order = self._unconfirmed or self._idle or self._connected
+            self._drop(next(iter(order.values())))
 
     def _drop(self, page: Page) -> None:
         page.close()
-        key = (page.session.id, page.path)
-        if self._pages.get(key) is page:
-            del self._pages[key]
+        self._forget(page)
 
-    def evict_idle(self, ttl: float) -> int:
-        """Close pages without connections that saw no activity for `ttl` seconds."""
-        cutoff = time.monotonic() - ttl
-        stale = [p for p in self._pages.values() if not p.connections and p.last_seen < cutoff]
-        for page in stale:
-            self._drop(page)
-        return len(stale)
+    def _forget(self, page: Page) -> None:
+        key = page.key
+        if self._pages.get(key) is not page:
+            return
+        del self._pages[key]
+        self._unconfirmed.pop(key, None)
+        self._idle.pop(key, None)
+        self._connected.pop(key, None)
+        mine = self._sessions[page.session.id]
+        del mine[page.path]
+        if not mine:
+            del self._sessions[page.session.id]
 
     def close_all(self) -> None:
         """Close every page (app shutdown)."""

@@ -37,6 +37,7 @@ from effects.tasks import TaskSnapshot
 
 from ._app import LiveApp
 from ._forms import Form, build_form, parse_form, validation_errors
+from ._limits import RateLimit, retry_after
 from ._page import Page
 from ._session import Session
 from ._tasks_view import TasksHub, acting_on, progress_of, task_context
@@ -109,7 +110,9 @@ class Prompt:
 
 @dataclass(slots=True)
 class RunsConfig:
-    """What the run views share: the computation, the runner, the hub and the options."""
+    """What the run views share: the computation, the runner, the hub and the options.
+    `start_limit` bounds the runs a session may start (keyed by session id; `run_app` sets
+    it from the app's `Limits.starts_per_minute`)."""
 
     computation: ComputationFunction[..., Any] | Comp[Any]
     hub: TasksHub
@@ -120,6 +123,7 @@ class RunsConfig:
     runner: DurableRunner | None = None
     list_limit: int = 50
     output_limit: int = 200
+    start_limit: RateLimit | None = None
 
     @property
     def name(self) -> str:
@@ -529,6 +533,15 @@ class IndexView(LiveView):
                 self.errors = errors
                 return Reply(ok=False, errors=errors)
             answers = model.model_validate(data)
+        limit = self.config.start_limit
+        wait = limit.take(page.session.id) if limit is not None else None
+        if wait is not None:
+            # Counted once the input is valid, so a typo costs no start; nothing is started.
+            self.values = {k: list(v) for k, v in event.params.items()}
+            seconds = retry_after(wait)
+            msg = f"You started too many runs in the last minute: try again in {seconds} s."
+            self.errors = [{"loc": (), "msg": msg, "type": "rate_limited"}]
+            return Reply(ok=False, errors=self.errors, retry_after=wait)
         comp = self.config.make(answers)
         run_id = page.session.new_run_id()
         runner = self.config.the_runner()
@@ -558,6 +571,7 @@ class IndexView(LiveView):
             "start": page.render_template(
                 self.config.templates.get("index", "live/index.html"),
                 form=form,
+                errors=[str(e.get("msg", "")) for e in self.errors],
                 key=f"start:{self.started}",
             ),
             "runs": page.render_template("live/runs.html", runs=items, shared=self.config.shared),
@@ -619,7 +633,9 @@ def run_app(
     - `templates`: template names overriding the defaults per step — keyed by the `Yield`
       input model (class or name) — or per state: `"step"`, `"running"`, `"done"`,
       `"failed"`, `"cancelled"`, `"index"`. `template_dirs` are searched first.
-    - `options`: passed to `LiveApp` (`title`, `throttle`, `settle`, `heartbeat`, ...).
+    - `options`: passed to `LiveApp` (`title`, `throttle`, `settle`, `heartbeat`, `limits`,
+      ...). `limits.starts_per_minute` bounds the runs one session may start: one more is
+      refused with 429 and `Retry-After`, and starts nothing.
     """
     names = {
         (key.__name__ if isinstance(key, type) else str(key)): value
@@ -664,6 +680,7 @@ def run_app(
     live = LiveApp(
         secret=secret, title=title, template_dirs=template_dirs, lifespan=lifespan, **options
     )
+    config.start_limit = RateLimit(live.limits.starts_per_minute, 60.0, clock=live.clock)
     live.state["runs"] = config
     live.page("/", lambda: IndexView(config))
     live.page("/runs/{run_id}", lambda: RunView(config))

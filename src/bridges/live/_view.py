@@ -52,6 +52,8 @@ class Reply:
       answers a browser without JavaScript, so the page it loads next already shows the
       command's effect when it is quick.
     - `duplicate`: set by the bridge when the key was already used (nothing was done).
+    - `retry_after`: with `ok=False`, the command was refused for now (a rate limit): the
+      bridge answers `429 Too Many Requests` with a `Retry-After` of this many seconds.
     """
 
     ok: bool = True
@@ -59,6 +61,7 @@ class Reply:
     redirect: str | None = None
     settle: anyio.Event | None = None
     duplicate: bool = False
+    retry_after: float | None = None
 
 
 class LiveView:
