@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,7 @@ def starts_app(serve: Serve, db_url: str, clock: FakeClock, per_minute: int) -> 
 
 def runs_in(db_url: str) -> int:
     path = db_url.removeprefix("sqlite+aiosqlite:///")
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         (count,) = conn.execute("SELECT count(*) FROM effects_runs").fetchone()
     return int(count)
 
