@@ -123,6 +123,28 @@ async def test_pages_of_one_session_are_bounded(serve: Serve) -> None:
         assert len(live.pages) == 3
 
 
+async def test_open_tabs_of_a_session_are_not_dropped_for_its_limit(serve: Serve) -> None:
+    """Pages with a connected stream are not dropped for `pages_per_session` (each dropped tab
+    would reconnect and drop the next one's page): the session keeps them all open."""
+    clock = FakeClock()
+    live, server = tally_app(serve, Limits(pages_per_session=2), clock)
+    async with Visitor(server.url) as ada:
+        await ada.get("/t/0")
+        await ada.get("/t/1")
+        async with ada.stream("/t/0") as first, ada.stream("/t/1") as second:
+            await first.next()
+            await second.next()
+            page = await ada.get("/t/2")
+            assert len(live.pages) == 3
+            assert (await ada.post("/t/2", "inc", form_key(page, "inc"), live=True)).is_success
+            for path, events in (("/t/0", first), ("/t/1", second)):
+                page = await ada.get(path)
+                assert (await ada.post(path, "inc", form_key(page, "inc"), live=True)).is_success
+                await events.until("main", "count 1")
+            await ada.get("/t/3")  # /t/2 has no stream: it goes
+            assert len(live.pages) == 3
+
+
 async def test_a_dropped_page_recovers_with_a_snapshot(serve: Serve) -> None:
     """A stream for a page dropped before any stream connected gets a snapshot of the page
     mounted anew (never an error); a connected page evicted to make room ends its stream, and

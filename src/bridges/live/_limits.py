@@ -34,7 +34,8 @@ class Limits:
       first one nobody connected to, then one without connections, then (only if every page
       has a stream) the least recently used connected page, whose streams end.
     - `pages_per_session`: pages kept per session (a tab per URL); one more drops the
-      session's least recently used page, preferring one without connections.
+      session's least recently used page without connections. Pages with connections (open
+      tabs) are not dropped for this limit, only for `max_pages`.
     - `starts_per_minute`: runs one session may start per minute (the start page of
       `run_app`); one more is refused with `429 Too Many Requests` and `Retry-After`. Counted
       per server process.

@@ -381,8 +381,12 @@ class Pages:
         self.sweep()
         mine = self._sessions.get(session_id)
         if mine is not None and len(mine) >= limits.pages_per_session:
-            pages = list(mine.values())
-            self._drop(next((p for p in pages if not p.connections), pages[0]))
+            # Only a page without connections: dropping an open tab's page would make it
+            # reconnect and drop the next open tab's, round and round. `max_pages` still
+            # bounds the pages a session keeps open.
+            idle = next((p for p in mine.values() if not p.connections), None)
+            if idle is not None:
+                self._drop(idle)
         while len(self._pages) >= limits.max_pages:
             order = self._unconfirmed or self._idle or self._connected
             self._drop(next(iter(order.values())))
