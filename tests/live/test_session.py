@@ -8,7 +8,7 @@ import pytest
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from bridges.live._session import COOKIE, Sessions, same_origin
+from bridges.live._session import COOKIE, Sessions, _b64, same_origin
 
 SECRET = "a-secret-that-is-long-enough"
 
@@ -112,3 +112,21 @@ def test_persistent_secret_is_generated_once_and_kept(
     assert path.stat().st_mode & 0o777 == 0o600
     monkeypatch.setenv("LIVE_SECRET", "from-env")
     assert persistent_secret(path) == "from-env"
+
+
+def test_run_ids_never_start_with_a_dash() -> None:
+    """Run ids are typed on command lines, where a leading "-" reads as an option; ids made
+    before that rule (tag starting with "-") still belong to their session."""
+    sessions = Sessions(SECRET)
+    dashed = [
+        s
+        for s in (sessions.make(str(i)) for i in range(2000))
+        if _b64(sessions._mac("owner", s.id)).startswith("-")
+    ]
+    assert dashed  # about 1 session in 64
+    for session in dashed:
+        run_id = session.new_run_id()
+        assert not run_id.startswith("-")
+        assert session.owns(run_id)
+        assert session.owns("-" + run_id[1:])  # an id made before the rule
+    assert all(not sessions.make(str(i)).new_run_id().startswith("-") for i in range(2000))

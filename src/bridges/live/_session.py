@@ -32,6 +32,13 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _tag(text: str) -> str:
+    # A run id is typed on command lines (`python -m effects runs show ID`), where a leading "-"
+    # reads as an option: tags never start with one. Ids made before this rule began with "-"
+    # where the tag now has "_", so both spellings name the same owner.
+    return "_" + text[1:] if text.startswith("-") else text
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     """The browser session a request belongs to: `id` (secret, never rendered into pages),
@@ -45,7 +52,7 @@ class Session:
 
     def owns(self, run_id: str) -> bool:
         """Whether `run_id` was created by this session (`new_run_id`)."""
-        tag = run_id.split(".", 1)[0]
+        tag = _tag(run_id.split(".", 1)[0])
         return hmac.compare_digest(tag.encode(), self.owner_tag.encode())
 
     def new_run_id(self) -> str:
@@ -81,7 +88,7 @@ class Sessions:
         return Session(
             id=session_id,
             csrf=_b64(self._mac("csrf", session_id)),
-            owner_tag=_b64(self._mac("owner", session_id))[:_TAG_LENGTH],
+            owner_tag=_tag(_b64(self._mac("owner", session_id))[:_TAG_LENGTH]),
             new=new,
         )
 
