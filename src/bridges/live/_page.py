@@ -294,10 +294,6 @@ class Pages:
     def __contains__(self, key: object) -> bool:
         return key in self._pages
 
-    def of_session(self, session_id: str) -> list[str]:
-        """The paths of a session's pages, least recently used first."""
-        return list(self._sessions.get(session_id, ()))
-
     async def open(
         self,
         session: Session,
