@@ -7,6 +7,7 @@ Time is a fake clock handed to the app: nothing sleeps.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Mapping
 from contextlib import closing
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hostile import receive, websocket
 from live_client import (
     SECRET,
     EventReader,
@@ -266,3 +268,25 @@ def test_limits_are_checked() -> None:
         Limits(max_pages=0)
     with pytest.raises(ValueError, match="connect_timeout"):
         Limits(connect_timeout=0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the websockets client
+async def test_a_start_over_the_limit_by_websocket_gets_retry_after(
+    serve: Serve, db_url: str
+) -> None:
+    """Over the WebSocket, a start beyond the limit gets a `reply` with `ok: false` and
+    `retry_after`, and starts no run."""
+    clock = FakeClock()
+    server = starts_app(serve, db_url, clock, per_minute=1)
+    async with Visitor(server.url) as ada:
+        await ada.start()
+        page = await ada.get("/")
+        async with websocket(server, ada, "/") as ws:
+            await receive(ws, "snapshot")
+            start = {"type": "event", "ref": "r1", "csrf": ada.csrf, "event": "start"}
+            await ws.send(json.dumps({**start, "key": form_key(page, "start")}))
+            reply = await receive(ws, "reply")
+            assert (reply["ok"], reply["ref"]) == (False, "r1")
+            assert 59 <= reply["retry_after"] <= 60
+            assert "too many runs" in reply["errors"][0]["msg"]
+        assert runs_in(db_url) == 1
