@@ -73,9 +73,22 @@ class Run:
         assert started.status_code == 303, started.text
         self.path = started.headers["location"]
         self.id = self.path.rsplit("/", 1)[1]
-        self.key = form_key(self.http.get(self.path).text, "answer")
+        self.key = form_key(self._first_step(), "answer")
         self.cookie = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
         self.state = run_state(db_url, self.id)
+
+    def _first_step(self) -> str:
+        """The page once the run shows its first step: the start is not waited for (settle=0),
+        so under load the first render may still be "working"; the stream says when the
+        step's form is there."""
+        page = self.http.get(self.path).text
+        if 'value="answer">' in page:
+            return page
+        with self.http.stream("GET", f"{self.path}/_live/sse") as events:
+            for line in events.iter_lines():
+                if 'value=\\"answer\\">' in line or 'value="answer">' in line:
+                    break
+        return self.http.get(self.path).text
 
     def names_the_step(self, key: str) -> bool:
         """Whether an answer with `key` would be taken as an answer to the current step (the
