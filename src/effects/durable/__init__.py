@@ -5,6 +5,9 @@ that is not handled by a replayable in-memory handler as a `LogEntry` in a `Log`
 models, stored as JSON), and replays a log so that a restarted run returns the recorded results
 without performing the effects again, up to the `Yield` it was waiting at.
 
+`DurableRunner.enqueue` puts runs on a durable `Queue`; `DurableRunner.work` (a `Worker`) or
+`python -m effects worker` claims and runs them in worker processes.
+
 `durable_loop` keeps long loops' logs bounded; `patched` lets a changed computation replay runs
 recorded by its older version; `Checkpoint`, `StartTimer`, `AwaitTimer`, `idempotency_key` and
 `at_most_once` are the contract with a durable store. `Clock.sleep` in a logged run is a durable
@@ -15,13 +18,17 @@ from ._effects import AwaitTimer, Checkpoint, StartTimer, at_most_once, idempote
 from ._log import ErrorInfo, Log, LogEntry
 from ._logger import EffectLogger
 from ._loop import LoopDone, durable_loop
+from ._queues import Queue
 from ._run import Run, RunStatus, Subscription
 from ._runner import DurableRunner, current_run_id
 from ._serialize import ReplayedError
 from ._versioning import Patched, patched
+from ._worker import Worker
 
 __all__ = (
     "DurableRunner",
+    "Queue",
+    "Worker",
     "Run",
     "RunStatus",
     "Subscription",

@@ -5,9 +5,15 @@
     python -m effects runs unpark RUN_ID
     python -m effects runs resume RUN_ID VALUE [--revision N]
     python -m effects runs cancel RUN_ID [--reason TEXT]
+    python -m effects worker --import MODULE --queue QUEUE[,concurrency=N][,worker_concurrency=N]
+                             [,rate=N/SECONDS] [--concurrency N] [--handlers MODULE:NAME]
+                             [--owner NAME] [--lease SECONDS] [--poll SECONDS]
 
 Every command takes `--db URL` (default: `$EFFECTS_DB`, else `sqlite+aiosqlite:///runs.db`;
 a plain path such as `runs.db` is a SQLite file) and `--json` (machine-readable output).
+`worker` serves durable queues until it gets SIGTERM or SIGINT (Ctrl-C): it claims queued
+runs and runs them (see the queues page).
+
 `resume` and `cancel` run a step of the computation, so they need its code: `--import MODULE`
 (repeatable) imports the modules that define the computations, `--handlers MODULE:NAME` names
 the handlers to run them with (a handler, a `Stack`, a list of them, or a function returning
@@ -21,9 +27,11 @@ interrupted (Ctrl-C). Every failure is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
@@ -35,6 +43,7 @@ from .._exceptions import ConfigurationError
 from .._handler import Handler, Stack
 from .._outcome import Done, Suspend, Throw
 from ._log import Log, LogEntry
+from ._queues import Queue
 from ._run import Run, RunStatus
 from ._runner import DEFAULT_URL, DurableRunner
 
@@ -67,7 +76,7 @@ def _count(value: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m effects", description="Inspect and drive durable runs.")
-    commands = parser.add_subparsers(dest="group", required=True, metavar="runs")
+    commands = parser.add_subparsers(dest="group", required=True, metavar="{runs,worker}")
     runs = commands.add_parser("runs", help="durable runs in a store")
     actions = runs.add_subparsers(dest="action", required=True)
 
@@ -124,7 +133,88 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--reason", help="recorded as the cancellation reason")
     code(p)
+
+    about = "serve durable queues: claim queued runs and run them (until SIGTERM or Ctrl-C)"
+    p = commands.add_parser("worker", help=about, description=about)
+    p.add_argument(
+        "--db",
+        type=_store_url,
+        default=os.environ.get("EFFECTS_DB", DEFAULT_URL),
+        help="store URL, or the path of a SQLite file (default: $EFFECTS_DB or %(default)s)",
+    )
+    code(p)
+    p.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        type=_queue,
+        required=True,
+        metavar="QUEUE[,concurrency=N][,worker_concurrency=N][,rate=N/SECONDS]",
+        help="a queue to serve and its limits; repeatable",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=8,
+        help="runs executing at once in this worker (default %(default)s)",
+    )
+    p.add_argument("--owner", help="this worker's lease owner (default host:pid)")
+    p.add_argument(
+        "--lease", type=_seconds, default=30.0, help="lease in seconds (default %(default)s)"
+    )
+    p.add_argument(
+        "--poll",
+        type=_seconds,
+        default=1.0,
+        help="seconds between looks at idle queues without a notification (default %(default)s)",
+    )
     return parser
+
+
+def _positive(value: str) -> int:
+    n = _count(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _seconds(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < x < 1e9:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
+    return x
+
+
+def _queue(spec: str) -> Queue:
+    """`name[,concurrency=N][,worker_concurrency=N][,rate=N/SECONDS]` as a `Queue`."""
+    name, *options = spec.split(",")
+    limits: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            if key in ("concurrency", "worker_concurrency"):
+                limits[key] = int(value)
+            elif key == "rate":
+                count, _, period = value.partition("/")
+                limits["rate_limit"] = (int(count), float(period))
+            else:
+                raise argparse.ArgumentTypeError(
+                    f"unknown queue option {key!r} (concurrency, worker_concurrency, rate)"
+                )
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"queue option {option!r}: expected concurrency=N, worker_concurrency=N or "
+                "rate=N/SECONDS"
+            ) from None
+    try:
+        return Queue(name, **limits)
+    except ConfigurationError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _handlers(spec: str | None) -> tuple[Handler | Stack, ...]:
@@ -177,6 +267,9 @@ def _run_json(run: Run) -> dict[str, Any]:
         "parked": run.parked,
         "recovery_attempts": run.recovery_attempts,
         "wake_at": run.wake_at.isoformat() if run.wake_at is not None else None,
+        "queue": run.queue,
+        "priority": run.priority,
+        "dedup_id": run.dedup_id,
     }
     outcome = run.outcome
     if type(outcome) is Suspend:
@@ -224,6 +317,11 @@ def _print_run(run: Run, out: TextIO) -> None:
     if run.wake_at is not None:
         status += f", wakes at {run.wake_at.strftime('%Y-%m-%d %H:%M:%S UTC')}"
     line("status", status)
+    if run.queue is not None:
+        queue = f"{run.queue} (priority {run.priority})"
+        if run.dedup_id is not None:
+            queue += f", dedup id {run.dedup_id}"
+        line("queue", queue)
     if run.parked is not None:
         line("parked", f"{run.parked} (python -m effects runs unpark {run.id})")
     line("created", run.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
@@ -280,7 +378,34 @@ def _check_exists(url: str) -> None:
             raise ConfigurationError(f"no store at {path!r} (from --db {url})")
 
 
+async def _worker(args: argparse.Namespace, out: TextIO) -> None:
+    for module in args.imports:
+        importlib.import_module(module)
+    handlers = _handlers(args.handlers)
+    async with DurableRunner(
+        args.db, handlers=handlers, owner=args.owner, lease=args.lease
+    ) as runner:
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                functools.partial(
+                    runner.work, args.queues, concurrency=args.concurrency, poll=args.poll
+                )
+            )
+            names = ", ".join(q.name for q in args.queues)
+            print(f"worker {runner.owner} serving {names}", file=out, flush=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    # An orderly stop: runs in flight stop as in a crash and their leases are
+                    # released, so another worker takes them over at once.
+                    tg.cancel_scope.cancel()
+                    break
+    print("worker stopped", file=out, flush=True)
+
+
 async def _main(args: argparse.Namespace, out: TextIO) -> None:
+    if args.group == "worker":
+        await _worker(args, out)
+        return
     _check_exists(args.db)
     handlers: tuple[Handler | Stack, ...] = ()
     if args.action in ("resume", "cancel"):

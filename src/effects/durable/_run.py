@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 class RunStatus(StrEnum):
     """Where a durable run is. `RUNNING` means a step holds (or held, if its process died) the
-    run's lease; `SLEEPING` that it waits, in no process's memory, for its timer (`Run.wake_at`);
-    the last three are final."""
+        run's lease; `QUEUED` that it waits on a queue for a worker to claim it (nothing has run
+    yet); `SLEEPING` that it waits, in no process's memory, for its timer (`Run.wake_at`);
+        the last three are final."""
 
+    QUEUED = "queued"
     RUNNING = "running"
     SUSPENDED = "suspended"
     SLEEPING = "sleeping"
@@ -49,6 +51,7 @@ class Run:
     since the run's last checkpoint. `DurableRunner.unpark` lets recovery try again.
     A `sleeping` run has no outcome; `wake_at` says when its `Clock.sleep` is over (by the
     database's clock): then any runner's timer loop continues it.
+    `queue`, `priority` and `dedup_id` are set on runs made by `DurableRunner.enqueue`.
     """
 
     id: str
@@ -66,6 +69,9 @@ class Run:
     parked: str | None = None
     recovery_attempts: int = 0
     wake_at: datetime | None = None
+    queue: str | None = None
+    priority: int = 0
+    dedup_id: str | None = None
 
     @property
     def finished(self) -> bool:

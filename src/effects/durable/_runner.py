@@ -55,6 +55,7 @@ from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._log import Log, make_log
 from ._logger import EffectLogger, cancellation
+from ._queues import QUEUE_CHANNEL, Queue, cancel_queued, check_priority, enqueue
 from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
 from ._serialize import codec, dump_error, load_error, storable_text
 from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
@@ -270,6 +271,9 @@ class DurableRunner:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._token = secrets.token_hex(16)
         self._beat: _owners.Heartbeat | None = None
+        # Wake-up callbacks of this runner's queue workers (called with a queue's name, or
+        # None when notifications may have been lost).
+        self._queue_wakers: set[Callable[[str | None], None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -455,6 +459,86 @@ class DurableRunner:
         self._publish(row)
         return await self._launch(step, lambda: interp.adrive(None, None), wait)
 
+    async def enqueue(
+        self,
+        comp: Comp[Any],
+        *,
+        queue: str | Queue,
+        dedup_id: str | None = None,
+        priority: int = 0,
+        run_id: str | None = None,
+    ) -> Run:
+        """Put a run of `comp` on `queue`, for a worker (`work()`, `python -m effects worker`)
+        to run; returns the `queued` run at once. Nothing of the computation runs here.
+
+        `priority`: lower runs first (default 0; ties in enqueue order). `dedup_id`: while the
+        queue holds a run with this deduplication id (in any status), enqueuing again returns
+        that run instead of a new one, whatever its arguments (an idempotency key for the
+        enqueue; use a new id for a new run). `run_id` as in `start` (an existing run with
+        that id is returned). Cancel a queued run with `cancel`: it ends `cancelled` without
+        running.
+        """
+        store = self.store
+        name = queue.name if isinstance(queue, Queue) else Queue(queue).name
+        function = _function_of(comp)
+        args = signature(function).dump_args(comp)
+        if dedup_id is not None and not 0 < len(dedup_id) <= 255:
+            raise ConfigurationError("a dedup_id is 1 to 255 characters")
+        now = time.time()
+        row = RunRow(
+            id=run_id if run_id is not None else str(uuid7()),
+            name=function.name,
+            version=function.version,
+            args=args,
+            status=RunStatus.QUEUED.value,
+            prompt=None,
+            input_schema=None,
+            answer=None,
+            result=None,
+            error=None,
+            revision=1,
+            lease_owner=None,
+            lease_expires=None,
+            cancel_requested=False,
+            created_at=now,
+            updated_at=now,
+            queue=name,
+            priority=check_priority(priority),
+            dedup_id=dedup_id,
+        )
+        with anyio.CancelScope(shield=True):
+            stored = await enqueue(store, row)
+        if stored is row:
+            self._publish(row)
+        elif stored.dedup_id is None or stored.dedup_id != dedup_id or stored.queue != name:
+            # The id was taken (not the dedup id): the same run, or a conflict as in `start`.
+            if stored.name != row.name or stored.args != row.args:
+                raise ConflictError(
+                    f"run id {row.id!r} is taken by another run "
+                    f"({stored.name} with other arguments)"
+                )
+        return self._to_run(stored)
+
+    async def work(
+        self,
+        queues: Sequence[str | Queue],
+        *,
+        concurrency: int = 8,
+        poll: float = 1.0,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve `queues` in this process until cancelled: claim their queued runs and run
+        them, at most `concurrency` at once in this worker (and within each `Queue`'s own
+        limits), taking over runs of those queues whose worker died once their lease expired.
+
+        Idle workers wake when a run is enqueued (PostgreSQL LISTEN/NOTIFY) and otherwise
+        look every `poll` seconds. Only runs of computations registered in this process are
+        claimed. Use `await task_group.start(runner.work, [...])` to know when it serves.
+        """
+        from ._worker import Worker
+
+        await Worker(self, queues, concurrency=concurrency, poll=poll).run(task_status=task_status)
+
     async def resume(
         self, run_id: str, value: Any = None, *, revision: int | None = None, wait: bool = True
     ) -> Run:
@@ -516,6 +600,12 @@ class DurableRunner:
         status = RunStatus(row.status)
         if status in FINAL_STATUSES:
             return self._to_run(row)
+        if status is RunStatus.QUEUED:
+            cancelled = await cancel_queued(self.store, run_id, _display_json(reason))
+            if cancelled is None:  # claimed meanwhile: cancel it where it runs
+                return await self.cancel(run_id, reason)
+            self._publish(cancelled)
+            return self._to_run(cancelled)
         if status is RunStatus.RUNNING:
             if row.lease_owner in (None, self.owner) or await self.store.lease_expired(row):
                 return await self._recover(row, cancel=(reason,))
@@ -749,6 +839,11 @@ class DurableRunner:
             if status is RunStatus.RUNNING:
                 holder = f" (lease held by {row.lease_owner})" if row.lease_owner else ""
                 raise ConflictError(f"cannot {action} run {run_id!r}: a step is running{holder}")
+            if status is RunStatus.QUEUED:
+                raise ConflictError(
+                    f"cannot {action} run {run_id!r}: it is queued on {row.queue!r} and has "
+                    "not started yet"
+                )
             if status is RunStatus.SLEEPING:
                 raise ConflictError(
                     f"cannot {action} run {run_id!r}: it is sleeping until "
@@ -899,6 +994,27 @@ class DurableRunner:
             return outcome
 
         return await self._launch(step, drive, True, recovering=True)
+
+    async def _run_claimed(self, row: RunRow) -> Run:
+        """Run the first step of a run a queue worker claimed (its lease is ours)."""
+        if row.id in self._steps:
+            raise ConflictError(f"run {row.id!r} is running a step in this process")
+        function = _registered(row)
+        sig = signature(function)
+        comp = sig.load_args(row.id, row.args)
+        step = _Step(row, LogRows(row.id), sig)
+        step.leased = True  # renewed by the heartbeat from now on
+        self._steps[row.id] = step
+        try:
+            interp = self._interpreter(
+                step, comp, function, make_log(function.name, function.version, row.id, [])
+            )
+        except BaseException:
+            step.leased = False
+            self._drop(step)
+            raise
+        self._publish(row)
+        return await self._launch(step, lambda: interp.adrive(None, None), True)
 
     async def _launch(
         self,
@@ -1190,6 +1306,9 @@ class DurableRunner:
                 if status is RunStatus.SLEEPING and row.wake_at is not None
                 else None
             ),
+            queue=row.queue,
+            priority=row.priority,
+            dedup_id=row.dedup_id,
         )
 
     # -- background tasks -------------------------------------------------------------------
@@ -1253,6 +1372,7 @@ class DurableRunner:
                     except RunNotFound:
                         continue
                 logger.info("listening again for changes of other processes")
+                self._queue_notified(None, 0, QUEUE_CHANNEL, None)  # enqueues may be missed
             delay = _LISTEN_RETRY_FIRST
 
         with send, receive:
@@ -1294,6 +1414,7 @@ class DurableRunner:
             driver.add_termination_listener(on_lost)
             try:
                 await driver.add_listener(NOTIFY_CHANNEL, on_notify)
+                await driver.add_listener(QUEUE_CHANNEL, self._queue_notified)
                 # Changes committed before the LISTEN are read by `listening` (after it, so
                 # nothing falls between the two).
                 await listening()
@@ -1309,6 +1430,7 @@ class DurableRunner:
                     else:
                         try:
                             await driver.remove_listener(NOTIFY_CHANNEL, on_notify)
+                            await driver.remove_listener(QUEUE_CHANNEL, self._queue_notified)
                         except Exception:  # closing anyway
                             await conn.invalidate()
         raise ConnectionError("the listening connection was closed")
@@ -1328,6 +1450,11 @@ class DurableRunner:
             except Exception:
                 break
         scope.cancel()
+
+    def _queue_notified(self, _conn: Any, _pid: int, _channel: str, payload: str | None) -> None:
+        # A run was enqueued on (or a slot freed in) the queue named `payload`.
+        for wake in builtins.list(self._queue_wakers):
+            wake(payload)
 
     async def _notified(self, payload: str) -> None:
         run_id, _, revision = payload.rpartition(":")

@@ -64,8 +64,18 @@ runs = sa.Table(
     # When a `sleeping` run is due (UTC epoch seconds, by the database's clock): any runner's
     # timer loop takes it then and continues it by replay.
     sa.Column("wake_at", sa.Double, nullable=True),
+    # Durable queues: the queue a run was enqueued on (NULL for runs started directly), its
+    # priority (lower first), its deduplication id (unique per queue), and when a worker
+    # claimed it (by the database's clock; what a queue's rate limit counts).
+    sa.Column("queue", sa.String(255), nullable=True),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("dedup_id", sa.String(255), nullable=True),
+    sa.Column("claimed_at", sa.Double, nullable=True),
     sa.Index("effects_runs_status", "status", "created_at"),
     sa.Index("effects_runs_wake", "status", "wake_at"),
+    sa.Index("effects_runs_queued", "queue", "status", "priority", "created_at"),
+    sa.Index("effects_runs_claimed", "queue", "claimed_at"),
+    sa.Index("effects_runs_dedup", "queue", "dedup_id", unique=True),
 )
 """One row per durable run: what it is, where it is, who holds it."""
 
@@ -99,6 +109,16 @@ owners = sa.Table(
     sa.Column("expires", sa.Double, nullable=False),
 )
 """One row per owner held by a live runner (deleted when it stops in order)."""
+
+queues = sa.Table(
+    "effects_queues",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+"""One row per queue a worker has served: on PostgreSQL, workers claiming from a queue with a
+global concurrency or rate limit lock its row (`FOR UPDATE`), so the limit holds across
+processes; claims from unlimited queues only use `SKIP LOCKED` on the runs."""
 
 
 @dataclass(frozen=True)
@@ -137,11 +157,33 @@ def _timers(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"CREATE INDEX effects_runs_wake ON {runs.name} (status, wake_at)"))
 
 
+def _queues(conn: sa.Connection) -> None:
+    # Additive: existing runs belong to no queue (priority 0). Same SQL on both dialects;
+    # parts that exist already are skipped.
+    inspector = sa.inspect(conn)
+    columns = {c["name"] for c in inspector.get_columns(runs.name)}
+    for name, ddl in (
+        ("queue", "VARCHAR(255)"),
+        ("priority", "INTEGER NOT NULL DEFAULT 0"),
+        ("dedup_id", "VARCHAR(255)"),
+        ("claimed_at", "DOUBLE PRECISION"),
+    ):
+        if name not in columns:
+            conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN {name} {ddl}"))
+    indexes = {i["name"] for i in inspector.get_indexes(runs.name)}
+    for index in runs.indexes:
+        if index.name in ("effects_runs_queued", "effects_runs_claimed", "effects_runs_dedup"):
+            if index.name not in indexes:
+                index.create(conn)
+    queues.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and effect log", _initial),
     Migration(2, "recovery attempts and parked runs", _recovery_attempts),
     Migration(3, "owners: one live runner per owner", _owners),
     Migration(4, "durable timers: sleeping runs and their wake-up time", _timers),
+    Migration(5, "durable queues: queue, priority, deduplication id, claim time", _queues),
 )
 """Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
 

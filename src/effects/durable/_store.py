@@ -103,6 +103,10 @@ class RunRow:
     recovery_attempts: int = 0
     parked: str | None = None
     wake_at: float | None = None
+    queue: str | None = None
+    priority: int = 0
+    dedup_id: str | None = None
+    claimed_at: float | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> RunRow:
