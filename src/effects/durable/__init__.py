@@ -11,7 +11,8 @@ without performing the effects again, up to the `Yield` it was waiting at.
 `durable_loop` keeps long loops' logs bounded; `patched` lets a changed computation replay runs
 recorded by its older version; `Checkpoint`, `StartTimer`, `AwaitTimer`, `idempotency_key` and
 `at_most_once` are the contract with a durable store. `Clock.sleep` in a logged run is a durable
-timer: its wake-up time is recorded before it waits.
+timer: its wake-up time is recorded before it waits. A runner keeps a copy of each run's task
+tree in the store (`DurableRunner.task_tree`, `subscribe_tasks`, `TaskSubscription`).
 """
 
 from ._effects import AwaitTimer, Checkpoint, StartTimer, at_most_once, idempotency_key
@@ -22,6 +23,7 @@ from ._queues import Queue
 from ._run import Run, RunStatus, Subscription
 from ._runner import DurableRunner, current_run_id
 from ._serialize import ReplayedError
+from ._tasks import TaskSubscription
 from ._versioning import Patched, patched
 from ._worker import Worker
 
@@ -32,6 +34,7 @@ __all__ = (
     "Run",
     "RunStatus",
     "Subscription",
+    "TaskSubscription",
     "current_run_id",
     "EffectLogger",
     "Log",

@@ -50,6 +50,7 @@ from .._handler import Handler, Stack, flatten, handles, with_handler
 from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.world import uuid7
+from ..tasks import TaskSnapshot
 from . import _owners
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
@@ -59,6 +60,8 @@ from ._queues import QUEUE_CHANNEL, Queue, cancel_queued, check_priority, enqueu
 from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
 from ._serialize import codec, dump_error, load_error, storable_text
 from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
+from ._task_store import TASKS_CHANNEL, TaskTrees, encode_tree, error_text
+from ._tasks import StepTasks, StepTaskTree, TaskSubscription
 from ._timers import Timers
 
 logger = logging.getLogger("effects.durable")
@@ -95,6 +98,7 @@ class _Step:
         "scope",
         "sig",
         "sleep_until",
+        "tasks",
         "unwinding",
     )
 
@@ -117,6 +121,7 @@ class _Step:
         # Recovering a cancellation whose cleanup was cut off: the replay delivers the
         # cancellation where it was recorded, and the cleanup must not be interrupted again.
         self.unwinding = False
+        self.tasks: StepTasks | None = None  # the step's task tree (once its handlers exist)
 
     def set_log(self, log: Log) -> None:
         self.final_log = log
@@ -224,6 +229,13 @@ class DurableRunner:
     - `timers=False`: no timer loop in this runner (for short-lived tools such as the CLI,
       which should not take over runs they have no handlers for); `recover()` still continues
       due sleeping runs.
+    - Task trees: the runner installs a `TaskTree` (outermost) around every step and keeps a
+      copy of each run's tree in the store — written at most every `task_interval` seconds
+      while it changes and once when the step ends — so that any process, and this one after a
+      restart, can show it (`task_tree`, `subscribe_tasks`). `task_lines` bounds the output
+      lines kept per task (older ones are dropped and counted in `TaskNode.dropped`).
+      `on_tasks(run_id, snapshot)` is called in this process after every change of a tree of
+      a step running here (synchronously: keep it cheap).
 
     Runs on asyncio only: SQLAlchemy's async drivers (aiosqlite, asyncpg) are asyncio-based.
     """
@@ -241,6 +253,9 @@ class DurableRunner:
         sleep_in_memory: float = 5.0,
         timer_poll: float = 1.0,
         timers: bool = True,
+        task_lines: int = 200,
+        task_interval: float = 0.15,
+        on_tasks: Callable[[str, TaskSnapshot], None] | None = None,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
@@ -255,6 +270,12 @@ class DurableRunner:
         self.sleep_in_memory = sleep_in_memory
         self.timer_poll = timer_poll
         self.timers = timers
+        if task_lines < 1 or task_interval < 0:
+            raise ConfigurationError("task_lines must be >= 1 and task_interval >= 0 (seconds)")
+        self.task_lines = task_lines
+        self.task_interval = task_interval
+        self.on_tasks = on_tasks
+        self._task_subscribers: dict[str, set[TaskSubscription]] = {}
         self._timer_changed = anyio.Event()
         # Sleeping runs this process could not continue (at that revision): not retried.
         self._unwakeable: dict[str, int] = {}
@@ -329,6 +350,9 @@ class DurableRunner:
             for subs in builtins.list(self._subscribers.values()):
                 for sub in builtins.list(subs):
                     sub._close()
+            for task_subs in builtins.list(self._task_subscribers.values()):
+                for task_sub in builtins.list(task_subs):
+                    task_sub._close()
             try:
                 # The body's own exception propagates as itself (not in an ExceptionGroup):
                 # the group only holds the runner's tasks, which catch their errors.
@@ -792,6 +816,95 @@ class DurableRunner:
         self.store  # noqa: B018 - fails clearly outside `async with`
         return Subscription(self, run_id)
 
+    # -- task trees -------------------------------------------------------------------------
+
+    async def task_tree(self, run_id: str) -> TaskSnapshot | None:
+        """The run's task tree: the live one while a step of the run runs in this process,
+        else the copy in the store (at most `task_interval` behind the process running the
+        run; after the run ended, its final tree, whose root says how it ended). None if the
+        run reported no task, progress or output; `RunNotFound` if there is no such run."""
+        return (await self._current_tree(run_id))[0]
+
+    def subscribe_tasks(self, run_id: str) -> TaskSubscription:
+        """Follow a run's task tree: `async for tree in runner.subscribe_tasks(run_id)` yields
+        the current tree (once the run has one), then each newer one, and ends after the tree
+        of the finished run. From a step in this process every change arrives; from a step in
+        another process every stored copy arrives through PostgreSQL LISTEN/NOTIFY (on SQLite
+        only the first read sees another process's tree). See `TaskSubscription`.
+        """
+        self.store  # noqa: B018 - fails clearly outside `async with`
+        return TaskSubscription(self, run_id)
+
+    async def _current_tree(self, run_id: str) -> tuple[TaskSnapshot | None, int | None, bool]:
+        """The newest tree of a run (live here, or stored), its stored version (None when
+        live), and whether the run finished."""
+        step = self._steps.get(run_id)
+        if step is not None and step.tasks is not None and step.tasks.reported is not None:
+            return step.tasks.reported, None, False
+        stored = await TaskTrees(self.store).load(run_id)
+        return stored.tree, stored.version, stored.finished
+
+    def _step_tasks(self, step: _Step) -> StepTasks:
+        run_id = step.row.id
+        trees = TaskTrees(self.store)
+
+        async def save(snapshot: TaskSnapshot) -> int | None:
+            # Guarded by this step's lease or last committed revision: a process that lost
+            # the run cannot overwrite the tree of the one that took it over.
+            return await trees.save(
+                run_id, encode_tree(snapshot), owner=self.owner, revision=step.row.revision
+            )
+
+        def offer(snapshot: TaskSnapshot, version: int | None, final: bool, fresh: bool) -> None:
+            current = self._steps.get(run_id)
+            if current is not None and current is not step:
+                return  # a newer step of the run is being set up or runs: its tree is newer
+            if fresh and self.on_tasks is not None:
+                try:
+                    self.on_tasks(run_id, snapshot)
+                except Exception:
+                    logger.exception("run %s: the on_tasks hook failed", run_id)
+            for sub in builtins.list(self._task_subscribers.get(run_id, ())):
+                sub._offer(snapshot, version, final, local=True)
+
+        return StepTasks(run_id, save=save, offer=offer, interval=self.task_interval)
+
+    async def _close_tasks(self, step: _Step) -> None:
+        """Write the final copy of a step's tree (settled to how the run ended, if it did)."""
+        tasks = step.tasks
+        if tasks is None:
+            return
+        row = step.row
+        error = error_text(row.error) if row.status == RunStatus.FAILED.value else None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.lease / 3):
+            try:
+                await tasks.close(row.status, error)
+            except Exception as err:
+                logger.warning("run %s: could not store its final task tree: %s", row.id, err)
+
+    async def _notified_tasks(self, payload: str) -> None:
+        run_id, _, version = payload.rpartition(":")
+        subs = self._task_subscribers.get(run_id)
+        if not subs or not version.isdigit():
+            return
+        step = self._steps.get(run_id)
+        if step is not None and step.tasks is not None and step.tasks.reported is not None:
+            return  # the step runs here: its subscribers have the live tree
+        if all(s.stored_version >= int(version) for s in subs):
+            return
+        await self._reread_tasks(run_id)
+
+    async def _reread_tasks(self, run_id: str) -> None:
+        try:
+            stored = await TaskTrees(self.store).load(run_id)
+        except Exception as err:
+            logger.warning("run %s: could not read its task tree: %s", run_id, err)
+            return
+        if stored.tree is None:
+            return
+        for sub in builtins.list(self._task_subscribers.get(run_id, ())):
+            sub._offer(stored.tree, stored.version, stored.finished, local=False)
+
     # -- steps ------------------------------------------------------------------------------
 
     def _interpreter(
@@ -804,13 +917,15 @@ class DurableRunner:
             computation=function,
             on_log=step.set_log,
         )
+        tasks = step.tasks = self._step_tasks(step)
+        tree = StepTaskTree(tasks, max_lines=self.task_lines)
         # Handlers are installed while the interpreter is built: `current_run_id()` tells them
         # which run they serve, whichever task (a request, recover()) started the step.
         token = _current_run.set(step.row.id)
         try:
             interp = _Interpreter(
                 with_handler(comp, effect_logger),
-                (_Checkpoints(self, step), Timers(self, step), *self.handlers),
+                (_Checkpoints(self, step), Timers(self, step), *self.handlers, tree),
             )
         finally:
             _current_run.reset(token)
@@ -1025,9 +1140,11 @@ class DurableRunner:
         recovering: bool = False,
     ) -> Run:
         self._steps[step.row.id] = step
+        assert self._tg is not None
+        if step.tasks is not None:
+            step.tasks.activate(self._tg)
         if wait:
             return await self._run_step(step, drive, recovering)
-        assert self._tg is not None
         self._background.add(step)
         self._tg.start_soon(self._run_background, step, drive)
         return self._to_run(step.row)
@@ -1083,7 +1200,10 @@ class DurableRunner:
                     await self._release(step, uncount=isinstance(err, _DEPLOYMENT_ERRORS))
             raise
         finally:
+            # Dropped first: once a suspension is committed, the run may be resumed at once
+            # (the next step's takeover then refuses this step's late copy of the tree).
             self._drop(step)
+            await self._close_tasks(step)
 
     async def _give_back(self, step: _Step) -> None:
         """Undo a step that could not run here: a resumed step that committed nothing goes
@@ -1349,11 +1469,11 @@ class DurableRunner:
         runner lives: a lost connection (a server restart, a network cut) is re-established
         with backoff, and every subscription then re-reads its run, since the notifications
         sent meanwhile are lost."""
-        send, receive = anyio.create_memory_object_stream[str](1024)
+        send, receive = anyio.create_memory_object_stream[tuple[str, str]](1024)
 
-        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        def on_notify(_conn: Any, _pid: int, channel: str, payload: str) -> None:
             try:
-                send.send_nowait(payload)
+                send.send_nowait((channel, payload))
             except anyio.WouldBlock:
                 pass  # subscribers re-read the run on the next notification
 
@@ -1371,6 +1491,8 @@ class DurableRunner:
                         self._publish(await self.store.get(run_id))
                     except RunNotFound:
                         continue
+                for run_id in builtins.list(self._task_subscribers):
+                    await self._reread_tasks(run_id)
                 logger.info("listening again for changes of other processes")
                 self._queue_notified(None, 0, QUEUE_CHANNEL, None)  # enqueues may be missed
             delay = _LISTEN_RETRY_FIRST
@@ -1394,7 +1516,7 @@ class DurableRunner:
     async def _listen_once(
         self,
         on_notify: Callable[..., None],
-        receive: anyio.abc.ObjectReceiveStream[str],
+        receive: anyio.abc.ObjectReceiveStream[tuple[str, str]],
         listening: Callable[[], Awaitable[None]],
     ) -> None:
         """LISTEN on one connection and handle notifications until that connection is lost
@@ -1415,13 +1537,17 @@ class DurableRunner:
             try:
                 await driver.add_listener(NOTIFY_CHANNEL, on_notify)
                 await driver.add_listener(QUEUE_CHANNEL, self._queue_notified)
+                await driver.add_listener(TASKS_CHANNEL, on_notify)
                 # Changes committed before the LISTEN are read by `listening` (after it, so
                 # nothing falls between the two).
                 await listening()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_connection, driver, lost, tg.cancel_scope)
-                    async for payload in receive:
-                        await self._notified(payload)
+                    async for channel, payload in receive:
+                        if channel == TASKS_CHANNEL:
+                            await self._notified_tasks(payload)
+                        else:
+                            await self._notified(payload)
             finally:
                 driver.remove_termination_listener(on_lost)
                 with anyio.CancelScope(shield=True):
@@ -1431,6 +1557,7 @@ class DurableRunner:
                         try:
                             await driver.remove_listener(NOTIFY_CHANNEL, on_notify)
                             await driver.remove_listener(QUEUE_CHANNEL, self._queue_notified)
+                            await driver.remove_listener(TASKS_CHANNEL, on_notify)
                         except Exception:  # closing anyway
                             await conn.invalidate()
         raise ConnectionError("the listening connection was closed")

@@ -120,6 +120,26 @@ queues = sa.Table(
 global concurrency or rate limit lock its row (`FOR UPDATE`), so the limit holds across
 processes; claims from unlimited queues only use `SKIP LOCKED` on the runs."""
 
+task_trees = sa.Table(
+    "effects_task_trees",
+    metadata,
+    sa.Column(
+        "run_id",
+        sa.String(255),
+        sa.ForeignKey("effects_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # Bumped by every write of the row, whoever writes it: readers in other processes compare
+    # it (a tree rebuilt by a process that took the run over may have a lower tree version).
+    sa.Column("version", sa.Integer, nullable=False),
+    # `TaskSnapshot.to_dict()` as JSON (ASCII: lone surrogates and NULs escaped).
+    sa.Column("tree", sa.Text, nullable=False),
+    # The runner owner that wrote it, and when (the writing host's clock, for display).
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+"""The newest task tree of each run that reported one (throttled copy of the live tree)."""
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -178,12 +198,17 @@ def _queues(conn: sa.Connection) -> None:
     queues.create(conn, checkfirst=True)
 
 
+def _task_trees(conn: sa.Connection) -> None:
+    task_trees.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and effect log", _initial),
     Migration(2, "recovery attempts and parked runs", _recovery_attempts),
     Migration(3, "owners: one live runner per owner", _owners),
     Migration(4, "durable timers: sleeping runs and their wake-up time", _timers),
     Migration(5, "durable queues: queue, priority, deduplication id, claim time", _queues),
+    Migration(6, "task trees: the newest tree and output of each run", _task_trees),
 )
 """Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
 
