@@ -869,16 +869,22 @@ class DurableRunner:
 
         return StepTasks(run_id, save=save, offer=offer, interval=self.task_interval)
 
-    async def _close_tasks(self, step: _Step) -> None:
-        """Write the final copy of a step's tree (settled to how the run ended, if it did)."""
+    async def _close_tasks(
+        self, step: _Step, status: str | None = None, error_json: str | None = None
+    ) -> None:
+        """Write the last copy of a step's tree, settled to `status` (and the stored error
+        `error_json`) if that is final; by default the status the step left the run at. Once a
+        step closed its tree, closing again does nothing."""
         tasks = step.tasks
         if tasks is None:
             return
         row = step.row
-        error = error_text(row.error) if row.status == RunStatus.FAILED.value else None
+        if status is None:
+            status, error_json = row.status, row.error
+        error = error_text(error_json) if status == RunStatus.FAILED.value else None
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.lease / 3):
             try:
-                await tasks.close(row.status, error)
+                await tasks.close(status, error)
             except Exception as err:
                 logger.warning("run %s: could not store its final task tree: %s", row.id, err)
 
@@ -1328,6 +1334,10 @@ class DurableRunner:
         else:
             assert type(outcome) is Cancelled
             changes.update(status=RunStatus.CANCELLED.value, result=_display_json(outcome.reason))
+        if changes["status"] in FINAL_STATUSES:
+            # The final tree is stored before the final status: a reader that sees the run
+            # ended reads its final tree, never a copy from before the end.
+            await self._close_tasks(step, changes["status"], changes.get("error"))
         await self._commit(step, changes, log)
         step.leased = False
         return self._to_run(step.row, live)
@@ -1587,16 +1597,22 @@ class DurableRunner:
         run_id, _, revision = payload.rpartition(":")
         flagged = revision.endswith("!")
         revision = revision.rstrip("!")
-        subs = self._subscribers.get(run_id)
-        if not subs or not revision.isdigit():
+        subs = self._subscribers.get(run_id, set())
+        # Tree subscribers learn here that the run ended (its final tree was stored first).
+        trees = [s for s in self._task_subscribers.get(run_id, ()) if not s.ended]
+        if not (subs or trees) or not revision.isdigit():
             return
         seen = all(s._latest is not None and s._latest.revision >= int(revision) for s in subs)
-        if seen and not flagged:
+        if seen and not flagged and not trees:
             return
         try:
-            self._publish(await self.store.get(run_id))
+            row = await self.store.get(run_id)
         except Exception as err:
             logger.warning("run %s: could not read a change: %s", run_id, err)
+            return
+        self._publish(row)
+        if trees and row.status in FINAL_STATUSES:
+            await self._reread_tasks(run_id)
 
 
 # Errors of a recovery that say the code deployed here cannot run the run (an unknown

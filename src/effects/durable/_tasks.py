@@ -214,10 +214,19 @@ class TaskSubscription:
         """The newest version of the stored tree this subscription has been offered."""
         return self._version
 
+    @property
+    def ended(self) -> bool:
+        """Whether it was offered the tree of the finished run (nothing follows)."""
+        return self._final or self._closed
+
     def _offer(
         self, snapshot: TaskSnapshot, version: int | None, final: bool, *, local: bool
     ) -> None:
         if not local and (version is None or version <= self._version):
+            if final and version == self._version and not self._final:
+                # The copy held is the last one: the run has ended since it was read.
+                self._final = True
+                self._changed.set()
             return  # a copy this subscription has seen, or older than what it holds
         if version is not None:
             self._version = max(self._version, version)
