@@ -101,11 +101,24 @@ async def measure_while(work: Callable[[], Awaitable[Any]]) -> tuple[Any, list[f
     return result, lateness
 
 
-def assert_fair(lateness: list[float]) -> None:
-    # The loop takes several TICKs of work: a ticker that got no turn at all shows up as one
-    # huge lateness (or none recorded), a fair one as many small ones.
-    assert len(lateness) >= 3, f"the ticker hardly ran during the loop: {lateness}"
-    assert max(lateness) < MAX_LATENESS, f"max lateness {max(lateness):.3f} s"
+ATTEMPTS = 3
+
+
+async def measure_fair(work: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run `work` under the ticker until one attempt is fair, up to ATTEMPTS times; the results
+    of every attempt. A driver that does not give the loop back is unfair on every attempt;
+    a machine busy with other processes may hold this one off the CPU for more than
+    MAX_LATENESS now and then, which is the OS's lateness, not the driver's."""
+    results, seen = [], []
+    for _ in range(ATTEMPTS):
+        result, lateness = await measure_while(work)
+        results.append(result)
+        # The loop takes several TICKs of work: a ticker that got no turn at all shows up as
+        # one huge lateness (or none recorded), a fair one as many small ones.
+        if len(lateness) >= 3 and max(lateness) < MAX_LATENESS:
+            return results
+        seen.append(f"{len(lateness)} ticks, max lateness {max(lateness, default=0):.3f} s")
+    pytest.fail(f"the ticker was held up in every attempt: {seen}")
 
 
 async def test_a_long_step_of_async_computation_lets_other_tasks_run() -> None:
@@ -118,16 +131,14 @@ async def test_a_long_step_of_async_computation_lets_other_tasks_run() -> None:
             )
         return out
 
-    out, lateness = await measure_while(work)
-    assert out == Done(expected(LONG))
-    assert_fair(lateness)
+    for out in await measure_fair(work):
+        assert out == Done(expected(LONG))
 
 
 async def test_a_long_arun_lets_other_tasks_run() -> None:
     """`arun` drives through the same driver: the loop is just as fair there."""
-    out, lateness = await measure_while(lambda: arun(spin(LONG), handler({Work: busy})))
-    assert out == expected(LONG)
-    assert_fair(lateness)
+    for out in await measure_fair(lambda: arun(spin(LONG), handler({Work: busy}))):
+        assert out == expected(LONG)
 
 
 async def test_cancel_of_a_long_step_takes_effect_promptly() -> None:
@@ -212,10 +223,10 @@ class TestDurable:
         """A durable step of 400k in-memory effects delays a 10 ms ticker by < 100 ms."""
         url = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
         async with DurableRunner(url, handlers=Spin()) as runner:
-            run, lateness = await measure_while(lambda: runner.start(durable_spin(LONG)))
-        assert run.status is RunStatus.DONE
-        assert run.outcome == Done(expected(LONG))
-        assert_fair(lateness)
+            runs = await measure_fair(lambda: runner.start(durable_spin(LONG)))
+        for run in runs:
+            assert run.status is RunStatus.DONE
+            assert run.outcome == Done(expected(LONG))
 
     async def test_cancel_of_a_long_durable_step_takes_effect_promptly(
         self, tmp_path: Path
