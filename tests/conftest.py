@@ -4,7 +4,7 @@ import pytest
 
 # tests/ is on sys.path (pytest's default "prepend" import mode puts the rootdir of this
 # conftest there), so the fixture modules import as the package `fixtures`.
-pytest_plugins = ["fixtures.postgres", "fixtures.browser"]
+pytest_plugins = ["fixtures.postgres", "fixtures.browser", "fixtures.nginx"]
 
 
 @pytest.fixture(

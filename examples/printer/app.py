@@ -1,6 +1,7 @@
 """A model function that prints as it works, on a page that also works without JavaScript.
 
     python examples/printer/app.py                # http://127.0.0.1:8000
+    python examples/printer/app.py --url postgresql+asyncpg://app@db/printer
 
 `fit_line` is ordinary numeric code that reports with `yield Print(...)` where a script would
 call `print(...)`: the lines appear on the run's page as they are printed, with a progress bar.
@@ -34,7 +35,6 @@ class Fit(BaseModel):
     learning_rate: float = Field(default=0.5, gt=0, le=0.75, description="Above 0.79 it diverges")
 
 
-
 @computation(name="printer.fit_line", version=1)
 def fit_line(epochs: int = 40, learning_rate: float = 0.5) -> Generator[Any, Any, str]:
     """Fit y = a*x + b to noisy points by gradient descent, printing the loss as it goes."""
@@ -56,30 +56,51 @@ def fit_line(epochs: int = 40, learning_rate: float = 0.5) -> Generator[Any, Any
     return f"y = {a:.2f}x + {b:.2f}"
 
 
-def build(db: Path) -> Starlette:
-    """The app: `/` starts a fit, `/runs/{id}` shows it; runs are private to their session."""
+def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.0) -> Starlette:
+    """The app: `/` starts a fit, `/runs/{id}` shows it; runs are private to their session and
+    live in the database at `url`; `owner` names this process for run leases."""
     return progress_app(
         fit_line,
-        secret=persistent_secret(db.with_suffix(".secret")),
-        url=f"sqlite+aiosqlite:///{db}",
+        secret=secret,
+        url=url,
         handlers=[Random(), Clock()],
         shared=False,
         start_input=Fit,
         title="Printer",
+        owner=owner,
+        lease=lease,
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="A model function that prints as it works.")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--db", type=Path, default=HERE / "runs.db", help="the SQLite file")
-    args = parser.parse_args()
-    db: Path = args.db.resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Printer: http://127.0.0.1:{args.port}  (runs in {db})", flush=True)
-    uvicorn.run(
-        build(db), host="127.0.0.1", port=args.port, access_log=False, timeout_graceful_shutdown=2
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", type=Path, help="the SQLite file (default: runs.db here)")
+    where.add_argument("--url", help="an SQLAlchemy async URL (postgresql+asyncpg://...)")
+    parser.add_argument(
+        "--owner",
+        help="this process's name for run leases (default: unique per process); a stable "
+        "one lets a restarted process take its runs back at once; two live processes "
+        "never share one",
     )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds before a dead process's runs are taken over by another (default 30)",
+    )
+    args = parser.parse_args()
+    if args.url:
+        url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
+    else:
+        db: Path = (args.db or HERE / "runs.db").resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
+    app = build(url, persistent_secret(secret_file), owner=args.owner, lease=args.lease)
+    print(f"Printer: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

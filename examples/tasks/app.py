@@ -1,10 +1,12 @@
 """An import job with a live task tree, shared with every open tab.
 
     python examples/tasks/app.py                  # http://127.0.0.1:8000
+    python examples/tasks/app.py --url postgresql+asyncpg://app@db/imports
 
 Start an import, then open the page in another browser: both see the same tree, progress bars
 and output. Only the person who started a run may cancel it; cancelling stops the source
-program too. Runs and the imported contacts live in the SQLite file (`--db`).
+program too. Runs and the imported contacts live in the SQLite file (`--db`) or in the database
+at `--url`, which several server processes can share (docs/live/deployment.md).
 """
 
 from __future__ import annotations
@@ -22,31 +24,51 @@ from bridges.live import persistent_secret, progress_app
 HERE = Path(__file__).resolve().parent
 
 
-
-def build(db: Path) -> Starlette:
-    """The app: `/` starts imports and lists every run, `/runs/{id}` shows one to everyone."""
+def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.0) -> Starlette:
+    """The app: `/` starts imports and lists every run, `/runs/{id}` shows one to everyone.
+    Runs and contacts live in the database at `url`; `owner` names this process for run
+    leases (default: unique per process)."""
     return progress_app(
         import_contacts,
-        secret=persistent_secret(db.with_suffix(".secret")),
-        url=f"sqlite+aiosqlite:///{db}",
-        handlers=contacts(db),
+        secret=secret,
+        url=url,
+        handlers=contacts(url),
         start_input=ImportOptions,
         title="Imports",
-        owner=f"imports:{db}",  # one server per database: a restart takes its runs back at once
+        owner=owner,
+        lease=lease,
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="An import job with a live task tree.")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--db", type=Path, default=HERE / "runs.db", help="the SQLite file")
-    args = parser.parse_args()
-    db: Path = args.db.resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Imports: http://127.0.0.1:{args.port}  (runs in {db})", flush=True)
-    uvicorn.run(
-        build(db), host="127.0.0.1", port=args.port, access_log=False, timeout_graceful_shutdown=2
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", type=Path, help="the SQLite file (default: runs.db here)")
+    where.add_argument("--url", help="an SQLAlchemy async URL (postgresql+asyncpg://...)")
+    parser.add_argument(
+        "--owner",
+        help="this process's name for run leases (default: unique per process); a stable "
+        "one lets a restarted process take its runs back at once; two live processes "
+        "never share one",
     )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds before a dead process's runs are taken over by another (default 30)",
+    )
+    args = parser.parse_args()
+    if args.url:
+        url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
+    else:
+        db: Path = (args.db or HERE / "runs.db").resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
+    app = build(url, persistent_secret(secret_file), owner=args.owner, lease=args.lease)
+    print(f"Imports: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,20 @@ restart starts again, a save continues from its last batch.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
+import sqlalchemy as sa
 from anyio.abc import Process
 from pydantic import BaseModel, Field
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from effects import (
     Call,
@@ -182,24 +184,51 @@ async def stop(handle: str) -> int | None:
 # -- production handlers -------------------------------------------------------------------
 
 
-def contacts(db: Path) -> Handler:
-    """`SaveContacts` as an upsert into the `contacts` table of the SQLite file `db`
-    (an upsert by id: saving a batch again after a crash changes nothing)."""
+def contacts(url: str) -> Handler:
+    """`SaveContacts` as an upsert into the `contacts` table of the database at `url` (an
+    SQLAlchemy async URL, SQLite or PostgreSQL; an upsert by id: saving a batch again after a
+    crash changes nothing)."""
+    engine = create_async_engine(url)
+    ready = anyio.Lock()
+    created = False
 
-    def upsert(rows: tuple[tuple[int, str, str], ...]) -> int:
-        with sqlite3.connect(db, timeout=10) as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS contacts"
-                " (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL)"
-            )
-            conn.executemany(
-                "INSERT INTO contacts (id, name, email) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email",
-                rows,
-            )
+    async def create_table() -> None:
+        nonlocal created
+        async with ready:
+            if created:
+                return
+            # Several processes may start at once: CREATE TABLE IF NOT EXISTS can still race
+            # on PostgreSQL, so the loser retries once (and then finds the table).
+            for attempt in (1, 2):
+                try:
+                    async with engine.begin() as conn:
+                        await conn.run_sync(_TABLES.create_all, checkfirst=True)
+                    break
+                except DBAPIError:
+                    if attempt == 2:
+                        raise
+            created = True
+
+    async def save_contacts(effect: SaveContacts) -> int:
+        await create_table()
+        insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(_CONTACTS)
+        rows = [{"id": i, "name": name, "email": email} for i, name, email in effect.rows]
+        upsert = insert.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"name": insert.excluded.name, "email": insert.excluded.email},
+        )
+        async with engine.begin() as conn:
+            await conn.execute(upsert, rows)
         return len(rows)
 
-    def save_contacts(effect: SaveContacts) -> Awaitable[int]:
-        return anyio.to_thread.run_sync(upsert, effect.rows)
-
     return handler({SaveContacts: save_contacts}, name="contacts", external=True)
+
+
+_TABLES = sa.MetaData()
+_CONTACTS = sa.Table(
+    "contacts",
+    _TABLES,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+)

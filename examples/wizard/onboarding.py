@@ -2,23 +2,25 @@
 
 `onboarding()` asks three questions, creates the user through the `CreateUser` effect and emits
 a `UserOnboarded` event. What those effects do is decided by the handlers `app.py` installs:
-`users(db)` writes to a SQLite table, and is *external*, so a durable run checkpoints right
-after it and never creates the same user twice, even across a crash.
+`users(url)` writes to a SQL table (SQLite or PostgreSQL), and is *external*, so a durable run
+checkpoints right after it and never creates the same user twice, even across a crash.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-from collections.abc import Awaitable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import anyio.to_thread
+import anyio
+import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from effects import Effect, EventAccumulator, Handler, Yield, computation, handler
 from effects.durable import idempotency_key
@@ -113,32 +115,71 @@ def onboarding() -> Generator[Any, Any, Account]:
 # -- production handlers -------------------------------------------------------------------
 
 
-def users(db: Path) -> Handler:
-    """`CreateUser` as an INSERT into the `users` table of the SQLite file `db`.
+def users(url: str) -> Handler:
+    """`CreateUser` as an INSERT into the `users` table of the database at `url` (an
+    SQLAlchemy async URL: the SQLite file of the runs, or the PostgreSQL database every server
+    process shares).
 
     The insert is keyed by the effect's idempotency key: if the process dies after the insert
-    but before the run's checkpoint, the recovered run performs the effect again with the same
-    key and gets the same user back instead of a second one.
+    but before the run's checkpoint, the recovered run (in this process or another one)
+    performs the effect again with the same key and gets the same user back instead of a
+    second one.
     """
+    engine = create_async_engine(url)
+    ready = anyio.Lock()
+    created = False
 
-    def insert(effect: CreateUser, key: str) -> int:
-        with sqlite3.connect(db, timeout=10) as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " email TEXT NOT NULL, plan TEXT NOT NULL, created_at TEXT NOT NULL,"
-                " request_key TEXT UNIQUE)"
-            )
-            conn.execute(
-                "INSERT INTO users (name, email, plan, created_at, request_key)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_key) DO NOTHING",
-                (effect.name, effect.email, effect.plan, datetime.now(UTC).isoformat(), key),
-            )
-            row = conn.execute("SELECT id FROM users WHERE request_key = ?", (key,)).fetchone()
-        return int(row[0])
+    async def create_table() -> None:
+        nonlocal created
+        async with ready:
+            if created:
+                return
+            # Several processes may start at once: CREATE TABLE IF NOT EXISTS can still race
+            # on PostgreSQL, so the loser retries once (and then finds the table).
+            for attempt in (1, 2):
+                try:
+                    async with engine.begin() as conn:
+                        await conn.run_sync(_TABLES.create_all, checkfirst=True)
+                    break
+                except DBAPIError:
+                    if attempt == 2:
+                        raise
+            created = True
 
-    def create_user(effect: CreateUser) -> Awaitable[int]:
+    async def create_user(effect: CreateUser) -> int:
         key = idempotency_key() or f"unlogged:{id(effect)}"
-        # sqlite3 blocks: run it in a worker thread, not on the event loop.
-        return anyio.to_thread.run_sync(insert, effect, key)
+        await create_table()
+        async with engine.begin() as conn:
+            values = {
+                "name": effect.name,
+                "email": effect.email,
+                "plan": effect.plan,
+                "created_at": datetime.now(UTC).isoformat(),
+                "request_key": key,
+            }
+            insert = _insert(engine.dialect.name)(_USERS).values(**values)
+            await conn.execute(insert.on_conflict_do_nothing(index_elements=["request_key"]))
+            found = await conn.execute(sa.select(_USERS.c.id).where(_USERS.c.request_key == key))
+            return int(found.scalar_one())
 
     return handler({CreateUser: create_user}, name="users", external=True)
+
+
+_TABLES = sa.MetaData()
+_USERS = sa.Table(
+    "users",
+    _TABLES,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("request_key", sa.Text, unique=True),
+)
+
+
+def _insert(dialect: str) -> Any:
+    """The INSERT of a dialect that knows `ON CONFLICT DO NOTHING`."""
+    if dialect == "postgresql":
+        return postgresql.insert
+    return sqlite.insert

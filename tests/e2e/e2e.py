@@ -60,9 +60,16 @@ def free_port() -> int:
 class ExampleServer:
     """`examples/<example>/app.py` running in a subprocess on `port`."""
 
-    def __init__(self, example: str, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        example: str,
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.script = ROOT / "examples" / example / "app.py"
         self.args = list(args)
+        self.env = dict(env or {})
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[str] | None = None
@@ -80,6 +87,7 @@ class ExampleServer:
         until it accepts connections."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("LIVE_SECRET", None)
+        env.update(self.env)
         self.process = subprocess.Popen(
             [sys.executable, str(self.script), "--port", str(self.port), *self.args],
             stdout=subprocess.PIPE,

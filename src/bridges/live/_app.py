@@ -290,8 +290,12 @@ class LiveApp:
         if session is None:
             raise HTTPException(404)
         path = _route_path(conn)[: -len(suffix)] or "/"
+        fresh = (session.id, path) not in self.pages
         page = await self._open(conn, session, view, path)
-        await page.flush()
+        # A page this process kept may have missed changes made elsewhere (another process
+        # answered its form, a notification was lost with a connection): a reconnecting
+        # stream refreshes it from the store before its snapshot.
+        await (page.flush() if fresh else page.reload())
         last = conn.headers.get("last-event-id") or conn.query_params.get("last_event_id")
         return page, last
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -288,11 +289,18 @@ class RunView(LiveView):
             revision = int(event.key.rpartition(":")[2])
         except ValueError:
             return Reply(ok=False, errors=[{"loc": (), "msg": "the form has no valid step key"}])
+        runner = self.config.the_runner()
         if run.status != "suspended" or run.revision != revision:
-            return self._stale()
+            # This process's view may be behind the store: the form was rendered by another
+            # process that already saw the step this answer is for (the change is on its way
+            # here through a notification, or was never sent, on SQLite). The store decides.
+            self._take(await runner.get(run.id))
+            run = self.run
+            assert run is not None
+            if run.status != "suspended" or run.revision != revision:
+                return self._stale()
         schema = getattr(run.outcome, "input", None)
         answer = parse_form(schema, event.params) if schema else None
-        runner = self.config.the_runner()
         try:
             with acting_on(run.id):
                 new = await runner.resume(run.id, answer, revision=revision, wait=False)
@@ -454,7 +462,7 @@ class IndexView(LiveView):
         self.runs: list[Run] = []
         self.values: dict[str, list[str]] | None = None
         self.errors: list[dict[str, Any]] = []
-        self.started = 0
+        self.start_key = _start_key()
         self._following: set[str] = set()
         self._unknown: set[str] = set()
 
@@ -478,6 +486,14 @@ class IndexView(LiveView):
 
     async def refresh(self, page: Page) -> None:
         await self._list(page)
+        # The start form's key may have started a run meanwhile on another process (this
+        # view only rotates it after a start it handled itself): a form showing it again
+        # would start nothing and lead back to that run.
+        try:
+            await self.config.the_runner().get(page.session.run_id_for(self.start_key))
+        except RunNotFound:
+            return
+        self.start_key = _start_key()
 
     async def _list(self, page: Page) -> None:
         runs = await self.config.the_runner().list(name=self.config.name)
@@ -533,6 +549,18 @@ class IndexView(LiveView):
                 self.errors = errors
                 return Reply(ok=False, errors=errors)
             answers = model.model_validate(data)
+        # The run id is derived from the form's key: the same POST repeated — on this process
+        # or on another one behind the load balancer — names the same run, which the store
+        # starts once (`start` with an existing id and the same arguments is a no-op).
+        key = event.key if event.key.startswith("start:") and len(event.key) <= 64 else ""
+        run_id = page.session.run_id_for(key) if key else page.session.new_run_id()
+        runner = self.config.the_runner()
+        try:
+            existing: Run | None = await runner.get(run_id)
+        except RunNotFound:
+            existing = None
+        if existing is not None:
+            return Reply(duplicate=True, redirect=page.url(f"/runs/{run_id}"))
         limit = self.config.start_limit
         wait = limit.take(page.session.id) if limit is not None else None
         if wait is not None:
@@ -543,12 +571,14 @@ class IndexView(LiveView):
             self.errors = [{"loc": (), "msg": msg, "type": "rate_limited"}]
             return Reply(ok=False, errors=self.errors, retry_after=wait)
         comp = self.config.make(answers)
-        run_id = page.session.new_run_id()
-        runner = self.config.the_runner()
-        with acting_on(run_id):
-            run = await runner.start(comp, run_id=run_id, wait=False)
+        try:
+            with acting_on(run_id):
+                run = await runner.start(comp, run_id=run_id, wait=False)
+        except ConflictError:
+            # The same key with other answers: the first start stands.
+            return Reply(duplicate=True, redirect=page.url(f"/runs/{run_id}"))
         self.values, self.errors = None, []
-        self.started += 1
+        self.start_key = _start_key()
         self.runs.insert(0, run)
         self._follow(page, run)
         settle = anyio.Event()
@@ -572,10 +602,15 @@ class IndexView(LiveView):
                 self.config.templates.get("index", "live/index.html"),
                 form=form,
                 errors=[str(e.get("msg", "")) for e in self.errors],
-                key=f"start:{self.started}",
+                key=self.start_key,
             ),
             "runs": page.render_template("live/runs.html", runs=items, shared=self.config.shared),
         }
+
+
+def _start_key() -> str:
+    """A fresh idempotency key for the start form (the run it starts is derived from it)."""
+    return f"start:{secrets.token_urlsafe(12)}"
 
 
 async def _settle(runner: DurableRunner, run_id: str, done: anyio.Event) -> None:
@@ -609,6 +644,7 @@ def run_app(
     title: str = "",
     recover: bool = True,
     owner: str | None = None,
+    lease: float = 30.0,
     **options: Any,
 ) -> LiveApp:
     """A `LiveApp` serving `computation` as durable runs: `/` starts and lists runs,
@@ -622,7 +658,10 @@ def run_app(
       lease period (30 s) it continues runs whose lease expired since (a process that died).
     - `owner`: the runner's owner name (default host:pid). Give each server process a stable
       one (e.g. from its config) so that after a crash the restarted process takes its runs
-      back at once instead of waiting for their leases to expire.
+      back at once instead of waiting for their leases to expire. Two live processes never
+      share an owner (the second one refuses to start).
+    - `lease`: seconds a step's lease lasts (the runner's `lease`): a process that dies
+      mid-step has its runs taken over by another process within about two leases.
     - `runner`: a runner you opened yourself instead (then pass the `hub` whose `handler()`
       you installed in it, or task trees are not shown).
     - `shared=False`: a run is visible only to the session that started it (404 for others).
@@ -659,7 +698,7 @@ def run_app(
             return
         stack = Stack(*_as_list(handlers), hub.handler())
         try:
-            async with DurableRunner(url, handlers=stack, owner=owner) as opened:
+            async with DurableRunner(url, handlers=stack, owner=owner, lease=lease) as opened:
                 config.runner = opened
                 async with anyio.create_task_group() as tg:
                     if recover:

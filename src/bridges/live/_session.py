@@ -59,6 +59,13 @@ class Session:
         """A fresh, unguessable run id owned by this session."""
         return f"{self.owner_tag}.{secrets.token_urlsafe(16)}"
 
+    def run_id_for(self, key: str) -> str:
+        """The run id this session's command with idempotency key `key` starts: the same for
+        the same key in every process (so a POST repeated on another server process starts
+        no second run), unguessable without the session's secret id, owned by this session."""
+        mac = hmac.new(self.id.encode(), f"run|{key}".encode(), hashlib.sha256).digest()
+        return f"{self.owner_tag}.{_b64(mac[:16])}"
+
 
 class Sessions:
     """Reads and writes the session cookie and derives the tokens of a session."""

@@ -82,6 +82,17 @@
     if (!envelope || !envelope.regions || typeof envelope.epoch !== "string") return;
     var current = revision(envelope.revision);
     if (current === null) return;
+    if (envelope.epoch !== epoch && envelope.type === "reply" && source !== null) {
+      // The command went to another server process than our stream (a load balancer without
+      // stickiness): its page is another incarnation, whose revisions are not comparable
+      // with the stream's. Taking its epoch would drop every later patch of the stream, and
+      // showing its regions could overwrite a newer state the stream already sent. The
+      // stream brings the command's effect; only a refused command's regions (the errors,
+      // which exist only where the command was handled) are shown, without their revisions,
+      // so that the stream's next patch of a region replaces them.
+      if (envelope.ok === false) foreign(envelope.regions);
+      return;
+    }
     if (envelope.epoch !== epoch) {
       // Another incarnation of the page (a restart, an eviction): its revisions say nothing
       // about ours. Only an envelope with every region may replace what the page shows; a
@@ -109,6 +120,15 @@
       body.setAttribute("aria-busy", envelope.busy ? "true" : "false");
     }
     if (typeof envelope.heartbeat === "number") heartbeat = envelope.heartbeat * 1000;
+  }
+
+  function foreign(regions) {
+    Object.keys(regions).forEach(function (id) {
+      var fragment = regions[id];
+      var el = regionElement(id);
+      if (!el || !fragment || typeof fragment.html !== "string") return;
+      if (!sameMarkup(el, fragment.html)) replace(el, fragment.html);
+    });
   }
 
   // -- connection ---------------------------------------------------------------------------

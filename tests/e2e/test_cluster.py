@@ -1,0 +1,191 @@
+"""Several processes behind a load balancer (issue #9): the wizard example as three server
+processes on one PostgreSQL database, behind nginx doing round robin without stickiness, in
+Chromium and over plain HTTP. Any process serves any request: the page's GET, its stream and
+each answer may land on different processes, and the page still follows the run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from playwright.async_api import Page, expect
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from cluster import Cluster, start_cluster
+from e2e import NewPage, NoScript
+from fixtures.nginx import Balancer, LogLine
+from live.live_client import EventReader, RawStream, Visitor, form_key
+
+pytestmark = pytest.mark.anyio
+
+NAME_STEP = "Welcome! What is your name?"
+PLAN_STEP = "Choose a plan"
+ROUNDS = 30  # wizards answered in the latency test (three answers each)
+
+
+def email_step(name: str) -> str:
+    return f"Hello {name}! What is your email address?"
+
+
+@pytest.fixture
+def cluster(
+    pg_database_url: str, start_nginx: Callable[[Sequence[int]], Balancer]
+) -> Iterator[Cluster]:
+    """Three wizard processes on one PostgreSQL database, nginx in front."""
+    started = start_cluster("wizard", pg_database_url, start_nginx)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+async def sql(pg_database_url: str) -> AsyncIterator[Callable[[str], object]]:
+    """`await sql(query)`: the rows of a query on the cluster's database."""
+    engine = create_async_engine(pg_database_url)
+
+    async def query(text: str) -> list[tuple[object, ...]]:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in (await conn.execute(sa.text(text))).all()]
+
+    yield query
+    await engine.dispose()
+
+
+async def heading(page: Page, text: str) -> None:
+    await expect(page.get_by_role("heading", name=text, exact=True)).to_be_visible()
+
+
+async def synced(page: Page) -> None:
+    """Wait until the page's script applied its stream's first snapshot (`<body aria-busy>`)."""
+    await page.wait_for_selector("body[aria-busy]", state="attached")
+
+
+async def answer(page: Page, label: str, value: str, then: str) -> None:
+    await page.get_by_role("textbox", name=label).fill(value)
+    await page.get_by_role("button", name="Continue").click()
+    await heading(page, then)
+
+
+async def logged(cluster: Cluster, done: Callable[[list[LogLine]], bool]) -> list[LogLine]:
+    """The access log once `done(lines)` holds (streams are logged when they end)."""
+    deadline = time.monotonic() + 10
+    while not done(lines := cluster.served()):
+        assert time.monotonic() < deadline, f"not in nginx's access log: {lines}"
+        await anyio.sleep(0.05)
+    return lines
+
+
+async def test_the_wizard_completed_while_every_request_hits_another_process(
+    cluster: Cluster, new_page: NewPage, sql: Callable[..., object]
+) -> None:
+    """Round robin without stickiness: the run page's GET, its stream and the answers are
+    served by different processes, and the page follows every step without a reload."""
+    page = await new_page()
+    await page.goto(cluster.url)
+    await synced(page)
+    await page.get_by_role("button", name="Start").click()
+    await heading(page, NAME_STEP)
+    await synced(page)
+    path = "/" + page.url.split("/", 3)[3]
+    await answer(page, "Name", "Ada", email_step("Ada"))
+    await answer(page, "Email", "ada@example.com", PLAN_STEP)
+    await page.get_by_role("radio", name="pro").check()
+    await page.get_by_role("button", name="Create my account").click()
+    await heading(page, "Welcome aboard, Ada!")
+    await expect(page.get_by_role("status")).to_have_text("Finished.")
+    rows = await sql("SELECT name, email, plan FROM users")  # type: ignore[misc]
+    assert rows == [("Ada", "ada@example.com", "pro")]
+    await page.context.close()  # ends the stream: nginx logs it
+
+    stream_path = path + "/_live/sse"
+    lines = await logged(cluster, lambda ls: any(line.path == stream_path for line in ls))
+    get = [line for line in lines if line.method == "GET" and line.path == path]
+    posts = [line for line in lines if line.method == "POST" and line.path == path]
+    streams = [line for line in lines if line.path == stream_path]
+    assert len(posts) == 3, posts
+    assert {line.upstream for line in lines} == {f"127.0.0.1:{s.port}" for s in cluster.servers}
+
+    def stream_at(moment: float) -> LogLine:
+        found = [s for s in streams if s.start <= moment <= s.end]
+        assert found, (moment, streams)
+        return found[0]
+
+    # The page's GET on one process, its stream on another...
+    assert len(get) == 1, get
+    assert get[0].upstream != stream_at(get[0].end + 0.5).upstream
+    # ...and answers posted to processes other than the stream's, which still showed them.
+    elsewhere = [post for post in posts if post.upstream != stream_at(post.start).upstream]
+    assert elsewhere, (posts, streams)
+
+
+async def test_a_post_repeated_on_another_process_is_done_once(
+    cluster: Cluster, sql: Callable[..., object]
+) -> None:
+    """A start and an answer, each posted to one process and again (same form, same key) to
+    another: one run is started, the step is answered once."""
+    first, second = cluster.servers[0], cluster.servers[1]
+    async with NoScript(first.url) as a, NoScript(second.url) as b:
+        await a.get("/")
+        started = await a.post("/", "start")
+        assert started.status_code == 303
+        b.http.cookies = a.http.cookies
+        b.page = a.page  # the same form (CSRF token and key), sent to another process
+        again = await b.post("/", "start")
+        assert again.status_code == 303
+        run_path = started.headers["location"]
+        assert again.headers["location"] == run_path
+        runs = await sql("SELECT id FROM effects_runs")  # type: ignore[misc]
+        assert len(runs) == 1  # type: ignore[arg-type]
+
+        await a.get(run_path)
+        name_form = a.page
+        await a.submit(run_path, "answer", {"name": "Bob"})
+        b.page = name_form  # the step's form again: its key names the step answered
+        repeated = await b.post(run_path, "answer", {"name": "Eve"})
+        assert repeated.status_code == 303
+        shown = await b.get(run_path)
+        assert email_step("Bob") in shown
+        assert "Eve" not in shown
+
+
+async def test_answer_to_patch_across_processes(cluster: Cluster) -> None:
+    """The stream on one process, the answers posted to another: each answer reaches the
+    stream as a patch (the run's change travels through PostgreSQL's NOTIFY). Prints the
+    latency from the answer's POST to the patch showing the next step."""
+    streamer, poster = cluster.servers[0], cluster.servers[1]
+    samples: list[float] = []
+    for i in range(ROUNDS):
+        async with Visitor(poster.url) as visitor:  # a session of its own: no start limit
+            name = f"User{i}"
+            path = await visitor.start()
+            await visitor.get(path)
+            conn = await RawStream.open(
+                "127.0.0.1", streamer.port, path + "/_live/sse", visitor.cookie
+            )
+            try:
+                reader = EventReader(conn)
+                await reader.until("main", NAME_STEP)
+                steps = [
+                    ({"name": name}, email_step(name)),
+                    ({"email": f"{name.lower()}@example.com"}, PLAN_STEP),
+                    ({"plan": "free"}, f"Welcome aboard, {name}!"),
+                ]
+                for fields, then in steps:
+                    key = form_key(reader.html("main"), "answer")
+                    began = time.perf_counter()
+                    response = await visitor.post(path, "answer", key, fields, live=True)
+                    assert response.status_code == 200, response.text[:300]
+                    await reader.until("main", then)
+                    samples.append(time.perf_counter() - began)
+            finally:
+                await conn.aclose()
+    samples.sort()
+    p50 = samples[len(samples) // 2]
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    print(
+        f"answer -> patch across processes: n={len(samples)} p50={p50 * 1000:.1f} ms "
+        f"p99={p99 * 1000:.1f} ms max={samples[-1] * 1000:.1f} ms"
+    )
+    assert p99 < 1.0  # the bound (100 ms) is checked by bench/live_cluster.py; this is a floor
