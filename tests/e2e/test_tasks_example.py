@@ -162,3 +162,28 @@ async def test_a_recovered_run_shows_its_tree_in_the_open_tab(
     await page.goto(url)
     await expect(tasks.locator(".live-task-completed")).to_have_count(4)
     await expect(output).to_contain_text("300,User 300,")
+
+
+async def test_a_finished_run_shows_its_tree_and_output_after_a_restart(
+    start_server: StartServer, new_page: NewPage, tmp_path: Path
+) -> None:
+    """A run that finished before the server restarted: its page on the new server (which never
+    ran it) shows the stored task tree, full bars and output, to the owner and to a new tab."""
+    port, db = free_port(), tmp_path / "runs.db"
+    server = start_server("tasks", "--db", str(db), port=port)
+    page = await new_page()
+    url = await start_import(page, server.url, rows=40, speed=400)
+    await expect(page.get_by_role("status")).to_have_text("Finished.", timeout=10_000)
+    server.stop()
+    start_server("tasks", "--db", str(db), port=port)
+    for tab in (page, await new_page()):
+        await tab.goto(url)
+        await expect(tab.get_by_role("status")).to_have_text("Finished.")
+        tasks, output = tab.locator("#live-tasks"), tab.locator("#live-output")
+        await expect(tasks.locator(".live-task-completed")).to_have_count(4)
+        await expect(tasks.locator("section[data-status=completed]")).to_have_count(1)
+        await tab.wait_for_function(ALL_FULL)
+        await expect(output).to_contain_text("1,User 1,user1@example.com")
+        await expect(output).to_contain_text("40,User 40,user40@example.com")
+        await expect(output).to_contain_text("rejected row 26: 'user26-at-example.com'")
+        await expect(output).to_contain_text("37 contacts saved, 3 rejected")

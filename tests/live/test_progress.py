@@ -269,3 +269,47 @@ async def test_a_recovered_run_shows_its_tree(
         assert tree.root.status == ("failed" if then == "fail" else "running")
         page = await ada.get(path)
         assert "Prepare" in region(page, "tasks")
+
+
+async def test_a_finished_run_shows_its_tree_and_output_after_a_restart(
+    serve: Serve, db_url: str
+) -> None:
+    """The page of a run that finished before the server restarted shows its task tree and
+    output, read from the store (the new process never ran it)."""
+    first = make(serve, db_url)
+    async with Visitor(first.url) as ada:
+        path = await ada.start({"items": "30"})
+        async with ada.stream(path) as events:
+            await events.until("status", "Finished.")
+        first.stop()
+        second = make(serve, db_url, hub=(hub := TasksHub()))
+        ada.http.base_url = httpx.URL(second.url)
+        page = await ada.get(path)
+    assert hub.latest(_run_id(path)) is None  # not from this process's memory
+    tasks, output = region(page, "tasks"), region(page, "output")
+    assert "Crunch" in tasks
+    assert 'data-status="completed"' in tasks
+    assert 'aria-valuenow="30' in tasks
+    assert "000000 " in output
+    assert "000029 " in output
+
+
+async def test_a_page_follows_a_run_executing_in_another_server(
+    serve: Serve, pg_database_url: str, gate_name: str
+) -> None:
+    """Two servers on one PostgreSQL database: a run started (and executed) on server B is
+    watched on server A, whose page shows its tree and output live — through the store and
+    NOTIFY, as A's process never runs it — to the end."""
+    a, b = make(serve, pg_database_url), make(serve, pg_database_url)
+    async with Visitor(b.url) as ada, Visitor(a.url) as bob:
+        path = await ada.start({"items": "40", "gate": gate_name})
+        page = await bob.get(path)
+        assert "Started by someone else" in page
+        async with bob.stream(path) as events:
+            await events.until("tasks", "Waiting")
+            await events.until("output", f"waiting at {gate_name}")
+            gate(gate_name).set()
+            await events.until("status", "Finished.")
+            await events.until("output", "000039 ")
+            await events.until("tasks", 'aria-valuenow="40')
+            assert 'data-status="completed"' in events.html("tasks")

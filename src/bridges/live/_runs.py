@@ -211,11 +211,18 @@ class RunView(LiveView):
         if run.name != self.config.name:
             raise NotFound(run_id)
         self.allowed = await self.config.allowed(page.session, run)
-        self.tasks = self.config.hub.latest(run_id)
+        # The runner's tree: live if a step of the run runs here, else its stored copy (a run
+        # running in another process, or finished before a restart).
+        self.tasks = await self.config.the_runner().task_tree(run_id)
+        if self.tasks is None:
+            self.tasks = self.config.hub.latest(run_id)
         self._take(run)
         page.spawn(self._follow, page, run_id)
+        page.spawn(self._follow_tasks, page, run_id)
 
     async def _follow(self, page: Page, run_id: str) -> None:
+        # Trees published to the hub by a `TaskTree` of your own (a runner passed with
+        # `runner=` that has `hub.handler()` installed) arrive here.
         stop = self.config.hub.listen(
             run_id, lambda rid, snap: page.send_info(TasksChanged(rid, snap), key="tasks")
         )
@@ -229,6 +236,12 @@ class RunView(LiveView):
             await anyio.sleep_forever()  # finished: only task snapshots may still come
         finally:
             stop()
+
+    async def _follow_tasks(self, page: Page, run_id: str) -> None:
+        # The runner's trees, whichever process runs the run (PostgreSQL NOTIFY), to the end.
+        async with self.config.the_runner().subscribe_tasks(run_id) as trees:
+            async for tree in trees:
+                page.send_info(TasksChanged(run_id, tree), key="tasks")
 
     async def refresh(self, page: Page) -> None:
         assert self.run is not None
@@ -463,6 +476,7 @@ class IndexView(LiveView):
         self.values: dict[str, list[str]] | None = None
         self.errors: list[dict[str, Any]] = []
         self.start_key = _start_key()
+        self.trees: dict[str, TaskSnapshot] = {}
         self._following: set[str] = set()
         self._unknown: set[str] = set()
 
@@ -519,7 +533,14 @@ class IndexView(LiveView):
             finally:
                 self._following.discard(run.id)
 
+        async def follow_tasks() -> None:
+            # Progress of runs running in other processes (this process's come from the hub).
+            async with runner.subscribe_tasks(run.id) as trees:
+                async for tree in trees:
+                    page.send_info(TasksChanged(run.id, tree), key=("tasks", run.id))
+
         page.spawn(follow)
+        page.spawn(follow_tasks)
 
     async def handle_info(self, message: Any, page: Page) -> None:
         if isinstance(message, RunChanged):
@@ -530,6 +551,7 @@ class IndexView(LiveView):
                 run if r.id == run.id and run.revision >= r.revision else r for r in self.runs
             ]
         elif isinstance(message, TasksChanged):
+            self.trees[message.run_id] = message.tasks
             known = any(r.id == message.run_id for r in self.runs)
             if not known and message.run_id not in self._unknown:
                 # A run started elsewhere (another session, when shared): list again, once.
@@ -593,7 +615,9 @@ class IndexView(LiveView):
                 run,
                 f"{run.created_at:%Y-%m-%d %H:%M:%S} · {run.id.rsplit('.', 1)[-1][:8]}",
                 page.session.owns(run.id),
-                progress_of(self.config.hub.latest(run.id)) if run.status == "running" else None,
+                progress_of(self.config.hub.latest(run.id) or self.trees.get(run.id))
+                if run.status == "running"
+                else None,
             )
             for run in self.runs
         ]
@@ -662,8 +686,9 @@ def run_app(
       share an owner (the second one refuses to start).
     - `lease`: seconds a step's lease lasts (the runner's `lease`): a process that dies
       mid-step has its runs taken over by another process within about two leases.
-    - `runner`: a runner you opened yourself instead (then pass the `hub` whose `handler()`
-      you installed in it, or task trees are not shown).
+    - `runner`: a runner you opened yourself instead. It keeps the runs' task trees; pass it
+      `on_tasks=hub.publish` and that `hub` here so that the start page's progress bars and
+      `hub.latest` follow this process's runs at every change (run pages read the runner).
     - `shared=False`: a run is visible only to the session that started it (404 for others).
       `shared=True`: every session sees every run; only its owner — or a session that
       `authorize(session, run)` accepts — may answer or cancel it.
@@ -696,9 +721,13 @@ def run_app(
         if runner is not None:
             yield
             return
-        stack = Stack(*_as_list(handlers), hub.handler())
+        # The runner keeps each run's task tree (and its copy in the store, for other processes
+        # and restarts) and hands this process's changes to the hub.
+        stack = Stack(*_as_list(handlers))
         try:
-            async with DurableRunner(url, handlers=stack, owner=owner, lease=lease) as opened:
+            async with DurableRunner(
+                url, handlers=stack, owner=owner, lease=lease, on_tasks=hub.publish
+            ) as opened:
                 config.runner = opened
                 async with anyio.create_task_group() as tg:
                     if recover:

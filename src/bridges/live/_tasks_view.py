@@ -1,11 +1,17 @@
 """Task trees on pages: the hub that routes a run's `TaskTree` snapshots to the pages showing
 that run, and the regions that render them (progress bars and output lines).
 
-The hub's handler is a `TaskTree` installed around every run of the app's `DurableRunner`.
-Its snapshots reach pages without passing through the store: they are in-memory state, rebuilt
-by replay after a restart (see `effects.tasks`). They still never run ahead of what is
+The app's `DurableRunner` keeps every run's tree (a `TaskTree` of its own around each step)
+and hands this process's changes to the hub (`on_tasks=hub.publish`): they reach pages without
+waiting for the store. Run pages also follow the runner (`task_tree`, `subscribe_tasks`), which
+brings the trees of runs running in other processes (through the store and PostgreSQL NOTIFY)
+and of runs finished before a restart (the stored copy). Trees never run ahead of what is
 durable: a checkpoint is written before the computation continues past an external effect, so
 when a task reports progress, everything it did before is already committed.
+
+`TasksHub.handler()` is a `TaskTree` that publishes to the hub directly, for runners that do
+not keep trees themselves (installed in a `DurableRunner`, it takes the effects before the
+runner's own tree, which then stores nothing).
 
 A tree rebuilt by replay (a step continued by `recover()`, a cold resume) is reported once,
 whole, at the first of: its first live change, the step's suspension, the step's end. The
@@ -93,10 +99,11 @@ class _HubTaskTree(TaskTree):
 class TasksHub:
     """Routes the task trees of the runs in this process to whoever listens.
 
-    `handler()` is the `TaskTree` to install around every run (in the `DurableRunner`'s
-    handlers); `listen(run_id, fn)` calls `fn(run_id, snapshot)` on every change of that run
-    (`run_id=None`: of every run); `latest(run_id)` is the newest snapshot kept (the trees of
-    the last `keep` runs that reported are remembered).
+    `publish` is the `on_tasks` hook of the app's `DurableRunner`; `handler()` a `TaskTree`
+    that publishes here, for code that runs computations without one. `listen(run_id, fn)`
+    calls `fn(run_id, snapshot)` on every change of that run (`run_id=None`: of every run);
+    `latest(run_id)` is the newest snapshot kept (the trees of the last `keep` runs that
+    reported are remembered).
     """
 
     def __init__(self, *, keep: int = 200) -> None:
