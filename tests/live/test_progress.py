@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from live_client import SECRET, LiveServer, RawStream, Visitor, form_key, region
@@ -305,11 +306,17 @@ async def test_a_page_follows_a_run_executing_in_another_server(
         path = await ada.start({"items": "40", "gate": gate_name})
         page = await bob.get(path)
         assert "Started by someone else" in page
-        async with bob.stream(path) as events:
-            await events.until("tasks", "Waiting")
-            await events.until("output", f"waiting at {gate_name}")
-            gate(gate_name).set()
-            await events.until("status", "Finished.")
-            await events.until("output", "000039 ")
-            await events.until("tasks", 'aria-valuenow="40')
-            assert 'data-status="completed"' in events.html("tasks")
+        with anyio.fail_after(30):
+            await follow_to_the_end(bob, path, gate_name)
+
+
+async def follow_to_the_end(bob: Visitor, path: str, gate_name: str) -> None:
+    """Watch the run page: the task at the gate and its output, then the run to the end."""
+    async with bob.stream(path) as events:
+        await events.until("tasks", "Waiting")
+        await events.until("output", f"waiting at {gate_name}")
+        gate(gate_name).set()
+        await events.until("status", "Finished.")
+        await events.until("output", "000039 ")
+        await events.until("tasks", 'aria-valuenow="40')
+        assert 'data-status="completed"' in events.html("tasks")
