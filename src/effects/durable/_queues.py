@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._exceptions import ConfigurationError, ConflictError
 from . import _schema as S
-from ._store import _ROW_FIELDS, RunRow, Store, db_now
+from ._store import _ROW_FIELDS, NOTIFY_CHANNEL, RunRow, Store, db_now
 
 QUEUE_CHANNEL: Final = "effects_queues"
 """PostgreSQL channel on which a queue's name is announced when a run is enqueued on it, or
@@ -158,17 +158,21 @@ async def claim(
     want: int,
     names: Collection[str],
     skip: Collection[str] = (),
+    stale: bool = True,
 ) -> Claimed:
     """Claim up to `want` runs of `queue` whose computation is one of `names` (the ones this
     worker can run), within the queue's limits. Runs of the queue whose step has no live lease
-    (their worker died) are taken over first, then queued runs by priority and age. The
-    claimed rows come back `running` under `owner`'s lease. `skip`: ids not to claim (this
-    worker could not run them)."""
+    (their worker died) are taken over first (if `stale`), then queued runs by priority and
+    age. The claimed rows come back `running` under `owner`'s lease. `skip`: ids not to claim
+    (this worker could not run them)."""
     result = Claimed([], [])
     if want <= 0 or not names:
         return result
     pg = store.dialect == "postgresql"
     runs = S.runs.c
+    if pg and not queue.limited and not stale:
+        result.fresh = await _claim_one_statement(store, queue, owner, lease, want, names, skip)
+        return result
     async with store._write() as conn:
         if queue.limited and pg:
             # Serializes the claims of this queue (see the module's docstring).
@@ -189,7 +193,7 @@ async def claim(
             return result
         # Taken over first: their computations started already (and count for nothing while
         # their lease is expired). Not rate-limited: they are not new starts.
-        stale = (
+        expired = (
             sa.select(runs.id)
             .where(
                 runs.queue == queue.name,
@@ -202,10 +206,10 @@ async def claim(
             .limit(n)
         )
         if skip:
-            stale = stale.where(runs.id.not_in(list(skip)))
+            expired = expired.where(runs.id.not_in(list(skip)))
         if pg:
-            stale = stale.with_for_update(skip_locked=True)
-        ids = list((await conn.execute(stale)).scalars())
+            expired = expired.with_for_update(skip_locked=True)
+        ids = list((await conn.execute(expired)).scalars()) if stale else []
         if ids:
             result.taken_over = await _take(
                 conn, ids, owner, lease, S.runs.c.status == "running", fresh=False
@@ -227,18 +231,7 @@ async def claim(
             else:
                 n = min(n, limit - int(recent[0]))
         if n > 0:
-            pick = (
-                sa.select(runs.id)
-                .where(
-                    runs.queue == queue.name,
-                    runs.status == "queued",
-                    runs.name.in_(list(names)),
-                )
-                .order_by(runs.priority, runs.created_at, runs.id)
-                .limit(n)
-            )
-            if skip:
-                pick = pick.where(runs.id.not_in(list(skip)))
+            pick = _queued(queue, n, names, skip)
             if pg:
                 pick = pick.with_for_update(skip_locked=True)
             ids = list((await conn.execute(pick)).scalars())
@@ -251,6 +244,67 @@ async def claim(
         for row in (*result.taken_over, *result.fresh):
             await store._notify(conn, row.id, row.revision)
     return result
+
+
+def _queued(
+    queue: Queue, n: int, names: Collection[str], skip: Collection[str]
+) -> sa.Select[tuple[str]]:
+    runs = S.runs.c
+    pick = (
+        sa.select(runs.id)
+        .where(runs.queue == queue.name, runs.status == "queued", runs.name.in_(list(names)))
+        .order_by(runs.priority, runs.created_at, runs.id)
+        .limit(n)
+    )
+    if skip:
+        pick = pick.where(runs.id.not_in(list(skip)))
+    return pick
+
+
+async def _claim_one_statement(
+    store: Store,
+    queue: Queue,
+    owner: str,
+    lease: float,
+    want: int,
+    names: Collection[str],
+    skip: Collection[str],
+) -> list[RunRow]:
+    """PostgreSQL, a queue without global limits: pick, take and announce in one statement
+    (`WITH picked AS (SELECT ... FOR UPDATE SKIP LOCKED)`, `UPDATE ... RETURNING` in a WITH,
+    NOTIFY over its rows), committed by itself: one round trip instead of five."""
+    # A materialized WITH, not `id IN (subquery)`: PostgreSQL may run such a subquery more
+    # than once in a join, and with SKIP LOCKED each run can pick other rows, so more than
+    # LIMIT rows would be taken.
+    picked = (
+        _queued(queue, want, names, skip)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+        .prefix_with("MATERIALIZED")
+    )
+    taken = (
+        S.runs.update()
+        .where(S.runs.c.id == picked.c.id, S.runs.c.status == "queued")
+        .values(
+            status="running",
+            revision=S.runs.c.revision + 1,
+            lease_owner=owner,
+            lease_expires=db_now() + lease,
+            claimed_at=db_now(),
+            updated_at=time.time(),
+        )
+        .returning(*S.runs.c)
+        .cte("taken")
+    )
+    announce = sa.func.pg_notify(
+        NOTIFY_CHANNEL, taken.c.id + ":" + sa.cast(taken.c.revision, sa.Text)
+    )
+    stmt = sa.select(*taken.c, announce.label("announced"))
+    async with store.engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        rows = [RunRow.from_row(r) for r in await auto.execute(stmt)]  # type: ignore[arg-type]
+    rows.sort(key=lambda r: (r.priority, r.created_at, r.id))
+    return rows
 
 
 async def _take(

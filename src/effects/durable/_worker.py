@@ -63,6 +63,9 @@ class Worker:
         # Runs this worker could not begin or take over: not claimed again, so a run that only
         # a differently deployed worker can run does not keep this one busy.
         self._skip: set[str] = set()
+        # When to look for runs whose worker died next (monotonic): every quarter lease, not
+        # at every claim (a claim of fresh runs alone is one statement on PostgreSQL).
+        self._next_takeover = 0.0
 
     def _wake(self, queue: str | None) -> None:
         if queue is None or any(q.name == queue for q in self.queues):
@@ -86,16 +89,21 @@ class Worker:
                     # Reset before claiming: a wake-up during the claim is not lost.
                     self._changed = anyio.Event()
                     delay = self.poll
+                    now = anyio.current_time()
+                    takeover = now >= self._next_takeover
+                    if takeover:
+                        self._next_takeover = now + self.runner.lease / 4
                     for q in self.queues:
-                        retry = await self._claim(tg, q)
+                        retry = await self._claim(tg, q, takeover)
                         if retry is not None:
                             delay = min(delay, retry)
+                    delay = min(delay, max(self._next_takeover - anyio.current_time(), 0.0))
                     with anyio.move_on_after(delay):
                         await self._changed.wait()
         finally:
             runner._queue_wakers.discard(self._wake)
 
-    async def _claim(self, tg: anyio.abc.TaskGroup, q: Queue) -> float | None:
+    async def _claim(self, tg: anyio.abc.TaskGroup, q: Queue, takeover: bool) -> float | None:
         free = self.concurrency - sum(self.active.values())
         if q.worker_concurrency is not None:
             free = min(free, q.worker_concurrency - self.active[q.name])
@@ -114,6 +122,7 @@ class Worker:
                     want=free,
                     names=list(_registry),
                     skip=list(self._skip),
+                    stale=takeover,
                 )
         except Exception as err:
             logger.warning("queue %s: could not claim runs: %s", q.name, err)
