@@ -8,10 +8,35 @@ import pytest
 import sqlalchemy as sa
 
 from effects import ConflictError
-from effects.durable._store import NOTIFY_CHANNEL, LogRows, Store
-from test_store import entry, row
+from effects.durable._log import LogEntry, make_entry
+from effects.durable._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
 
 pytestmark = pytest.mark.anyio
+
+
+def row(run_id: str) -> RunRow:
+    return RunRow(
+        run_id,
+        "t.flow",
+        1,
+        "{}",
+        "running",
+        None,
+        None,
+        None,
+        None,
+        None,
+        1,
+        "me",
+        None,
+        False,
+        1.0,
+        1.0,
+    )
+
+
+def entry(seq: int) -> LogEntry:
+    return make_entry(seq, "t.Effect", "fp", {"n": seq}, "done", None)
 
 
 @pytest.fixture
