@@ -81,6 +81,11 @@ def registered(name: str) -> ComputationFunction[Any, Any]:
         ) from None
 
 
+def registered_names() -> list[str]:
+    """The names of every registered computation (a snapshot)."""
+    return list(_registry)
+
+
 @overload
 def computation(fn: Callable[P, Generator[Any, Any, R]], /) -> ComputationFunction[P, R]: ...
 @overload

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from .._computation import _registry
+from .._computation import registered_names
 from .._exceptions import ConfigurationError
 from ._queues import Queue, claim, ensure_queue, slot_freed, unclaim
 from ._store import RunRow
@@ -120,7 +120,7 @@ class Worker:
                     owner=runner.owner,
                     lease=runner.lease,
                     want=free,
-                    names=list(_registry),
+                    names=registered_names(),
                     skip=list(self._skip),
                     stale=takeover,
                 )
