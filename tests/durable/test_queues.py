@@ -182,6 +182,26 @@ async def test_cancel_of_a_queued_run_runs_nothing(
     assert [key for key, *_ in read(path)] == ["later", "later"]
 
 
+async def test_an_idle_worker_is_woken_by_the_enqueue(
+    pg_database_url: str, flows: ModuleType, tmp_path: Path
+) -> None:
+    """LISTEN/NOTIFY, not polling: a worker polling once a minute claims a run enqueued by
+    another runner (another store connection) at once."""
+    path = tmp_path / "records"
+    async with DurableRunner(pg_database_url, timers=False) as worker_side:
+        async with anyio.create_task_group() as tg:
+            await tg.start(functools.partial(worker_side.work, ["q"], poll=60.0))
+            async with DurableRunner(pg_database_url, timers=False) as web:
+                run = await web.enqueue(flows.job(str(path), "a"), queue="q")
+                async with web.subscribe(run.id) as updates:
+                    # A poll would take 60 s, the look for dead workers 7.5 s (lease / 4).
+                    with anyio.fail_after(5):
+                        statuses = [u.status async for u in updates]
+            tg.cancel_scope.cancel()
+    # (The worker may claim it before the subscription reads it the first time.)
+    assert statuses[-1] is RunStatus.DONE
+
+
 async def test_queue_definitions_are_checked(pg_database_url: str, flows: ModuleType) -> None:
     with pytest.raises(ConfigurationError):
         Queue("q", concurrency=0)
