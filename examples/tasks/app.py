@@ -24,10 +24,18 @@ from bridges.live import persistent_secret, progress_app
 HERE = Path(__file__).resolve().parent
 
 
-def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.0) -> Starlette:
+def build(
+    url: str,
+    secret: str,
+    *,
+    owner: str | None = None,
+    lease: float = 30.0,
+    queue: str | None = None,
+) -> Starlette:
     """The app: `/` starts imports and lists every run, `/runs/{id}` shows one to everyone.
     Runs and contacts live in the database at `url`; `owner` names this process for run
-    leases (default: unique per process)."""
+    leases (default: unique per process). With a `queue`, imports are enqueued on it and
+    run by workers (`python -m effects worker`, see `importer.worker_handlers`)."""
     return progress_app(
         import_contacts,
         secret=secret,
@@ -37,6 +45,7 @@ def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.
         title="Imports",
         owner=owner,
         lease=lease,
+        queue=queue,
     )
 
 
@@ -59,6 +68,12 @@ def main() -> None:
         default=30.0,
         help="seconds before a dead process's runs are taken over by another (default 30)",
     )
+    parser.add_argument(
+        "--queue",
+        help="enqueue imports on this durable queue for workers instead of running them here: "
+        "EFFECTS_DB=URL PYTHONPATH=examples/tasks python -m effects worker --import importer "
+        "--handlers importer:worker_handlers --queue NAME",
+    )
     args = parser.parse_args()
     if args.url:
         url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
@@ -66,7 +81,8 @@ def main() -> None:
         db: Path = (args.db or HERE / "runs.db").resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
-    app = build(url, persistent_secret(secret_file), owner=args.owner, lease=args.lease)
+    secret = persistent_secret(secret_file)
+    app = build(url, secret, owner=args.owner, lease=args.lease, queue=args.queue)
     print(f"Imports: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
 

@@ -14,6 +14,7 @@ restart starts again, a save continues from its last batch.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -222,6 +223,12 @@ def contacts(url: str) -> Handler:
         return len(rows)
 
     return handler({SaveContacts: save_contacts}, name="contacts", external=True)
+
+
+def worker_handlers() -> Handler:
+    """The handlers of a worker process (`python -m effects worker --handlers
+    importer:worker_handlers`): `contacts` on the worker's store, `$EFFECTS_DB`."""
+    return contacts(os.environ["EFFECTS_DB"])
 
 
 _TABLES = sa.MetaData()

@@ -77,6 +77,13 @@ class ExampleServer:
         self._seen = threading.Condition()
         self._reader: threading.Thread | None = None
 
+    ready = READY
+    """The line the process prints once it serves."""
+
+    def command(self) -> list[str]:
+        """The command line that starts the process."""
+        return [sys.executable, str(self.script), "--port", str(self.port), *self.args]
+
     @property
     def pid(self) -> int:
         assert self.process is not None
@@ -89,7 +96,7 @@ class ExampleServer:
         env.pop("LIVE_SECRET", None)
         env.update(self.env)
         self.process = subprocess.Popen(
-            [sys.executable, str(self.script), "--port", str(self.port), *self.args],
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -100,7 +107,7 @@ class ExampleServer:
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
         RUNNING.append(self)
-        self.wait_for(READY, timeout)
+        self.wait_for(self.ready, timeout)
         return self
 
     def _read(self, process: subprocess.Popen[str]) -> None:

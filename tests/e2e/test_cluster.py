@@ -89,7 +89,7 @@ async def test_the_wizard_completed_while_every_request_hits_another_process(
     """Round robin without stickiness: the run page's GET, its stream and the answers are
     served by different processes, and the page follows every step without a reload."""
     page = await new_page()
-    await page.goto(cluster.url)
+    await page.goto(cluster.address)
     await synced(page)
     await page.get_by_role("button", name="Start").click()
     await heading(page, NAME_STEP)
@@ -207,7 +207,7 @@ async def test_kill_9_of_the_process_running_a_step(
     cluster = start_cluster("tasks", pg_database_url, start_nginx, lease=LEASE)
     try:
         page = await new_page()
-        await page.goto(cluster.url)
+        await page.goto(cluster.address)
         await synced(page)
         await page.get_by_role("spinbutton", name="Rows").fill("150")
         await page.get_by_role("spinbutton", name="Speed").fill("50")
@@ -249,3 +249,38 @@ async def test_kill_9_of_the_process_running_a_step(
     assert "importer.SourceLost" in shown
     ((saved,),) = await sql("SELECT count(*) FROM contacts")
     assert shown.count("importer.SaveContacts") == -(-saved // 25), shown
+
+
+async def test_an_import_enqueued_by_a_web_process_runs_in_a_worker(
+    pg_database_url: str,
+    start_nginx: Callable[[Sequence[int]], Balancer],
+    new_page: NewPage,
+    sql: Sql,
+) -> None:
+    """`--queue`: the web processes enqueue imports and run none of them. The page shows the
+    queued run until a worker process starts (only then), and then follows the worker's run
+    to its end without a reload."""
+    cluster = start_cluster("tasks", pg_database_url, start_nginx, queue="imports")
+    try:
+        page = await new_page()
+        await page.goto(cluster.address)
+        await synced(page)
+        await page.get_by_role("spinbutton", name="Rows").fill("60")
+        await page.get_by_role("spinbutton", name="Speed").fill("200")
+        await page.get_by_role("button", name="Start").click()
+        await page.wait_for_url("**/runs/*")
+        await synced(page)
+        status = page.get_by_role("status")
+        await expect(status).to_have_text("Queued: waiting for a worker…")
+        run_id = page.url.rsplit("/", 1)[1]
+        assert await sql(f"SELECT status FROM effects_runs WHERE id = '{run_id}'") == [("queued",)]
+
+        cluster.add_worker("imports")
+        await expect(page.locator("#live-main")).to_contain_text(
+            "contacts imported", timeout=20_000
+        )
+        await expect(status).to_have_text("Finished.")
+        ((saved,),) = await sql("SELECT count(*) FROM contacts")
+        assert saved > 0
+    finally:
+        cluster.stop()

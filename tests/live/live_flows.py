@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 from pydantic import BaseModel, Field
 
-from effects import Call, Yield, computation
+from effects import Call, Clock, Yield, computation
 from effects._std.tasks import Output, Print, Progress, task
 
 # Gates the tests open from their own thread: a computation waits at `Call(wait_gate, name)`.
@@ -128,3 +128,10 @@ def prepared(gate: str, then: str = "fail") -> Generator[Any, Any, bool]:
         raise ValueError("no luck")
     answer: bool = yield Yield("Go on?", input=bool)
     return answer
+
+
+@computation(name="live_tests.nap", version=1)
+def nap() -> Generator[Any, Any, str]:
+    """A long durable sleep: the run is released (`sleeping`) while it waits."""
+    yield Clock.sleep(600)
+    return "rested"

@@ -33,7 +33,7 @@ from effects import (
     RunNotFound,
     Stack,
 )
-from effects.durable import DurableRunner, Run
+from effects.durable import DurableRunner, Queue, Run
 from effects.tasks import TaskSnapshot
 
 from ._app import LiveApp
@@ -50,6 +50,7 @@ Authorize = Callable[[Session, Run], "bool | Awaitable[bool]"]
 """`authorize(session, run)`: may this session (not the run's owner) act on the run?"""
 
 DEFAULT_URL = "sqlite+aiosqlite:///runs.db"
+_PENDING = frozenset({"running", "queued", "sleeping"})  # work to do, no answer awaited
 _CANCEL_RETRIES = 20  # a cancel meeting a step being set up retries, a bounded number of times
 
 
@@ -113,7 +114,8 @@ class Prompt:
 class RunsConfig:
     """What the run views share: the computation, the runner, the hub and the options.
     `start_limit` bounds the runs a session may start (keyed by session id; `run_app` sets
-    it from the app's `Limits.starts_per_minute`)."""
+    it from the app's `Limits.starts_per_minute`). With a `queue`, runs are enqueued on it
+    for workers instead of started in the web process."""
 
     computation: ComputationFunction[..., Any] | Comp[Any]
     hub: TasksHub
@@ -125,6 +127,7 @@ class RunsConfig:
     list_limit: int = 50
     output_limit: int = 200
     start_limit: RateLimit | None = None
+    queue: str | Queue | None = None
 
     @property
     def name(self) -> str:
@@ -365,7 +368,7 @@ class RunView(LiveView):
     # -- rendering ---------------------------------------------------------------------------
 
     def busy(self, page: Page) -> bool:
-        return self.run is not None and self.run.status == "running"
+        return self.run is not None and self.run.status in _PENDING
 
     def title(self, page: Page) -> str:
         run = self.run
@@ -395,8 +398,14 @@ class RunView(LiveView):
 
     def _status(self, page: Page, run: Run) -> Markup:
         status = str(run.status)
-        if status == "running":
-            text = "Cancelling…" if run.cancel_requested else "Working…"
+        if status in _PENDING and run.cancel_requested:
+            text = "Cancelling…"
+        elif status == "running":
+            text = "Working…"
+        elif status == "queued":
+            text = "Queued: waiting for a worker…"
+        elif status == "sleeping":
+            text = "Waiting for its timer…"
         elif status == "suspended":
             text = "Waiting for your answer." if self.allowed else "Waiting for the owner's answer."
         elif status == "done":
@@ -432,7 +441,7 @@ class RunView(LiveView):
                 key=f"answer:{run.revision}",
                 readonly=not self.allowed,
             )
-        if status == "running":
+        if status in _PENDING:
             return page.render_template(self._template("running", "live/run_running.html"), run=run)
         if status == "done":
             result = getattr(outcome, "value", None)
@@ -595,7 +604,10 @@ class IndexView(LiveView):
         comp = self.config.make(answers)
         try:
             with acting_on(run_id):
-                run = await runner.start(comp, run_id=run_id, wait=False)
+                if self.config.queue is not None:
+                    run = await runner.enqueue(comp, queue=self.config.queue, run_id=run_id)
+                else:
+                    run = await runner.start(comp, run_id=run_id, wait=False)
         except ConflictError:
             # The same key with other answers: the first start stands.
             return Reply(duplicate=True, redirect=page.url(f"/runs/{run_id}"))
@@ -669,6 +681,7 @@ def run_app(
     recover: bool = True,
     owner: str | None = None,
     lease: float = 30.0,
+    queue: str | Queue | None = None,
     **options: Any,
 ) -> LiveApp:
     """A `LiveApp` serving `computation` as durable runs: `/` starts and lists runs,
@@ -686,6 +699,9 @@ def run_app(
       share an owner (the second one refuses to start).
     - `lease`: seconds a step's lease lasts (the runner's `lease`): a process that dies
       mid-step has its runs taken over by another process within about two leases.
+    - `queue`: enqueue the runs the start page starts on this durable queue instead of
+      starting them in the web process; workers (`python -m effects worker --queue ...`)
+      run them, and the pages follow them like any other run (see docs/live/deployment.md).
     - `runner`: a runner you opened yourself instead. It keeps the runs' task trees; pass it
       `on_tasks=hub.publish` and that `hub` here so that the start page's progress bars and
       `hub.latest` follow this process's runs at every change (run pages read the runner).
@@ -714,6 +730,7 @@ def run_app(
         templates=names,
         start_input=start_input,
         runner=runner,
+        queue=queue,
     )
 
     @asynccontextmanager
