@@ -180,7 +180,14 @@ async def test_answer_to_patch_across_processes(cluster: Cluster) -> None:
                     began = time.perf_counter()
                     response = await visitor.post(path, "answer", key, fields, live=True)
                     assert response.status_code == 200, response.text[:300]
-                    await reader.until("main", then)
+                    try:
+                        with anyio.fail_after(10):
+                            await reader.until("main", then)
+                    except TimeoutError:
+                        raise AssertionError(
+                            f"no patch with {then!r} after the answer {fields} (reply: "
+                            f"{response.json()}); the stream shows {reader.html('status')!r}"
+                        ) from None
                     samples.append(time.perf_counter() - began)
             finally:
                 await conn.aclose()
