@@ -857,8 +857,8 @@ class DurableRunner:
 
         def offer(snapshot: TaskSnapshot, version: int | None, final: bool, fresh: bool) -> None:
             current = self._steps.get(run_id)
-            if current is not None and current is not step:
-                return  # a newer step of the run is being set up or runs: its tree is newer
+            if current is not None and current is not step and current.tasks is not None:
+                return  # a newer step of the run runs here: its tree is the newer one
             if fresh and self.on_tasks is not None:
                 try:
                     self.on_tasks(run_id, snapshot)
@@ -1598,8 +1598,11 @@ class DurableRunner:
         flagged = revision.endswith("!")
         revision = revision.rstrip("!")
         subs = self._subscribers.get(run_id, set())
-        # Tree subscribers learn here that the run ended (its final tree was stored first).
-        trees = [s for s in self._task_subscribers.get(run_id, ()) if not s.ended]
+        # Tree subscribers learn here that a run running elsewhere ended (its final tree was
+        # stored first); those of a step running here learn it from the step.
+        step = self._steps.get(run_id)
+        local = step is not None and step.tasks is not None
+        trees = [] if local else [s for s in self._task_subscribers.get(run_id, ()) if not s.ended]
         if not (subs or trees) or not revision.isdigit():
             return
         seen = all(s._latest is not None and s._latest.revision >= int(revision) for s in subs)
