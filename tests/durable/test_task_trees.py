@@ -4,6 +4,7 @@ takeover after kill -9 without duplicated output."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -331,3 +332,29 @@ async def test_kill_9_mid_run_then_takeover_in_another_process(
     assert final.node(1).lines[:4] == before.node(1).lines
     async with DurableRunner(pg_database_url, owner="c") as c:
         assert await c.task_tree(run_id) == final
+
+
+async def test_a_queued_run_worked_elsewhere_shows_its_tree(
+    pg_database_url: str, flows: ModuleType
+) -> None:
+    """A run enqueued on runner A and executed by a worker (runner B's `work`) publishes its
+    tree: A's subscriber sees it live at the gate and to the end."""
+    flows.GATE = anyio.Event()
+    async with (
+        DurableRunner(pg_database_url, owner="a") as a,
+        DurableRunner(pg_database_url, owner="b") as b,
+    ):
+        run = await a.enqueue(flows.numbered(5, 2), queue="imports")
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(functools.partial(b.work, ["imports"]))
+                async with a.subscribe_tasks(run.id) as trees:
+                    held = await until(
+                        trees, lambda t: len(t.nodes) > 1 and len(t.node(1).lines) == 2
+                    )
+                    flows.GATE.set()
+                    final = await until(trees, lambda t: t.root.finished)
+                tg.cancel_scope.cancel()
+    assert texts(held) == ["line 0", "line 1"]
+    assert final.root.status == "completed"
+    assert texts(final) == [f"line {i}" for i in range(5)]
