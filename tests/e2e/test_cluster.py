@@ -30,6 +30,11 @@ NAME_STEP = "Welcome! What is your name?"
 PLAN_STEP = "Choose a plan"
 ROUNDS = 30  # wizards answered in the latency test (three answers each)
 LEASE = 2.0  # seconds: the takeover test's lease
+ALL_FULL = """() => {
+    const bars = [...document.querySelectorAll('#live-tasks progress[role=progressbar]')];
+    return bars.length >= 4 && bars.every(b => b.value === b.max
+        && b.getAttribute('aria-valuenow') === b.getAttribute('aria-valuemax'));
+}"""
 
 
 def email_step(name: str) -> str:
@@ -289,5 +294,50 @@ async def test_an_import_enqueued_by_a_web_process_runs_in_a_worker(
         await expect(status).to_have_text("Finished.")
         ((saved,),) = await sql("SELECT count(*) FROM contacts")
         assert saved > 0
+    finally:
+        cluster.stop()
+
+
+async def test_the_tree_and_output_live_on_another_process_than_the_run(
+    pg_database_url: str,
+    start_nginx: Callable[[Sequence[int]], Balancer],
+    new_page: NewPage,
+    sql: Sql,
+) -> None:
+    """The tasks example: an import runs in the process that took its start; a tab whose page
+    and stream are on another process (another session, watching) shows the task tree, the
+    progress bars and the program's output as they change, to the end."""
+    cluster = start_cluster("tasks", pg_database_url, start_nginx)
+    runner, viewer = cluster.servers[0], cluster.servers[1]
+    try:
+        async with NoScript(runner.url) as owner:
+            await owner.get("/")
+            # As the page's script posts it: the reply comes at once, with the run's URL.
+            started = await owner.post(
+                "/", "start", {"rows": "150", "speed": "30"}, headers={"X-Live": "1"}
+            )
+            assert started.status_code == 200, started.text[:300]
+            path = started.json()["redirect"]
+        run_id = path.rsplit("/", 1)[1]
+        assert await sql(f"SELECT lease_owner FROM effects_runs WHERE id = '{run_id}'") == [("p0",)]
+
+        page = await new_page()
+        await page.goto(viewer.url + path)
+        await synced(page)
+        await expect(page.get_by_text("Started by someone else; you are watching.")).to_be_visible()
+        # Streamed from process two while process one runs the program.
+        await expect(page.locator("#live-output")).to_contain_text("5,User 5,")
+        await expect(page.get_by_role("status")).to_have_text("Working…")
+        assert await sql(f"SELECT status, lease_owner FROM effects_runs WHERE id = '{run_id}'") == [
+            ("running", "p0")
+        ]
+        await expect(page.locator("#live-tasks")).to_contain_text("Download contacts.csv")
+        await expect(page.locator("#live-main")).to_contain_text(
+            "139 contacts imported, 11 rejected", timeout=15_000
+        )
+        await page.wait_for_function(ALL_FULL)
+        output = page.locator("#live-output")
+        await expect(output).to_contain_text("150,User 150,user150@example.com")
+        await expect(output).to_contain_text("rejected row 13: 'user13-at-example.com'")
     finally:
         cluster.stop()
