@@ -286,13 +286,15 @@ async def test_notify_payload_stays_small_for_a_huge_tree(
     assert all(len(p.encode()) < 8000 and p.startswith(f"{run.id}:") for p in payloads)
 
 
+@pytest.mark.parametrize("taker", ["b", "c"])
 async def test_kill_9_mid_run_then_takeover_in_another_process(
-    pg_database_url: str, flows: ModuleType
+    pg_database_url: str, flows: ModuleType, taker: str
 ) -> None:
     """Process B runs the run to line 4 and is killed with SIGKILL while it waits; this
-    process recovers it. The stored tree goes on from B's copy to the end; no output line
+    process recovers it — as B's owner restarted, or as another owner once B's lease expired.
+    The stored tree goes on from B's copy to the end, written by the taker; no output line
     appears twice in any tree a subscriber saw, and the final tree has each line once."""
-    run_id = "tasks-kill-1"
+    run_id = f"tasks-kill-{taker}"
     argv = worker_argv(pg_database_url, run_id, "b", "--lines", "8", "--hold", "4")
     async with DurableRunner(pg_database_url, owner="a") as a:
         async with await anyio.open_process(argv, env=worker_env()) as worker:
@@ -309,10 +311,19 @@ async def test_kill_9_mid_run_then_takeover_in_another_process(
         stored = await TaskTrees(a.store).load(run_id)
         assert stored.tree == before
         assert stored.run_status == "running"
-    # The restarted owner "b" (another process than the dead one) takes the run back at once.
+        assert await writer(a, run_id) == "b"
+        if taker != "b":
+            # B's lease runs out (30 s by the database's clock): end it now instead of waiting.
+            async with a.store.engine.begin() as conn:
+                await conn.execute(
+                    sa.text("UPDATE effects_runs SET lease_expires = 0 WHERE id = :id"),
+                    {"id": run_id},
+                )
+    # The restarted owner "b" (another process than the dead one) takes the run back at once;
+    # another owner takes it once its lease has expired.
     async with (
         DurableRunner(pg_database_url, owner="watcher") as watcher,
-        DurableRunner(pg_database_url, owner="b") as b,
+        DurableRunner(pg_database_url, owner=taker) as b,
     ):
         with anyio.fail_after(30):
             async with watcher.subscribe_tasks(run_id) as trees:
@@ -322,6 +333,7 @@ async def test_kill_9_mid_run_then_takeover_in_another_process(
                     tg.start_soon(b.recover)
                     seen = [t async for t in trees]
         assert (await b.get(run_id)).status is RunStatus.DONE
+        assert await writer(b, run_id) == taker
     for tree in seen:
         lines = all_lines(tree)
         assert len({text for _, text in lines}) == len(lines), lines
@@ -332,6 +344,15 @@ async def test_kill_9_mid_run_then_takeover_in_another_process(
     assert final.node(1).lines[:4] == before.node(1).lines
     async with DurableRunner(pg_database_url, owner="c") as c:
         assert await c.task_tree(run_id) == final
+
+
+async def writer(runner: DurableRunner, run_id: str) -> str | None:
+    """The owner that wrote the run's stored tree last."""
+    async with runner.store.engine.connect() as conn:
+        owner = await conn.scalar(
+            sa.text("SELECT owner FROM effects_task_trees WHERE run_id = :id"), {"id": run_id}
+        )
+    return None if owner is None else str(owner)
 
 
 async def test_a_queued_run_worked_elsewhere_shows_its_tree(
