@@ -379,3 +379,13 @@ async def test_a_queued_run_worked_elsewhere_shows_its_tree(
     assert texts(held) == ["line 0", "line 1"]
     assert final.root.status == "completed"
     assert texts(final) == [f"line {i}" for i in range(5)]
+
+
+async def test_a_damaged_stored_tree_reads_as_none(sqlite_url: str, flows: ModuleType) -> None:
+    """A stored tree that is not a tree (edited by hand) does not break readers: no tree."""
+    async with DurableRunner(sqlite_url) as runner:
+        run = await runner.start(flows.numbered(2))
+        async with runner.store.engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE effects_task_trees SET tree = '{\"nodes\": 1}'"))
+        assert await runner.task_tree(run.id) is None
+        assert [t async for t in runner.subscribe_tasks(run.id)] == []

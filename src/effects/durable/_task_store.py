@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -27,6 +28,8 @@ from .._exceptions import RunNotFound
 from ..tasks import ROOT, TaskSnapshot, TaskStatus
 from . import _schema as S
 from ._store import Store
+
+logger = logging.getLogger("effects.durable")
 
 TASKS_CHANNEL: Final = "effects_tasks"
 """PostgreSQL channel on which every write of a stored task tree is announced
@@ -170,5 +173,11 @@ class TaskTrees:
         error = error_text(found.error)
         if found.tree is None:
             return StoredTree(None, 0, found.status, error)
-        tree = settle(decode_tree(found.tree), found.status, error)
+        try:
+            tree = settle(decode_tree(found.tree), found.status, error)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            # A damaged copy (edited by hand, say) must not break the run's page: shown as no
+            # tree; the next step of the run writes a new one.
+            logger.warning("run %s: its stored task tree cannot be read: %s", run_id, err)
+            return StoredTree(None, int(found.version), found.status, error)
         return StoredTree(tree, int(found.version), found.status, error)
