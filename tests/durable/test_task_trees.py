@@ -389,3 +389,21 @@ async def test_a_damaged_stored_tree_reads_as_none(sqlite_url: str, flows: Modul
             await conn.execute(sa.text("UPDATE effects_task_trees SET tree = '{\"nodes\": 1}'"))
         assert await runner.task_tree(run.id) is None
         assert [t async for t in runner.subscribe_tasks(run.id)] == []
+
+
+async def test_subscriptions_to_a_run_without_a_tree_end_with_the_run(
+    pg_database_url: str, flows: ModuleType
+) -> None:
+    """A run that reports nothing: a subscription on its own runner and one on another runner
+    yield nothing and end when the run ends."""
+    async with (
+        DurableRunner(pg_database_url, owner="a") as a,
+        DurableRunner(pg_database_url, owner="b") as b,
+    ):
+        run = await b.start(plain())
+        with anyio.fail_after(20):
+            async with a.subscribe_tasks(run.id) as there, b.subscribe_tasks(run.id) as here:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(b.resume, run.id, "ada")
+                    assert [t async for t in there] == []
+                    assert [t async for t in here] == []

@@ -855,11 +855,13 @@ class DurableRunner:
                 run_id, encode_tree(snapshot), owner=self.owner, revision=step.row.revision
             )
 
-        def offer(snapshot: TaskSnapshot, version: int | None, final: bool, fresh: bool) -> None:
+        def offer(
+            snapshot: TaskSnapshot | None, version: int | None, final: bool, fresh: bool
+        ) -> None:
             current = self._steps.get(run_id)
             if current is not None and current is not step and current.tasks is not None:
                 return  # a newer step of the run runs here: its tree is the newer one
-            if fresh and self.on_tasks is not None:
+            if fresh and snapshot is not None and self.on_tasks is not None:
                 try:
                     self.on_tasks(run_id, snapshot)
                 except Exception:
@@ -906,7 +908,7 @@ class DurableRunner:
         except Exception as err:
             logger.warning("run %s: could not read its task tree: %s", run_id, err)
             return
-        if stored.tree is None:
+        if stored.tree is None and not stored.finished:
             return
         for sub in builtins.list(self._task_subscribers.get(run_id, ())):
             sub._offer(stored.tree, stored.version, stored.finished, local=False)

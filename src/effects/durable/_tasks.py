@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("effects.durable")
 
-Offer = Callable[[TaskSnapshot, "int | None", bool, bool], None]
+Offer = Callable[["TaskSnapshot | None", "int | None", bool, bool], None]
 """`offer(snapshot, stored_version, final, fresh)`: hand a tree to this process's listeners
-(`fresh`: not handed to them before; `final`: the run ended, nothing follows)."""
+(`fresh`: not handed to them before; `final`: the run ended, nothing follows; `snapshot`
+None: the run has no tree, only `final` is news)."""
 
 
 def is_empty(snapshot: TaskSnapshot) -> bool:
@@ -74,7 +75,10 @@ class StepTasks:
 
     def changed(self, snapshot: TaskSnapshot) -> None:
         """The tree changed (called synchronously by the handler)."""
-        if self._closed:
+        if self._closed or (self.reported is None and is_empty(snapshot)):
+            # Nothing to show yet (a step ending with no task, progress or output only moves
+            # the root): listeners are not handed an empty tree, which would hide the tree
+            # of a `TaskTree` installed further in (such as `TasksHub.handler()`).
             return
         self.reported = snapshot
         self._offer(snapshot, None, False, True)
@@ -137,6 +141,9 @@ class StepTasks:
                 if version is not None:
                     self._saved = snapshot
         if final:
+            if self.reported is None and self._saved is None and is_empty(snapshot):
+                self._offer(None, None, ended, False)  # no tree: subscriptions learn the end
+                return
             fresh = snapshot is not self.reported
             self.reported = snapshot
             self._offer(snapshot, version, ended, fresh)
@@ -220,8 +227,13 @@ class TaskSubscription:
         return self._final or self._closed
 
     def _offer(
-        self, snapshot: TaskSnapshot, version: int | None, final: bool, *, local: bool
+        self, snapshot: TaskSnapshot | None, version: int | None, final: bool, *, local: bool
     ) -> None:
+        if snapshot is None:
+            if final and not self._final:
+                self._final = True  # a run without a tree ended: nothing will come
+                self._changed.set()
+            return
         if not local and (version is None or version <= self._version):
             if final and version == self._version and not self._final:
                 # The copy held is the last one: the run has ended since it was read.
