@@ -17,7 +17,8 @@ import pytest
 from live_client import SECRET, LiveServer, Visitor, form_key
 from live_flows import signup
 
-from bridges.live import wizard_app
+from bridges.live import run_app, wizard_app
+from effects import ConflictError
 
 pytestmark = pytest.mark.anyio
 
@@ -93,3 +94,32 @@ async def test_a_start_repeated_on_another_process_starts_one_run(
             third.headers["location"],
         )
         assert form_key(await b.get("/"), "start") != key
+
+
+async def test_an_answer_meeting_the_previous_step_still_finishing_is_taken(
+    serve: Serve, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's page shows a step as soon as its suspension is committed, possibly
+    before the process that ran the step has put it away; an answer posted to that process
+    then meets a busy run (`ConflictError`) although nobody answered the step. The page tries
+    again instead of dropping the answer as stale. (The race is simulated: the runner's first
+    resume raises what it raises in that window.)"""
+    live = run_app(signup, secret=SECRET, url=db_url)
+    server = serve(live.build())
+    async with Visitor(server.url) as visitor:
+        path = await visitor.start()
+        await visitor.get(path)
+        runner = live.state["runs"].the_runner()
+        real = runner.resume
+        calls: list[str] = []
+
+        async def busy_once(run_id: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append(run_id)
+            if len(calls) == 1:
+                raise ConflictError(f"cannot resume run {run_id!r}: a step is running")
+            return await real(run_id, *args, **kwargs)
+
+        monkeypatch.setattr(runner, "resume", busy_once)
+        await visitor.answer(path, {"name": "Ada", "age": "36"})
+        await shows(visitor, path, "Choose a plan")
+        assert len(calls) == 2

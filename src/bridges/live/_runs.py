@@ -52,6 +52,7 @@ Authorize = Callable[[Session, Run], "bool | Awaitable[bool]"]
 DEFAULT_URL = "sqlite+aiosqlite:///runs.db"
 _PENDING = frozenset({"running", "queued", "sleeping"})  # work to do, no answer awaited
 _CANCEL_RETRIES = 20  # a cancel meeting a step being set up retries, a bounded number of times
+_RESUME_ATTEMPTS = 10  # an answer meeting the previous step being put away retries (~1 s)
 
 
 # -- messages the views receive -------------------------------------------------------------
@@ -318,18 +319,39 @@ class RunView(LiveView):
         schema = getattr(run.outcome, "input", None)
         answer = parse_form(schema, event.params) if schema else None
         try:
-            with acting_on(run.id):
-                new = await runner.resume(run.id, answer, revision=revision, wait=False)
+            new = await self._resume(runner, run.id, answer, revision)
         except InvalidInput as err:
             self.values = {k: list(v) for k, v in event.params.items()}
             self.errors = list(err.errors)
             return Reply(ok=False, errors=self.errors)
-        except (ConflictError, ResumeError):
-            self._take(await runner.get(run.id))
+        if new is None:
             return self._stale()
         self.values, self.errors, self.notice = None, [], None
         self._take(new)
         return Reply(settle=self._settle_after(new.revision))
+
+    async def _resume(
+        self, runner: DurableRunner, run_id: str, answer: Any, revision: int
+    ) -> Run | None:
+        """Resume the run at `revision` with `answer`; None if that step is no longer there
+        to answer (another answer was taken first). `InvalidInput` propagates."""
+        for attempt in range(1, _RESUME_ATTEMPTS + 1):
+            try:
+                with acting_on(run_id):
+                    return await runner.resume(run_id, answer, revision=revision, wait=False)
+            except (ConflictError, ResumeError):
+                current = await runner.get(run_id)
+                if current.status != "suspended" or current.revision != revision:
+                    self._take(current)
+                    return None
+                # Nobody answered this step: the step that led to it is still being put away
+                # in this process (its suspension is committed, and another process's page
+                # may show it before this one is done). Try again, a bounded number of times.
+                if attempt == _RESUME_ATTEMPTS:
+                    log.warning("run %s: the answer met a busy step %d times", run_id, attempt)
+                    return None
+                await anyio.sleep(0.02 * attempt)
+        return None
 
     def _stale(self) -> Reply:
         self.notice = "That step was already answered; this is where the run is now."
