@@ -239,7 +239,9 @@ def test_the_cli_shows_a_sleeping_run_and_does_not_wake_it(
     tmp_path: Path, flows: ModuleType
 ) -> None:
     async def sleep_one() -> str:
-        async with DurableRunner(_db(tmp_path), handlers=Clock(), sleep_in_memory=0) as runner:
+        # No timer loop: under load it could wake the run before this runner closes.
+        db = _db(tmp_path)
+        async with DurableRunner(db, handlers=Clock(), sleep_in_memory=0, timers=False) as runner:
             run = await runner.start(flows.nap(0.01))
             assert run.status is RunStatus.SLEEPING
             return run.id
