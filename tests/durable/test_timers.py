@@ -184,7 +184,7 @@ async def test_a_long_sleep_releases_the_run_and_the_timer_loop_continues_it(
     tmp_path: Path, flows: ModuleType
 ) -> None:
     async with DurableRunner(_db(tmp_path), handlers=Clock(), sleep_in_memory=0) as runner:
-        run = await runner.start(flows.nap(0.3))
+        run = await runner.start(flows.nap(1.0))  # checked below before it wakes, even under load
         assert run.status is RunStatus.SLEEPING
         assert run.outcome is None
         assert run.wake_at is not None
