@@ -203,7 +203,9 @@ async def test_answer_to_patch_across_processes(cluster: Cluster) -> None:
         f"answer -> patch across processes: n={len(samples)} p50={p50 * 1000:.1f} ms "
         f"p99={p99 * 1000:.1f} ms max={samples[-1] * 1000:.1f} ms"
     )
-    assert p99 < 1.0  # the bound (100 ms) is checked by bench/live_cluster.py; this is a floor
+    # The target (p99 <= 100 ms) is printed, not asserted: timings on a machine shared with
+    # other test runs vary. This bound catches a stalled patch path.
+    assert p99 < 1.0
 
 
 async def test_kill_9_of_the_process_running_a_step(
