@@ -81,9 +81,9 @@ def main() -> None:
     where.add_argument("--url", help="an SQLAlchemy async URL (postgresql+asyncpg://...)")
     parser.add_argument(
         "--owner",
-        help="this process's name for run leases (default: unique per process); a stable "
-        "one lets a restarted process take its runs back at once; two live processes "
-        "never share one",
+        help="this process's name for run leases; two live processes never share one "
+        "(default: with --db, one name per SQLite file, so a restarted server takes its runs "
+        "back at once; with --url, unique per process)",
     )
     parser.add_argument(
         "--lease",
@@ -94,11 +94,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.url:
         url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
+        owner = args.owner
     else:
         db: Path = (args.db or HERE / "runs.db").resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
-    app = build(url, persistent_secret(secret_file), owner=args.owner, lease=args.lease)
+        # One server per SQLite file: a stable owner lets a restart take back at once the runs
+        # a killed server left mid-step (a second live server on the file refuses to start).
+        owner = args.owner or f"printer:{db}"
+    app = build(url, persistent_secret(secret_file), owner=owner, lease=args.lease)
     print(f"Printer: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
 
