@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
+from cluster import Cluster, start_cluster
 from playwright.async_api import Page, expect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from cluster import Cluster, start_cluster
 from e2e import NewPage, NoScript
 from fixtures.nginx import Balancer, LogLine
 from live.live_client import EventReader, RawStream, Visitor, form_key
@@ -378,7 +378,8 @@ async def test_the_wizard_over_the_websocket_through_nginx(
     assert await sql(f"SELECT status FROM effects_runs WHERE id = '{run_id}'") == [("done",)]
     await page.context.close()  # ends the sockets: nginx logs them
 
-    assert sockets and all("/_live/ws?last_event_id=" in url for url in sockets), sockets
+    assert sockets
+    assert all("/_live/ws?last_event_id=" in url for url in sockets), sockets
     assert posts == [], posts  # every command, the start included, went over a socket
     ws_path = path + "/_live/ws"
     lines = await logged(cluster, lambda ls: sum(line.path == ws_path for line in ls) >= 2)
