@@ -35,6 +35,10 @@ def forked() -> Iterator[Callable[..., bool]]:
             process = ctx.Process(target=target, args=(list(args),))
             process.start()
             process.join(30)
+            if process.exitcode is None:  # never reached its kill point: do not leave it
+                process.kill()
+                process.join(10)
+                raise AssertionError(f"the worker {args} did not end within 30 s")
             killed = process.exitcode == -signal.SIGKILL
             assert killed or (may_finish and process.exitcode == 0), process.exitcode
             return killed

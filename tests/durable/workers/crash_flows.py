@@ -5,7 +5,11 @@ Side effects go to a separate SQLite "counter" file: `attempts` gets a row for e
 effect's function ran, `applied` one row per idempotency key (the effect made idempotent the
 documented way). `KILL_AT` (set only in worker processes) makes the process SIGKILL itself at a
 named point: `before:N` (effect N about to run), `after:N` (effect N done, not checkpointed),
-`charge` (inside the at-most-once effect, after its write-ahead checkpoint).
+`charge` (inside the at-most-once effect, after its write-ahead checkpoint), `claimed` (a worker
+claimed a queued run, before its first step), `enqueued` (an enqueue committed).
+
+Queued runs (`queued_flow`) also write `queued`: one row per time one of their effects ran, with
+the run's name, the process and the time, from which the tests rebuild which runs executed when.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Generator
 from contextlib import closing
 from typing import Any
@@ -36,6 +41,10 @@ def init_counter(path: str) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT NOT NULL, i INTEGER NOT NULL)")
         db.execute(
             "CREATE TABLE IF NOT EXISTS applied (key TEXT PRIMARY KEY, i INTEGER, token TEXT)"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS queued"
+            " (key TEXT NOT NULL, run TEXT NOT NULL, i INTEGER, pid INTEGER, t INTEGER)"
         )
 
 
@@ -161,5 +170,53 @@ def timer_flow(counter: str) -> Generator[Any, Any, int]:
 
 TIMER_SLEEP = 0.3
 """Seconds each sleep of `timer_flow` lasts."""
+
+
+def read_queued(path: str) -> list[tuple[str, str, int, int, int]]:
+    """The `queued` rows as (key, run, i, pid, time_ns), in insertion order."""
+    with closing(sqlite3.connect(path)) as db:
+        rows: list[tuple[str, str, int, int, int]] = db.execute(
+            "SELECT key, run, i, pid, t FROM queued ORDER BY rowid"
+        ).fetchall()
+    return rows
+
+
+def hook(point: str) -> None:
+    """SIGKILL this process if it was told to die at `point` (for points outside effects)."""
+    _hook(point)
+
+
+def queued_effect(counter: str, run: str, i: int) -> int:
+    """An external effect of a queued run, idempotent through the idempotency key (`applied`
+    holds it once), recorded in `queued` each time it runs (which process, when)."""
+    key = idempotency_key()
+    _hook(f"before:{i}")
+    with closing(sqlite3.connect(counter, timeout=20)) as db, db:
+        db.execute(
+            "INSERT INTO queued (key, run, i, pid, t) VALUES (?, ?, ?, ?, ?)",
+            (key, run, i, os.getpid(), time.time_ns()),
+        )
+        db.execute("INSERT OR IGNORE INTO applied (key, i, token) VALUES (?, ?, ?)", (key, i, run))
+    _hook(f"after:{i}")
+    return i
+
+
+async def pause() -> None:
+    """Work between the two effects of a queued run: it keeps the run executing long enough
+    for runs over the queue's limit to overlap it, were they started."""
+    await anyio.sleep(QUEUED_PAUSE)
+
+
+@computation(name="crash.queued", version=1)
+def queued_flow(counter: str, run: str) -> Generator[Any, Any, int]:
+    """A queued run: external effect 0, some work, external effect 1."""
+    total: int = yield Call(queued_effect, counter, run, 0)
+    yield Call(pause)
+    total += yield Call(queued_effect, counter, run, 1)
+    return total
+
+
+QUEUED_PAUSE = 0.1
+"""Seconds of `pause`."""
 
 HANDLERS = (Fresh(), charges, Clock())

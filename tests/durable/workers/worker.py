@@ -2,8 +2,9 @@
 
     python worker.py --db URL --action ACTION [--kill-at POINT] ...
 
-ACTION is start, resume, recover, cancel (at the first prompt) or cancel-running (while the
-step waits in a slow effect).
+ACTION is start, resume, recover, cancel (at the first prompt), cancel-running (while the
+step waits in a slow effect), enqueue (a `queued_flow` run on `--queue`, with `--dedup-id`) or
+work (serve `--queue`, limited to `--queue-concurrency` runs at once, until killed).
 
 `--kill-at` makes the process SIGKILL itself at that point (see crash_flows), so a test can
 stop it at an exact place without any timing. `run(argv)` is the same as a function, for
@@ -21,13 +22,34 @@ import anyio
 import crash_flows
 
 from effects import ConflictError, EffectsError
-from effects.durable import DurableRunner
+from effects.durable import DurableRunner, Queue, Worker
+from effects.durable._store import RunRow
+
+
+class KillableWorker(Worker):
+    """A worker with the kill point `claimed`: a run claimed, its first step not begun."""
+
+    async def _begin(self, q: Queue, row: RunRow) -> None:
+        crash_flows.hook("claimed")
+        await super()._begin(q, row)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    async with DurableRunner(args.db, handlers=crash_flows.HANDLERS, owner=args.owner) as runner:
+    async with DurableRunner(
+        args.db, handlers=crash_flows.HANDLERS, owner=args.owner, lease=args.lease
+    ) as runner:
         try:
-            if args.action in ("start", "cancel", "cancel-running"):
+            if args.action == "enqueue":
+                comp = crash_flows.queued_flow(args.counter, args.dedup_id)
+                run = await runner.enqueue(
+                    comp, queue=args.queue, dedup_id=args.dedup_id, run_id=args.run_id
+                )
+                crash_flows.hook("enqueued")
+            elif args.action == "work":
+                queue = Queue(args.queue, concurrency=args.queue_concurrency)
+                await KillableWorker(runner, [queue], concurrency=8, poll=0.2).run()
+                raise AssertionError("unreachable: a worker serves until it is killed")
+            elif args.action in ("start", "cancel", "cancel-running"):
                 if args.flow == "charge":
                     comp = crash_flows.charge_flow(args.counter)
                 elif args.flow == "cleanup":
@@ -75,7 +97,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--db", required=True)
     parser.add_argument(
         "--action",
-        choices=["start", "resume", "recover", "cancel", "cancel-running"],
+        choices=["start", "resume", "recover", "cancel", "cancel-running", "enqueue", "work"],
         required=True,
     )
     parser.add_argument(
@@ -88,6 +110,10 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--revision", type=int)
     parser.add_argument("--owner", default="worker")
     parser.add_argument("--kill-at")
+    parser.add_argument("--lease", type=float, default=30.0)
+    parser.add_argument("--queue", default="crash")
+    parser.add_argument("--queue-concurrency", type=int)
+    parser.add_argument("--dedup-id")
     parser.add_argument("--ready", action="store_true")
     options = parser.parse_args(argv)
     crash_flows.KILL_AT = options.kill_at
