@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 
 from effects import Cancelled, Done, InterruptedEffect, Throw
-from effects.durable import DurableRunner, Run, RunStatus
+from effects.durable import DurableRunner, Queue, Run, RunStatus
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +183,53 @@ async def test_random_kill_points_every_effect_once(
     charged = [k for k, _ in attempts if k == "charge"]
     assert len(charged) <= len(SEEDS)  # at most once per charge run, whatever the kills
     assert [k for k, _ in attempts].count("block") == 1
+
+
+# -- queued runs on PostgreSQL -------------------------------------------------------------
+
+QUEUE = "chaos"
+QUEUE_LIMIT = 2
+QUEUED_RUNS = 12  # enough that every doomed worker finds a fresh run to claim
+QUEUE_FORKS = 3
+LEASE = 1.0
+QUEUE_KILL_POINTS = ["claimed", *_points(0, 1)]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_random_kills_of_queue_workers_every_effect_once(
+    pg_database_url: str, tmp_path: Path, flows: ModuleType, forked: Callable[..., bool],
+    seed: int,
+) -> None:  # fmt: skip
+    """Twelve runs on a queue limited to two at once; three worker processes in turn, each
+    SIGKILLed at a random kill point (after a claim, before or after either effect), each
+    taking over what its predecessors left once their leases expired; then a last worker
+    finishes everything. Every effect applied once, the limit never exceeded, one run per
+    dedup id."""
+    rng = random.Random(seed)
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    queue = Queue(QUEUE, concurrency=QUEUE_LIMIT)
+    names = [f"job-{seed}-{i}" for i in range(QUEUED_RUNS)]
+    async with DurableRunner(
+        pg_database_url, handlers=flows.HANDLERS, owner="finisher", lease=LEASE
+    ) as runner:
+        ids = [
+            (await runner.enqueue(flows.queued_flow(counter, n), queue=QUEUE, dedup_id=n)).id
+            for n in names
+        ]
+        points = [rng.choice(QUEUE_KILL_POINTS) for _ in range(QUEUE_FORKS)]
+        for i, point in enumerate(points):
+            assert forked(
+                "--db", pg_database_url, "--counter", counter, "--owner", f"doomed-{i}",
+                "--action", "work", "--queue", QUEUE, "--queue-concurrency", str(QUEUE_LIMIT),
+                "--lease", str(LEASE), "--kill-at", point,
+            )  # fmt: skip
+        # The last one died holding runs (its leases not yet expired, or expired untaken).
+        assert [r for r in await runner.list("running") if r.lease_owner], points
+        await flows.finish_queue(runner, ids, queue)
+        for n, run_id in zip(names, ids, strict=True):
+            again = await runner.enqueue(flows.queued_flow(counter, n), queue=QUEUE, dedup_id=n)
+            assert again.id == run_id
+        assert len(await runner.list()) == QUEUED_RUNS
+    rows = flows.check_queued_effects(counter, names)
+    assert flows.peak_overlap(flows.executions(rows)) <= QUEUE_LIMIT, points

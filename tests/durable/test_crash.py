@@ -3,20 +3,16 @@ recovers the run and every side effect turns out performed exactly once."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import signal
 import subprocess
 import sys
-import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import anyio
 import pytest
 
 from effects import Cancelled, InterruptedEffect, Throw
@@ -252,64 +248,6 @@ LEASE = 1.0  # seconds: short, so that the finishing worker takes over soon afte
 QUEUE_KILL_POINTS = ["claimed", "before:0", "after:0", "before:1", "after:1"]
 
 
-def executions(
-    rows: list[tuple[str, str, int, int, int]],
-) -> list[tuple[int, int]]:
-    """The (start, end) in ns of each run's execution in each process, from the times its
-    effects ran there. An execution cut off by a kill (no effect 1 there) lasted at least
-    until that process's last recorded effect: it died just after."""
-    last_of_pid: dict[int, int] = {}
-    spans: dict[tuple[str, int], list[int]] = {}
-    finished: set[tuple[str, int]] = set()
-    for _, run, i, pid, t in rows:
-        last_of_pid[pid] = max(last_of_pid.get(pid, t), t)
-        spans.setdefault((run, pid), []).append(t)
-        if i == 1:
-            finished.add((run, pid))
-    out = []
-    for (run, pid), times in spans.items():
-        end = max(times) if (run, pid) in finished else last_of_pid[pid]
-        out.append((min(times), end))
-    return out
-
-
-def peak_overlap(spans: list[tuple[int, int]]) -> int:
-    """The most spans covering one instant (ends sort before starts at equal times)."""
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    current = peak = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
-
-
-async def finish_queue(runner: DurableRunner, ids: list[str], queue: object) -> None:
-    """Serve `queue` with `runner` until every run of `ids` is done."""
-    async with anyio.create_task_group() as tg:
-        await tg.start(functools.partial(runner.work, [queue], poll=0.2))
-        deadline = time.monotonic() + 40
-        while True:
-            runs = [await runner.get(i) for i in ids]
-            if all(run.status is RunStatus.DONE for run in runs):
-                break
-            assert time.monotonic() < deadline, runs
-            await anyio.sleep(0.05)
-        tg.cancel_scope.cancel()
-
-
-def check_effects(flows: ModuleType, counter: str, runs: list[str]) -> list[Any]:
-    """Each run's two effects applied exactly once; none attempted more than twice (once
-    before a kill, once after). Returns the `queued` rows."""
-    _, applied = flows.read_counter(counter)
-    rows = flows.read_queued(counter)
-    applied_keys = [key for key, _ in applied]
-    assert len(applied_keys) == len(set(applied_keys)) == 2 * len(runs)
-    by_run = Counter((run, i) for key, run, i, _, _ in rows if key in set(applied_keys))
-    assert set(by_run) == {(run, i) for run in runs for i in (0, 1)}
-    assert max(Counter(key for key, *_ in rows).values()) <= 2
-    return rows
-
-
 @pytest.mark.parametrize("kill_at", QUEUE_KILL_POINTS)
 async def test_a_worker_killed_in_a_queued_run_another_finishes_it(
     pg_database_url: str, tmp_path: Path, flows: ModuleType, forked: Callable[..., bool],
@@ -341,7 +279,7 @@ async def test_a_worker_killed_in_a_queued_run_another_finishes_it(
         if kill_at == "claimed":
             assert flows.read_queued(counter) == []  # killed before its first step
 
-        await finish_queue(runner, ids, queue)
+        await flows.finish_queue(runner, ids, queue)
         for run_id in ids:
             run = await runner.get(run_id)
             assert run.outcome is not None
@@ -351,8 +289,8 @@ async def test_a_worker_killed_in_a_queued_run_another_finishes_it(
                                      dedup_id="job-0")  # fmt: skip
         assert again.id == ids[0]
 
-    rows = check_effects(flows, counter, names)
-    assert peak_overlap(executions(rows)) <= QUEUE_LIMIT
+    rows = flows.check_queued_effects(counter, names)
+    assert flows.peak_overlap(flows.executions(rows)) <= QUEUE_LIMIT
 
 
 async def test_a_process_killed_after_an_enqueue_committed_its_retry_finds_the_run(
@@ -379,7 +317,7 @@ async def test_a_process_killed_after_an_enqueue_committed_its_retry_finds_the_r
         assert retried.id == queued.id
         assert forked(*common, "--owner", "doomed", "--action", "work", "--queue", QUEUE,
                       "--queue-concurrency", str(QUEUE_LIMIT), "--kill-at", "before:1")  # fmt: skip
-        await finish_queue(runner, [queued.id], queue)
+        await flows.finish_queue(runner, [queued.id], queue)
         runs = [r for r in await runner.list() if r.dedup_id == "order-7"]
         assert [r.id for r in runs] == [queued.id]
-    check_effects(flows, counter, ["order-7"])
+    flows.check_queued_effects(counter, ["order-7"])

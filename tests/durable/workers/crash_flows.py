@@ -14,10 +14,12 @@ the run's name, the process and the time, from which the tests rebuild which run
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Generator
 from contextlib import closing
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 import anyio
 
 from effects import Call, Clock, Effect, Fresh, Yield, computation, handler
-from effects.durable import at_most_once, idempotency_key
+from effects.durable import DurableRunner, Queue, RunStatus, at_most_once, idempotency_key
 
 KILL_AT: str | None = None
 
@@ -218,5 +220,67 @@ def queued_flow(counter: str, run: str) -> Generator[Any, Any, int]:
 
 QUEUED_PAUSE = 0.1
 """Seconds of `pause`."""
+
+
+# -- what the tests check of queued runs (in the test process) ----------------------------
+
+
+def executions(
+    rows: list[tuple[str, str, int, int, int]],
+) -> list[tuple[int, int]]:
+    """The (start, end) in ns of each run's execution in each process, from the times its
+    effects ran there. An execution cut off by a kill (no effect 1 there) lasted at least
+    until that process's last recorded effect: it died just after."""
+    last_of_pid: dict[int, int] = {}
+    spans: dict[tuple[str, int], list[int]] = {}
+    finished: set[tuple[str, int]] = set()
+    for _, run, i, pid, t in rows:
+        last_of_pid[pid] = max(last_of_pid.get(pid, t), t)
+        spans.setdefault((run, pid), []).append(t)
+        if i == 1:
+            finished.add((run, pid))
+    out = []
+    for (run, pid), times in spans.items():
+        end = max(times) if (run, pid) in finished else last_of_pid[pid]
+        out.append((min(times), end))
+    return out
+
+
+def peak_overlap(spans: list[tuple[int, int]]) -> int:
+    """The most spans covering one instant (ends sort before starts at equal times)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+async def finish_queue(runner: DurableRunner, ids: list[str], queue: Queue) -> None:
+    """Serve `queue` with `runner` until every run of `ids` is done."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(functools.partial(runner.work, [queue], poll=0.2))
+        deadline = time.monotonic() + 40
+        while True:
+            runs = [await runner.get(i) for i in ids]
+            if all(run.status is RunStatus.DONE for run in runs):
+                break
+            assert time.monotonic() < deadline, runs
+            await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+
+
+def check_queued_effects(counter: str, runs: list[str]) -> list[tuple[str, str, int, int, int]]:
+    """Each run's two effects applied exactly once; none attempted more than twice (once
+    before a kill, once after). Returns the `queued` rows."""
+    _, applied = read_counter(counter)
+    rows = read_queued(counter)
+    applied_keys = [key for key, _ in applied]
+    assert len(applied_keys) == len(set(applied_keys)) == 2 * len(runs)
+    by_run = Counter((run, i) for key, run, i, _, _ in rows if key in set(applied_keys))
+    assert set(by_run) == {(run, i) for run in runs for i in (0, 1)}
+    assert max(Counter(key for key, *_ in rows).values()) <= 2
+    return rows
+
 
 HANDLERS = (Fresh(), charges, Clock())
