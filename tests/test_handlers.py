@@ -399,3 +399,21 @@ def test_in_scope_needs_a_handler_home() -> None:
     """`InScope`'s scope is a `home` from a handler table; anything else is a TypeError."""
     with pytest.raises(TypeError, match="home"):
         InScope(asks(), object())
+
+
+def test_inner_base_handler_shadows_outer_subclass_handler() -> None:
+    """Inner shadows outer across subclasses too: an inner handler for `Base` answers a
+    `Derived` even when an outer handler was installed for `Derived` itself (innermost match
+    wins, as with nested `except` clauses); the outer one is back after the inner scope."""
+
+    def comp() -> Generator[Any, Any, list[str]]:
+        inside = yield from with_handler(Derived(), handler({Base: lambda e: "inner base"}))
+        after = yield Derived()
+        return [inside, after]
+
+    outer = handler({Derived: lambda e: "outer derived"})
+    assert run(comp(), outer) == ["inner base", "outer derived"]
+    # The same order given to one runner: the first listed is innermost.
+    assert run(Derived(), handler({Base: lambda e: "a"}), outer) == "a"
+    # The outer one still answers what the inner one does not interpret.
+    assert run(Derived(), handler({Ask: lambda e: "ask"}), outer) == "outer derived"

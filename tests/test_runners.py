@@ -14,6 +14,7 @@ from effects import (
     AsyncHandlerError,
     Done,
     Effect,
+    Handler,
     InvalidInput,
     MissingHandlerError,
     ResumeError,
@@ -27,6 +28,7 @@ from effects import (
     handler,
     run,
     start,
+    with_handler,
 )
 
 
@@ -229,3 +231,37 @@ def test_used_generator_is_rejected() -> None:
     start(gen, State(None))
     with pytest.raises(TypeError, match="already started"):
         start(gen, State(None))
+
+
+@pytest.mark.anyio
+async def test_dropped_suspension_runs_cleanup_hooks_innermost_first() -> None:
+    """A `Suspend` dropped without resume or cancel still exits its handler scopes: their
+    `cleanup` hooks run, innermost first (sync and async runners alike); `output` does not."""
+    events: list[str] = []
+
+    class Tracked(Handler):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def output(self, value: Any) -> Any:
+            events.append(f"output {self.name}")
+            return value
+
+        def cleanup(self) -> None:
+            events.append(f"cleanup {self.name}")
+
+    def comp() -> Generator[Any, Any, Any]:
+        return (yield from with_handler(Yield("?"), Tracked("inner")))
+
+    sync = start(comp(), Tracked("outer"))
+    assert isinstance(sync, Suspend)
+    assert events == []
+    del sync
+    assert events == ["cleanup inner", "cleanup outer"]
+
+    events.clear()
+    suspended = await astart(comp(), Tracked("outer"))
+    assert isinstance(suspended, Suspend)
+    assert events == []
+    del suspended
+    assert events == ["cleanup inner", "cleanup outer"]

@@ -81,3 +81,16 @@ def test_state_is_per_run() -> None:
     h = State(0)
     assert run(State.modify(lambda s: s + 1), h) == 1
     assert run(State.modify(lambda s: s + 1), h) == 1
+
+
+def test_all_four_families_decorate_suspend_data() -> None:
+    """Each family adds its current value under its class, Reader included (and the value a
+    `Reader.local` or tagged Reader sees, not the outer one)."""
+    s = start(Yield("?"), Reader(5), State(1), Writer(), EventAccumulator())
+    assert isinstance(s, Suspend)
+    assert s.data == {Reader: 5, State: 1, Writer: [], EventAccumulator: []}
+
+    Tenant = Reader.tagged("tenant")
+    local = start(Reader.local(lambda v: v * 10, Yield("?")), Reader(5), Tenant("t1"))
+    assert isinstance(local, Suspend)
+    assert local.data == {Reader: 50, Tenant: "t1"}

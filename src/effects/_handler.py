@@ -92,7 +92,8 @@ class Handler:
         return value
 
     def cleanup(self) -> None:
-        """Run when the scope exits, on every path (return, exception, cancellation)."""
+        """Run when the scope exits, on every path (return, exception, cancellation, or its
+        suspension dropped without being resumed)."""
 
     def decorate(self, data: dict[Any, Any]) -> None:
         """Add entries to `Suspend.data` when a computation in this scope suspends."""
@@ -204,6 +205,8 @@ def with_handler(comp: Any, *handlers: Handler | Stack) -> WithHandler[Any]:
     """Run `comp` with `handlers` installed; the first listed is the innermost.
 
     `with_handler(comp, a, b)` is `with_handler(with_handler(comp, a), b)`. Inner installations
-    shadow outer ones for their extent and are restored afterwards.
+    shadow outer ones for their extent and are restored afterwards; a handler for a base effect
+    type also shadows outer handlers of its subclasses (the innermost one that interprets an
+    effect answers it).
     """
     return WithHandler(comp, flatten(handlers))

@@ -222,10 +222,19 @@ def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Sco
                     fast[t] = fn if entry_home is None else _general(fn, outside)
         own = inst.effect_handlers()
         if own:
-            for cached in [t for t in derived if any(issubclass(t, o) for o in own)]:
-                # A subclass entry cached from an outer handler must not hide this one.
-                del fast[cached], meta[cached]
-                derived.discard(cached)
+            # Inner shadows outer, also across subclasses: an outer entry for a subclass of a
+            # type this handler interprets (installed for it, or cached by lookup) must not
+            # hide this one; dropped, the subclass resolves to this handler through its MRO.
+            # Walking each type's subclasses (most have none: one C call) is cheaper than an
+            # `issubclass` test per table entry.
+            for base in own:
+                subs: list[type] = base.__subclasses__() if isinstance(base, type) else []
+                while subs:
+                    sub = subs.pop()
+                    if sub in meta and sub not in own:
+                        del fast[sub], meta[sub]
+                        derived.discard(sub)
+                    subs.extend(sub.__subclasses__())
             if not inst.pure and i > 0:
                 # A general handler's computations run outside it: snapshot the tables as they
                 # are before its own entries (the outermost one can use `outer` as is).

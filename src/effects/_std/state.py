@@ -96,7 +96,8 @@ State._bind_family({op: _effect_class("State", op, f) for op, f in _STATE_OPS.it
 
 class Reader(Handler):
     """A read-only value for its scope: `Reader.ask()`; `Reader.local(fn, comp)` runs `comp`
-    seeing `fn(value)` and restores the value afterwards."""
+    seeing `fn(value)` and restores the value afterwards. On suspension the value is in
+    `Suspend.data[Reader]`."""
 
     pure = True
     replayable = True
@@ -127,6 +128,9 @@ class Reader(Handler):
 
     def install(self) -> Reader:
         return self  # immutable: nothing to copy
+
+    def decorate(self, data: dict[Any, Any]) -> None:
+        data[type(self)] = self.value
 
 
 Reader._bind_family({"ask": _effect_class("Reader", "ask", {})})
