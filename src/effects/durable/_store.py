@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import contextlib
 import json
 import sqlite3
 import time
@@ -179,7 +180,13 @@ _sqlite_pragmas: weakref.WeakKeyDictionary[sa.Engine, dict[str, str]] = weakref.
 def _apply_pragmas(dbapi_connection: Any, pragmas: dict[str, str]) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={int(pragmas['busy_timeout'])}")
-    cursor.execute(f"PRAGMA journal_mode={pragmas['journal_mode']}")
+    # The journal mode is a property of the file, set once by `_set_journal_mode` when the
+    # store opens; changing it here again would fail with "database is locked" whenever another
+    # connection has the file open, whatever the busy timeout.
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    if row is None or str(row[0]).upper() != pragmas["journal_mode"]:
+        cursor.execute(f"PRAGMA journal_mode={pragmas['journal_mode']}")
     cursor.execute(f"PRAGMA synchronous={pragmas['synchronous']}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -199,6 +206,29 @@ def _configure_sqlite(engine: AsyncEngine, pragmas: dict[str, str]) -> None:
     def _begin(conn: sa.Connection) -> None:
         immediate = conn.get_execution_options().get("effects_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _set_journal_mode(path: str, pragmas: dict[str, str]) -> None:
+    """Put the SQLite file at `path` in the configured journal mode (run in a worker thread).
+
+    SQLite answers a journal mode change with "database is locked" at once, without waiting
+    for its busy timeout, while another connection holds the file: several processes or
+    stores opening a fresh file together would fail. Retried here, with backoff, for as long as
+    the busy timeout allows."""
+    deadline = time.monotonic() + int(pragmas["busy_timeout"]) / 1000
+    delay = 0.005
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=0)) as conn:
+                (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+                if str(mode).upper() != pragmas["journal_mode"]:
+                    conn.execute(f"PRAGMA journal_mode={pragmas['journal_mode']}")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 class LogRows:
@@ -496,6 +526,10 @@ class Store:
         store = cls(create_engine(url, **options))
         try:
             try:
+                if store._fast is not None:
+                    await anyio.to_thread.run_sync(
+                        _set_journal_mode, store._fast.path, store._fast.pragmas
+                    )
                 if migrate:
                     await store.migrate()
                 if store._fast is not None:
