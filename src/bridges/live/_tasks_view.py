@@ -54,46 +54,21 @@ def acting_on(run_id: str) -> Iterator[None]:
 
 class _HubTaskTree(TaskTree):
     def __init__(self, hub: TasksHub, *, title: str = "", max_lines: int = 200) -> None:
-        super().__init__(None, title=title, max_lines=max_lines)
+        # A recovered run that fails or waits for input at once still shows its tree here.
+        super().__init__(None, title=title, max_lines=max_lines, report_rebuilt=True)
         self._hub = hub
-        self._unreported = False
 
     def install(self) -> _HubTaskTree:
         inst: _HubTaskTree = super().install()  # type: ignore[assignment]
-        inst._unreported = False
         # A durable runner names the run it installs handlers for (also for steps that
         # recover() continues); the app's own marker covers runners that do not.
         run_id = current_run_id() or _current_run.get()
         if run_id:
             hub = self._hub
-
-            def report(snapshot: TaskSnapshot) -> None:
-                inst._unreported = False
-                hub.publish(run_id, snapshot)
-
-            inst.on_change = report
+            inst.on_change = lambda snapshot: hub.publish(run_id, snapshot)
         else:
             inst.on_change = None
         return inst
-
-    def replay(self, effect: Any) -> Any:
-        # Rebuilt without reporting (the replayed progress was shown when it happened)...
-        self._unreported = True
-        return super().replay(effect)
-
-    def _report_rebuilt(self) -> None:
-        # ...but reported once, whole, if the step suspends or ends before any live change
-        # does it: otherwise a recovered run that fails or waits for input at once would show
-        # no tree at all in this process.
-        if self._unreported and self.on_change is not None:
-            self.on_change(self.snapshot())
-
-    def decorate(self, data: dict[Any, Any]) -> None:
-        super().decorate(data)
-        self._report_rebuilt()
-
-    def cleanup(self) -> None:
-        self._report_rebuilt()
 
 
 class TasksHub:

@@ -221,6 +221,12 @@ class TaskTree(Handler):
     that is safe to hand to another task. It is meant to be cheap (store the snapshot, wake a
     publisher): throttling belongs to the consumer, which always has the newest snapshot and so
     never loses the final value.
+
+    `report_rebuilt=True`: a tree rebuilt by a durable replay is reported once, whole, at the
+    first of its first live change, the step's suspension and the step's end (by default only
+    a live change reports it; a viewer that was not there when the replayed progress happened,
+    such as another process after a recovery, needs the rebuilt tree even if the step then
+    fails or waits for input at once).
     """
 
     pure = True
@@ -232,13 +238,16 @@ class TaskTree(Handler):
         *,
         title: str = "",
         max_lines: int = 1000,
+        report_rebuilt: bool = False,
     ) -> None:
         self.on_change = on_change
         self.title = title
         self.max_lines = max_lines
+        self.report_rebuilt = report_rebuilt
         self._reset()
 
     def _reset(self) -> None:
+        self._unreported = False  # replayed since the last report (with `report_rebuilt`)
         self._nodes: list[TaskNode] = [TaskNode(ROOT, None, self.title, "running")]
         self._open: list[int] = []
         self._seq = 0
@@ -334,6 +343,7 @@ class TaskTree(Handler):
         self._replace(node, **changes)
 
     def _changed(self, result: Any) -> Any:
+        self._unreported = False
         if self.on_change is not None:
             self.on_change(self.snapshot())
         return result
@@ -344,7 +354,12 @@ class TaskTree(Handler):
 
     def replay(self, effect: Any) -> Any:
         """Used instead of the handler while a durable run replays: rebuild, don't report."""
+        self._unreported = self.report_rebuilt
         return self._apply(effect)
+
+    def _report_rebuilt(self) -> None:
+        if self._unreported:
+            self._changed(None)
 
     def output(self, value: Any) -> Any:
         root = self._nodes[ROOT]
@@ -355,3 +370,7 @@ class TaskTree(Handler):
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[TaskTree] = self.snapshot()
+        self._report_rebuilt()
+
+    def cleanup(self) -> None:
+        self._report_rebuilt()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -158,37 +158,14 @@ class StepTaskTree(TaskTree):
     """
 
     def __init__(self, tasks: StepTasks, *, max_lines: int) -> None:
-        super().__init__(None, max_lines=max_lines)
+        super().__init__(None, max_lines=max_lines, report_rebuilt=True)
         self._tasks = tasks
-        self._unreported = False
 
     def install(self) -> StepTaskTree:
         inst: StepTaskTree = super().install()  # type: ignore[assignment]
-        inst._unreported = False
-        tasks = self._tasks
-
-        def report(snapshot: TaskSnapshot) -> None:
-            inst._unreported = False
-            tasks.changed(snapshot)
-
-        inst.on_change = report
-        tasks.tree = inst
+        inst.on_change = self._tasks.changed
+        self._tasks.tree = inst
         return inst
-
-    def replay(self, effect: Any) -> Any:
-        self._unreported = True
-        return super().replay(effect)
-
-    def _report_rebuilt(self) -> None:
-        if self._unreported and self.on_change is not None:
-            self.on_change(self.snapshot())
-
-    def decorate(self, data: dict[Any, Any]) -> None:
-        super().decorate(data)
-        self._report_rebuilt()
-
-    def cleanup(self) -> None:
-        self._report_rebuilt()
 
 
 class TaskSubscription:
