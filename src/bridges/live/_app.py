@@ -170,7 +170,11 @@ class LiveApp:
     def task_group(self) -> TaskGroup:
         """The app's task group (pages live in it); only while the app runs."""
         if self._tg is None:
-            raise RuntimeError("the live app is not running (its lifespan has not started)")
+            raise RuntimeError(
+                "the live app is not running (its lifespan has not started): mounted inside "
+                "another app? Give that app `lifespan=bridges.live.mounted_lifespans` "
+                "(docs/live/deployment.md)"
+            )
         return self._tg
 
     def build(self) -> Starlette:
