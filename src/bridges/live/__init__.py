@@ -33,7 +33,7 @@ from ._runs import (
     run_app,
     wizard_app,
 )
-from ._session import Session, persistent_secret
+from ._session import Session, Sessions, persistent_secret, same_origin
 from ._tasks_view import TasksHub
 from ._view import Event, LiveView, NotFound, Reply
 
@@ -59,6 +59,8 @@ __all__ = (
     "Reply",
     "NotFound",
     "Session",
+    "Sessions",
+    "same_origin",
     "persistent_secret",
     # building blocks
     "Projection",
