@@ -11,23 +11,35 @@ from __future__ import annotations
 
 import difflib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ._computation import Computation
 from ._effect import Effect
-from ._handler import Handler, HandlerFn
+from ._handler import Handler, HandlerFn, Stack, WithHandler, handles
+from ._interpreter import returning
+from ._outcome import Done, Outcome, Suspend, validate_input
+from ._runners import _value, astart, start
+from ._std.control import Yield, _is_computation
 from ._std.world import NewUuid, Now, RandomChoice, RandomFloat, RandomInt, Sleep
 from ._std.world import Random as _Random
 
 __all__ = (
     "AdvancingClock",
+    "Collected",
     "DeterministicFresh",
     "FixedClock",
     "FixedRandom",
     "ScriptMismatch",
     "Scripted",
     "SeededRandom",
+    "acollect",
+    "afeed",
+    "collect",
+    "feed",
+    "respond",
 )
 
 
@@ -189,3 +201,184 @@ class DeterministicFresh(Handler):
         value = uuid.UUID(int=self.counter)
         self.counter += 1
         return value
+
+
+# -- driving Yields: collect, feed, respond ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """What `collect` / `feed` saw: the prompts of every `Yield` in order, and how it ended.
+
+    `outcome` is `Done`, `Throw` or `Cancelled`, or the `Suspend` the run is still waiting at
+    when `feed` ran out of inputs (it can be resumed). `unused` holds the inputs `feed` did not
+    need. `value` is the result (raises the error of a `Throw`, like `run`).
+    """
+
+    outcome: Outcome
+    yields: list[Any] = field(default_factory=list)
+    unused: list[Any] = field(default_factory=list)
+
+    @property
+    def value(self) -> Any:
+        """The computation's result; raises its error (or `UnhandledSuspension` if it is still
+        suspended) as `run` does."""
+        return _value(self.outcome)
+
+    @property
+    def done(self) -> bool:
+        """Whether the computation returned."""
+        return type(self.outcome) is Done
+
+
+_STOP: Any = object()
+_LIMIT = 10_000
+
+
+class _Answers:
+    """The policy both drivers share: which answer the next `Yield` gets, or `_STOP`."""
+
+    def __init__(
+        self,
+        answer: Any,
+        answer_with: Callable[[Any], Any] | None,
+        inputs: list[Any] | None,
+        limit: int,
+    ) -> None:
+        self.answer = answer
+        self.answer_with = answer_with
+        self.inputs = inputs
+        self.limit = limit
+        self.yields: list[Any] = []
+
+    def next(self, prompt: Any) -> Any:
+        self.yields.append(prompt)
+        if len(self.yields) > self.limit:
+            raise AssertionError(
+                f"the computation yielded more than {self.limit} times (an endless Yield "
+                "loop?); pass limit= to allow more"
+            )
+        if self.inputs is not None:
+            return self.inputs.pop(0) if self.inputs else _STOP
+        if self.answer_with is not None:
+            return self.answer_with(prompt)
+        return self.answer
+
+    def collected(self, outcome: Outcome) -> Collected:
+        return Collected(outcome, self.yields, list(self.inputs or ()))
+
+
+def _drive(
+    comp: Computation[Any], handlers: tuple[Handler | Stack, ...], answers: _Answers
+) -> Collected:
+    outcome = start(comp, *handlers)
+    while type(outcome) is Suspend:
+        answer = answers.next(outcome.value)
+        if answer is _STOP:
+            break
+        outcome = outcome.resume(answer)
+    return answers.collected(outcome)
+
+
+async def _adrive(
+    comp: Computation[Any], handlers: tuple[Handler | Stack, ...], answers: _Answers
+) -> Collected:
+    outcome = await astart(comp, *handlers)
+    while type(outcome) is Suspend:
+        answer = answers.next(outcome.value)
+        if answer is _STOP:
+            break
+        outcome = await outcome.aresume(answer)
+    return answers.collected(outcome)
+
+
+def collect(
+    comp: Computation[Any],
+    *handlers: Handler | Stack,
+    answer: Any = None,
+    answer_with: Callable[[Any], Any] | None = None,
+    limit: int = _LIMIT,
+) -> Collected:
+    """Run `comp` (sync runner) to its end, answering every `Yield` and collecting its prompts.
+
+    Each `Yield` gets `answer` (default `None`), or `answer_with(prompt)` when given; answers
+    are validated against the `Yield`'s `input` type (`InvalidInput` is raised here). More
+    than `limit` Yields fail the test (an endless prompt loop). Returns a `Collected`.
+    """
+    return _drive(comp, handlers, _Answers(answer, answer_with, None, limit))
+
+
+async def acollect(
+    comp: Computation[Any],
+    *handlers: Handler | Stack,
+    answer: Any = None,
+    answer_with: Callable[[Any], Any] | None = None,
+    limit: int = _LIMIT,
+) -> Collected:
+    """Async twin of `collect` (async handlers are awaited; asyncio or trio)."""
+    return await _adrive(comp, handlers, _Answers(answer, answer_with, None, limit))
+
+
+def feed(comp: Computation[Any], inputs: Iterable[Any], *handlers: Handler | Stack) -> Collected:
+    """Run `comp` (sync runner) answering its Yields with `inputs`, in order.
+
+    When the inputs run out at a `Yield`, the run stops there: `outcome` is that `Suspend`
+    (resumable) and its prompt is the last of `yields`. Inputs left when the computation ends
+    are in `unused`.
+    """
+    return _drive(comp, handlers, _Answers(None, None, list(inputs), _LIMIT))
+
+
+async def afeed(
+    comp: Computation[Any], inputs: Iterable[Any], *handlers: Handler | Stack
+) -> Collected:
+    """Async twin of `feed`."""
+    return await _adrive(comp, handlers, _Answers(None, None, list(inputs), _LIMIT))
+
+
+class _Responder(Handler):
+    """Answers the `Yield`s of its scope by a function of the prompt (see `respond`)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def install(self) -> _Responder:
+        return self  # stateless
+
+    @handles(Yield)
+    def _yield(self, effect: Yield) -> Any:
+        answer = self.fn(effect.value)
+        if _is_computation(answer):
+            return _validated(answer, effect.input)
+        if isinstance(answer, BaseException):
+            return answer  # raised at the Yield, as any handler's exception result
+        return _returned(validate_input(effect.input, answer))
+
+    def __repr__(self) -> str:
+        return f"respond({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def _validated(comp: Any, input_type: Any) -> Generator[Any, Any, Any]:
+    answer = yield from comp
+    return validate_input(input_type, answer)
+
+
+def _returned(value: Any) -> Any:
+    # A validated answer that happens to be a generator or an awaitable is an answer, not
+    # something for the interpreter to run.
+    if _is_computation(value) or hasattr(value, "__await__"):
+        return returning(value)
+    return value
+
+
+def respond(comp: Computation[Any], fn: Callable[[Any], Any]) -> WithHandler[Any]:
+    """`comp` with its `Yield`s answered from inside the computation by `fn(prompt)`.
+
+    `fn` returns the answer (validated against the `Yield`'s `input` type; invalid answers
+    raise `InvalidInput` at the `Yield`), an exception (raised at the `Yield`), or a
+    computation whose result is the answer (run outside this scope, so its own Yields reach
+    the runner). A computation, so it works under every runner and in durable runs (inside an
+    `EffectLogger` it is part of the computation and runs again on replay; outside, the answers
+    are recorded).
+    """
+    return WithHandler(comp, (_Responder(fn),))
