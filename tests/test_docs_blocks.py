@@ -5,7 +5,8 @@ here. A page's Python blocks run in order, in a temporary directory that is also
 directory and on `sys.path`:
 
 - a block runs alone, in a fresh namespace, as a script (`__name__` is `"__main__"`), unless
-  it is preceded by `<!-- docs: continue -->`: then it runs in the namespace of the page's previous Python block;
+  it is preceded by `<!-- docs: continue -->`: then it runs in the namespace of the page's
+  previous Python block;
 - a block whose first line is a comment naming a file (`# signup.py`) is written to that file
   too, so that later blocks can import it; it runs as that module (`__name__` is `signup`);
 - `<!-- docs: skip REASON -->` before a block does not run it; the reason is required;
