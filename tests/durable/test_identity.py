@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
@@ -203,6 +204,28 @@ def test_a_log_written_by_the_previous_version_replays_unchanged_code(flows: Any
     assert type(out) is Suspend
     assert out.value == "ok?"
     assert out.resume("yes") == Done("yes")
+
+
+def test_a_log_without_entry_times_replays_and_keeps_them_unknown(flows: Any) -> None:
+    # The previous release recorded no times: its entries replay as they are (no times
+    # invented for them) and the Yield answered now gets both.
+    legacy = Log.model_validate_json(LEGACY_LOG.read_text())
+    assert all(e.started_at is None and e.ended_at is None for e in legacy.entries)
+    logs: list[Log] = []
+    out = start(
+        with_handler(flows.flow(["x"], "alice"), EffectLogger(legacy, on_log=logs.append)),
+        flows.labels,
+    )
+    assert type(out) is Suspend
+    before = time.time()
+    assert out.resume("yes") == Done("yes")
+    entries = logs[-1].entries
+    assert entries[:-1] == legacy.entries[:-1]
+    ask = entries[-1]
+    assert ask.status == "done"
+    assert ask.started_at is not None
+    assert ask.ended_at is not None
+    assert ask.ended_at >= before
 
 
 def test_entries_in_the_new_form_are_never_matched_by_the_previous_form(flows: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from datetime import datetime
 from typing import Any, ClassVar
@@ -517,3 +518,115 @@ def test_at_most_once_handler() -> None:
     )
     assert out == Done(4)
     assert trace == ["write_ahead:pending", "run"]
+
+
+# -- timestamps ------------------------------------------------------------------------------
+
+STAMPS: dict[str, float] = {}
+
+
+def stamped(name: str) -> str:
+    STAMPS[name] = time.time()
+    return name
+
+
+def test_entries_carry_when_their_effect_started_and_ended() -> None:
+    """Each recorded entry holds the UTC epoch seconds at which its effect was dispatched and
+    completed: what its handler saw of the clock falls between the two, entries follow each
+    other in time, and the pending Yield has a start and no end yet."""
+
+    def score(e: GetScore) -> int:
+        STAMPS["score"] = time.time()
+        return e.n
+
+    def comp() -> Generator[Any, Any, Any]:
+        yield GetScore(1)
+        yield Call(stamped, "call")
+        return (yield Yield("ok?"))
+
+    before = time.time()
+    out = start(with_handler(comp(), EffectLogger()), handler({GetScore: score}))
+    after = time.time()
+    score_e, call_e, ask = log_of(out).entries
+    assert score_e.started_at is not None
+    assert score_e.ended_at is not None
+    assert call_e.started_at is not None
+    assert call_e.ended_at is not None
+    assert before <= score_e.started_at <= STAMPS["score"] <= score_e.ended_at
+    assert score_e.ended_at <= call_e.started_at <= STAMPS["call"] <= call_e.ended_at
+    assert ask.status == "pending"
+    assert ask.started_at is not None
+    assert call_e.ended_at <= ask.started_at <= after
+    assert ask.ended_at is None
+
+
+def test_a_resumed_yield_keeps_its_start_and_replayed_entries_keep_their_times() -> None:
+    """A cold resume replays entries with the times of the run that recorded them; the Yield
+    answered after it started when the prompt was first shown and ended at the answer."""
+
+    def comp() -> Generator[Any, Any, Any]:
+        yield Call(stamped, "first")
+        answer = yield Yield("ok?")
+        yield Call(stamped, "second")
+        return answer
+
+    first = log_of(start(with_handler(comp(), EffectLogger())))
+    stored = Log.model_validate_json(first.model_dump_json())
+    assert stored == first  # the times survive the JSON round trip
+    logs: list[Log] = []
+    out = start(with_handler(comp(), EffectLogger(stored, on_log=logs.append)))
+    assert isinstance(out, Suspend)
+    answered = time.time()
+    assert out.resume("yes") == Done("yes")
+    call_e, ask, second = logs[-1].entries
+    assert call_e == first.entries[0]
+    assert ask.status == "done"
+    assert ask.started_at == first.entries[1].started_at
+    assert ask.ended_at is not None
+    assert ask.ended_at >= answered
+    assert second.started_at is not None
+    assert second.ended_at is not None
+    assert ask.ended_at <= second.started_at <= STAMPS["second"] <= second.ended_at
+
+
+@pytest.mark.anyio
+async def test_an_async_handler_s_entry_ends_when_its_awaitable_completes() -> None:
+    """An effect answered by an awaitable ends when the await completes, not when the handler
+    returned the awaitable."""
+
+    async def slow_score(n: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        STAMPS["awaited"] = time.time()
+        return n
+
+    def comp() -> Generator[Any, Any, Any]:
+        yield GetScore(3)
+        return (yield Yield("ok?"))
+
+    out = await astart(
+        with_handler(comp(), EffectLogger()), handler({GetScore: lambda e: slow_score(e.n)})
+    )
+    entry = log_of(out).entries[0]
+    assert entry.started_at is not None
+    assert entry.ended_at is not None
+    assert entry.started_at <= STAMPS["awaited"] <= entry.ended_at
+
+
+def test_error_entries_carry_times_too() -> None:
+    """An effect that raised is recorded with when it started and when it failed."""
+
+    def fail(e: GetScore) -> int:
+        STAMPS["fail"] = time.time()
+        raise ValueError("no score")
+
+    def comp() -> Generator[Any, Any, Any]:
+        with pytest.raises(ValueError, match="no score"):
+            yield GetScore(1)
+        return (yield Yield("ok?"))
+
+    out = start(with_handler(comp(), EffectLogger()), handler({GetScore: fail}))
+    entry = log_of(out).entries[0]
+    assert entry.status == "error"
+    assert entry.started_at is not None
+    assert entry.ended_at is not None
+    assert entry.started_at <= STAMPS["fail"] <= entry.ended_at

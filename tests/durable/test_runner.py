@@ -4,6 +4,7 @@ an orderly stop, subscriptions, and the errors a caller can see."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Generator, Iterator
 from contextlib import closing
 from datetime import UTC, datetime
@@ -224,6 +225,32 @@ async def test_cold_resume_across_three_restarts(db: str) -> None:
         "Call",
     ]
     assert all(e.status == "done" for e in log.entries)
+
+
+async def test_stored_entries_keep_their_times_across_restarts(db: str) -> None:
+    """Entry timestamps go through the store: each stored entry started and ended within the
+    step that recorded it, a Yield spans from its prompt to its answer, and a cold resume
+    writes the entries it replayed back unchanged."""
+    t0 = time.time()
+    async with runner(db) as r:
+        run_id = (await r.start(wizard(1))).id
+    t1 = time.time()
+    async with runner(db) as r:
+        before = (await r.get_log(run_id)).entries
+        await r.resume(run_id, "a")
+        after = (await r.get_log(run_id)).entries
+    t2 = time.time()
+    assert [e.status for e in before] == ["done", "done", "pending"]
+    for e in before[:2]:
+        assert e.started_at is not None
+        assert e.ended_at is not None
+        assert t0 <= e.started_at <= e.ended_at <= t1
+    assert after[:2] == before[:2]
+    ask = after[2]
+    assert ask.status == "done"
+    assert ask.started_at == before[2].started_at
+    assert ask.ended_at is not None
+    assert t1 <= ask.ended_at <= t2
 
 
 async def test_invalid_input_leaves_the_run_untouched(db: str) -> None:

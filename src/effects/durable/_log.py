@@ -37,6 +37,10 @@ class LogEntry(BaseModel):
       what they do: see `effects.durable._identity`).
     - `status`: `done` (with `result`), `error` (with `error`) or `pending` (started, no answer
       yet: the `Yield` a run is waiting at, or an at-most-once effect's write-ahead record).
+    - `started_at`, `ended_at`: when the effect was dispatched and when it completed, as UTC
+      epoch seconds (`time.time()`); `ended_at` is None while pending. Both are None in
+      entries written before they were recorded. A replayed entry keeps the times of the run
+      that recorded it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -48,6 +52,8 @@ class LogEntry(BaseModel):
     status: Status
     result: Any = None
     error: ErrorInfo | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -166,6 +172,8 @@ def make_entry(
     status: Status,
     result: Any = None,
     error: ErrorInfo | None = None,
+    started_at: float | None = None,
+    ended_at: float | None = None,
 ) -> LogEntry:
     """A `LogEntry` from trusted values, without validation."""
     e = _new(LogEntry)
@@ -179,6 +187,8 @@ def make_entry(
             "status": status,
             "result": result,
             "error": error,
+            "started_at": started_at,
+            "ended_at": ended_at,
         },
     )
     _set_fields(e, _ENTRY_FIELDS)

@@ -59,7 +59,12 @@ _NO_REASON: Any = object()
 
 
 def _cancelled(
-    seq: int, name: str, fp: str, args: dict[str, Any], reason: Any = _NO_REASON
+    seq: int,
+    name: str,
+    fp: str,
+    args: dict[str, Any],
+    reason: Any,
+    started_at: float | None,
 ) -> LogEntry:
     """The entry of an effect that a cancellation interrupted: replay delivers the
     cancellation again at this point, so a crash during the cleanup that followed continues
@@ -67,7 +72,7 @@ def _cancelled(
     error = dump_error(Cancellation(reason)) if reason is not _NO_REASON else None
     if error is None or "args" not in error:
         error = {"type": _CANCELLATION, "message": "cancelled"}  # the reason is not JSON
-    return make_entry(seq, name, fp, args, "error", None, error)
+    return make_entry(seq, name, fp, args, "error", None, error, started_at, _now())
 
 
 def is_cancelled(entry: LogEntry) -> bool:
@@ -96,6 +101,9 @@ def cancellation(entries: Sequence[LogEntry]) -> tuple[bool, Any]:
 # The entry recording a sleep's wake-up time; the sleep's own entry follows it once it is over.
 _TIMER = "effects.durable.Timer"
 _PRIMITIVE = (str, int, float, bool, type(None))
+# Entry timestamps: wall-clock UTC epoch seconds, read once when a recorded effect is
+# dispatched and once when it completes.
+_now = time.time
 
 
 class _Live:
@@ -132,16 +140,23 @@ _GENERAL: Any = _General()
 class _RecordedAwait:
     """The awaitable a handler returned, recording its outcome when it completes."""
 
-    __slots__ = ("_args", "_aw", "_effect", "_logger", "_seq")
+    __slots__ = ("_args", "_aw", "_effect", "_logger", "_seq", "_start")
 
     def __init__(
-        self, aw: Any, logger: EffectLogger, effect: Any, seq: int, args: dict[str, Any]
+        self,
+        aw: Any,
+        logger: EffectLogger,
+        effect: Any,
+        seq: int,
+        args: dict[str, Any],
+        start: float,
     ) -> None:
         self._aw = aw
         self._logger = logger
         self._effect = effect
         self._seq = seq
         self._args = args
+        self._start = start
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self._run().__await__()
@@ -150,14 +165,16 @@ class _RecordedAwait:
         try:
             result = await self._aw
         except Exception as err:
-            self._logger._record_error(self._effect, self._seq, self._args, err)
+            self._logger._record_error(self._effect, self._seq, self._args, err, self._start)
             raise
         except BaseException:
             # Interrupted (the reason is delivered later, at the yield): marked so that a
             # replay of a cancelled run's log cancels at the same point.
-            self._logger._record_cancelled(self._effect, self._seq, self._args)
+            self._logger._record_cancelled(
+                self._effect, self._seq, self._args, _NO_REASON, self._start
+            )
             raise
-        failed = self._logger._record_done(self._effect, self._seq, self._args, result)
+        failed = self._logger._record_done(self._effect, self._seq, self._args, result, self._start)
         if failed is not None:
             raise failed
         return result
@@ -414,13 +431,14 @@ class EffectLogger(Handler):
                 return err
             seq = self._next_seq
             self._next_seq = seq + 1
+            start = _now()
             try:
                 result = fn(effect)
             except Exception as err:
-                self._record_error(effect, seq, args, err)
+                self._record_error(effect, seq, args, err, start)
                 return err
             except Cancellation as cancel:  # a handler's own cancelled sub-computation
-                self._record_cancelled(effect, seq, args, cancel.reason)
+                self._record_cancelled(effect, seq, args, cancel.reason, start)
                 raise
             if not pure:
                 rtype = type(result)
@@ -428,41 +446,48 @@ class EffectLogger(Handler):
                     # The fast path called the handler itself: its computation (or an inner
                     # interceptor's) runs where the handler meant it to, `home`, not outside us.
                     if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
-                        return InScope(self._complete(result, effect, seq, args), home)
+                        comp = self._complete(result, effect, seq, args, start)
+                        return InScope(comp, home)
                     if rtype is InScope:
-                        comp = self._complete(result.comp, effect, seq, args)
+                        comp = self._complete(result.comp, effect, seq, args, start)
                         return InScope(comp, result.scope)
                     if isinstance(result, BaseException):
-                        self._record_error(effect, seq, args, result)
+                        self._record_error(effect, seq, args, result, start)
                         return result
                     if result is SUSPEND:
                         return result  # only a Yield suspends, and Yield goes the other way
                     if inspect.isawaitable(result):
-                        return _RecordedAwait(result, self, effect, seq, args)
+                        return _RecordedAwait(result, self, effect, seq, args, start)
+            end = _now()
             try:
                 data = (info.codec or result_codec(effect)).dump(result, info.where)
             except SerializationError as err:
-                self._record_error(effect, seq, args, err)
+                self._record_error(effect, seq, args, err, start)
                 return err
-            entries.append(make_entry(seq, info.name, fingerprint(args), args, "done", data))
+            entries.append(
+                make_entry(seq, info.name, fingerprint(args), args, "done", data, None, start, end)
+            )
             return result
 
         return logged
 
     def _record_done(
-        self, effect: Any, seq: int, args: dict[str, Any], result: Any
+        self, effect: Any, seq: int, args: dict[str, Any], result: Any, start: float
     ) -> SerializationError | None:
+        end = _now()
         name = effect_name(type(effect))
         try:
             data = result_codec(effect).dump(result, _where(effect, name))
         except SerializationError as err:
-            self._record_error(effect, seq, args, err)
+            self._record_error(effect, seq, args, err, start)
             return err
-        self._entries.append(make_entry(seq, name, fingerprint(args), args, "done", data))
+        self._entries.append(
+            make_entry(seq, name, fingerprint(args), args, "done", data, None, start, end)
+        )
         return None
 
     def _record_error(
-        self, effect: Any, seq: int, args: dict[str, Any], err: BaseException
+        self, effect: Any, seq: int, args: dict[str, Any], err: BaseException, start: float
     ) -> None:
         self._entries.append(
             make_entry(
@@ -473,28 +498,30 @@ class EffectLogger(Handler):
                 "error",
                 None,
                 dump_error(err),
+                start,
+                _now(),
             )
         )
 
     def _record_cancelled(
-        self, effect: Any, seq: int, args: dict[str, Any], reason: Any = _NO_REASON
+        self, effect: Any, seq: int, args: dict[str, Any], reason: Any, start: float
     ) -> None:
         name = effect_name(type(effect))
-        self._entries.append(_cancelled(seq, name, fingerprint(args), args, reason))
+        self._entries.append(_cancelled(seq, name, fingerprint(args), args, reason, start))
 
     def _complete(
-        self, comp: Any, effect: Any, seq: int, args: dict[str, Any]
+        self, comp: Any, effect: Any, seq: int, args: dict[str, Any], start: float
     ) -> Generator[Any, Any, Any]:
         """Run a handler's computation (in the handler's home scope) and record its result."""
         try:
             result = yield comp
         except Exception as err:
-            self._record_error(effect, seq, args, err)
+            self._record_error(effect, seq, args, err, start)
             raise
         except Cancellation as cancel:
-            self._record_cancelled(effect, seq, args, cancel.reason)
+            self._record_cancelled(effect, seq, args, cancel.reason, start)
             raise
-        failed = self._record_done(effect, seq, args, result)
+        failed = self._record_done(effect, seq, args, result, start)
         if failed is not None:
             raise failed
         return result
@@ -504,13 +531,20 @@ class EffectLogger(Handler):
             args = dump_args(effect)
         except SerializationError as err:
             return err
+        start = _now()
         seq = self._next_seq
         if isinstance(effect, Sleep):
             self._next_seq = seq + 2  # the timer's entry, then the sleep's
-            return self._sleep(effect, seq, args, fingerprint(args), None)
+            return self._sleep(effect, seq, args, fingerprint(args), None, start)
         self._next_seq = seq + 1
         return self._perform(
-            effect, seq, args, fingerprint(args), external, amo or is_at_most_once(type(effect))
+            effect,
+            seq,
+            args,
+            fingerprint(args),
+            external,
+            amo or is_at_most_once(type(effect)),
+            start,
         )
 
     def _perform(
@@ -521,14 +555,16 @@ class EffectLogger(Handler):
         fp: str,
         external: bool,
         amo: bool,
+        start: float,
     ) -> Generator[Any, Any, Any]:
-        """Run `effect` by its real handler (outside the logger) and record how it completed."""
+        """Run `effect` by its real handler (outside the logger) and record how it completed
+        (`start`: when it was first dispatched)."""
         entries = self._entries
         name = effect_name(type(effect))
         suspends = isinstance(effect, Yield)
         pending = amo or suspends
         if pending:
-            entries.append(make_entry(seq, name, fp, args, "pending"))
+            entries.append(make_entry(seq, name, fp, args, "pending", None, None, start))
             if amo and self.checkpoints:
                 yield Checkpoint(self._snapshot(), "write_ahead")
         checkpoint = external and self.checkpoints
@@ -546,8 +582,11 @@ class EffectLogger(Handler):
         except Exception as err:
             if not suspends:
                 key.set(prev)
+            end = _now()
             self._settle(
-                seq, pending, make_entry(seq, name, fp, args, "error", None, dump_error(err))
+                seq,
+                pending,
+                make_entry(seq, name, fp, args, "error", None, dump_error(err), start, end),
             )
             if checkpoint:
                 yield Checkpoint(self._snapshot(), "external")
@@ -557,7 +596,7 @@ class EffectLogger(Handler):
             # cut off by a crash delivers the cancellation at this very point again.
             if not suspends:
                 key.set(prev)
-            self._settle(seq, pending, _cancelled(seq, name, fp, args, cancel.reason))
+            self._settle(seq, pending, _cancelled(seq, name, fp, args, cancel.reason, start))
             if self.checkpoints:
                 # Durable at once: a recovery then always replays to this point, and never
                 # performs the interrupted effect again.
@@ -570,27 +609,37 @@ class EffectLogger(Handler):
             if suspends:
                 self._drop(seq)
             raise
+        end = _now()
         if not suspends:
             key.set(prev)
         try:
             data = result_codec(effect).dump(result, _where(effect, name))
         except SerializationError as err:
             self._settle(
-                seq, pending, make_entry(seq, name, fp, args, "error", None, dump_error(err))
+                seq,
+                pending,
+                make_entry(seq, name, fp, args, "error", None, dump_error(err), start, end),
             )
             if checkpoint:
                 yield Checkpoint(self._snapshot(), "external")
             raise
-        self._settle(seq, pending, make_entry(seq, name, fp, args, "done", data))
+        self._settle(seq, pending, make_entry(seq, name, fp, args, "done", data, None, start, end))
         if checkpoint:
             yield Checkpoint(self._snapshot(), "external")
         return result
 
     def _sleep(
-        self, effect: Sleep, seq: int, args: dict[str, Any], fp: str, wake_at: float | None
+        self,
+        effect: Sleep,
+        seq: int,
+        args: dict[str, Any],
+        fp: str,
+        wake_at: float | None,
+        start: float,
     ) -> Generator[Any, Any, None]:
         """A durable sleep: record its wake-up time at `seq` (unless a replayed entry gave it),
-        wait until then, and record the sleep at `seq + 1`.
+        wait until then, and record the sleep at `seq + 1` (both entries start at `start`, when
+        the sleep was dispatched).
 
         The wake-up time is checkpointed before the wait begins, so a run restarted during the
         sleep (or released while it sleeps) waits only for what is left.
@@ -604,7 +653,9 @@ class EffectLogger(Handler):
                 except MissingHandlerError:
                     wake_at = (yield from _clock()) + effect.seconds
                 self._entries.append(
-                    make_entry(seq, _TIMER, fp, args, "done", {"wake_at": wake_at})
+                    make_entry(
+                        seq, _TIMER, fp, args, "done", {"wake_at": wake_at}, None, start, _now()
+                    )
                 )
                 timed = True
                 if self.checkpoints:
@@ -616,18 +667,20 @@ class EffectLogger(Handler):
                 yield type(effect)(max(0.0, left))  # to the clock in scope
         except Exception as err:
             at = seq + 1 if timed else seq
-            self._entries.append(make_entry(at, name, fp, args, "error", None, dump_error(err)))
+            self._entries.append(
+                make_entry(at, name, fp, args, "error", None, dump_error(err), start, _now())
+            )
             raise
         except Cancellation as cancel:
             # Recorded as `_perform` does: a replay of a cleanup cut off by a crash is
             # cancelled at this sleep again.
             self._entries.append(
-                _cancelled(seq + 1 if timed else seq, name, fp, args, cancel.reason)
+                _cancelled(seq + 1 if timed else seq, name, fp, args, cancel.reason, start)
             )
             if self.checkpoints:
                 yield Checkpoint(self._snapshot(), "cancelled")
             raise
-        self._entries.append(make_entry(seq + 1, name, fp, args, "done", None))
+        self._entries.append(make_entry(seq + 1, name, fp, args, "done", None, None, start, _now()))
 
     def _replay_timer(self, effect: Sleep, entry: LogEntry) -> Any:
         """A replayed sleep reached its recorded wake-up time: its own entry follows (the
@@ -648,7 +701,8 @@ class EffectLogger(Handler):
         if self._cursor < self._n_old:
             return self._replay(effect, False, False)
         self._next_seq = entry.seq + 2
-        return self._sleep(effect, entry.seq, entry.args, entry.fingerprint, wake_at)
+        start = entry.started_at if entry.started_at is not None else _now()
+        return self._sleep(effect, entry.seq, entry.args, entry.fingerprint, wake_at, start)
 
     def _settle(self, seq: int, pending: bool, entry: LogEntry) -> None:
         entries = self._entries
@@ -690,9 +744,10 @@ class EffectLogger(Handler):
         if isinstance(effect, Yield):
             # The run was waiting here: replay ends, and the Yield is performed again live
             # (same position, same prompt).
-            return self._perform(
-                effect, m.seq, m.args, m.fingerprint, external, amo or is_at_most_once(type(effect))
-            )
+            # It started when the prompt was first shown (an older log has no time).
+            start = m.started_at if m.started_at is not None else _now()
+            amo = amo or is_at_most_once(type(effect))
+            return self._perform(effect, m.seq, m.args, m.fingerprint, external, amo, start)
         interrupted = InterruptedEffect(
             f"{m.effect}({_format_args(m.args)}) at position {m.seq} is at-most-once and was "
             "interrupted: it started before the run stopped and may or may not have happened, "
@@ -700,7 +755,15 @@ class EffectLogger(Handler):
         )
         self._entries.append(
             make_entry(
-                m.seq, m.effect, m.fingerprint, m.args, "error", None, dump_error(interrupted)
+                m.seq,
+                m.effect,
+                m.fingerprint,
+                m.args,
+                "error",
+                None,
+                dump_error(interrupted),
+                m.started_at,
+                _now(),
             )
         )
         return interrupted
@@ -801,7 +864,11 @@ class EffectLogger(Handler):
             args = {"patch_id": effect.patch_id}
             seq = self._next_seq
             self._next_seq = seq + 1
-            self._entries.append(make_entry(seq, _PATCHED, fingerprint(args), args, "done", True))
+            # The logger's own markers take no time: one clock read for both ends.
+            now = _now()
+            self._entries.append(
+                make_entry(seq, _PATCHED, fingerprint(args), args, "done", True, None, now, now)
+            )
             return True
         fp = fingerprint({"patch_id": effect.patch_id})
         old = self._old
@@ -844,6 +911,7 @@ class EffectLogger(Handler):
             return err
         seq = self._next_seq
         self._next_seq = seq + 1
+        now = _now()
         self._entries.append(
             make_entry(
                 seq,
@@ -852,6 +920,9 @@ class EffectLogger(Handler):
                 args,
                 "done",
                 {"iteration": 0, "state": data},
+                None,
+                now,
+                now,
             )
         )
         return (
@@ -895,6 +966,7 @@ class EffectLogger(Handler):
         seq = self._next_seq
         self._next_seq = seq + 1
         handle.seq = seq
+        now = _now()
         entries.append(
             make_entry(
                 seq,
@@ -903,6 +975,9 @@ class EffectLogger(Handler):
                 head.args,
                 "done",
                 {"iteration": handle.iteration, "state": data},
+                None,
+                now,
+                now,
             )
         )
         return None
