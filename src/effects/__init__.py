@@ -34,6 +34,7 @@ from ._runners import arun, astart, run, start
 from ._std.call import Call, Retry
 from ._std.control import Err, Ok, Yield, bracket, catch, try_catch
 from ._std.state import EventAccumulator, Reader, State, Writer
+from ._std.transaction import Transactional, transaction
 from ._std.world import Clock, Fresh, Random
 from .tasks import (
     Output,
@@ -91,6 +92,8 @@ __all__ = (
     "Clock",
     "Call",
     "Retry",
+    "transaction",
+    "Transactional",
     # tasks, progress and output
     "task",
     "Progress",

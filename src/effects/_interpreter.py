@@ -158,6 +158,21 @@ class InScope:
         return f"InScope({self.comp!r})"
 
 
+class ScopeEffect(Effect[Any]):
+    """Base of the few effects the interpreter answers itself, with the run and the tables of
+    the scope that performed them (`transaction` reads the handlers in scope, `Parallel`
+    starts branches in it). No handler table holds them: they are found on the slow path of
+    lookup, so the hot loop pays nothing, and an `EffectLogger` never records them (what they
+    do is deterministic, or records its own effects)."""
+
+    __slots__ = ()
+
+    def answer(self, run: Run, tables: Tables) -> Any:
+        """The effect's result, classified like a general handler's (a computation runs in
+        `tables`, an awaitable is awaited by the async driver)."""
+        raise NotImplementedError
+
+
 _PUSH, _SUSPEND, _AWAIT = range(3)
 # Results of these types are plain values; checking them first keeps the classifier cheap.
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple, set})
@@ -371,6 +386,8 @@ class Run:
         if etype is GeneratorType or isinstance(eff, Comp):
             self.frames.append((_start_generator(eff), tables, None))
             return None
+        if isinstance(eff, ScopeEffect):
+            return _general(lambda e: e.answer(self, tables), tables)
         for base in etype.__mro__[1:]:
             entry = tables.meta.get(base)
             if entry is not None:

@@ -85,6 +85,14 @@ class State(Handler):
     def decorate(self, data: dict[Any, Any]) -> None:
         data[type(self)] = self.value
 
+    def snapshot(self) -> Any:
+        """The current value (`transaction` restores it if the transaction fails)."""
+        return self.value
+
+    def restore(self, snapshot: Any) -> None:
+        """Put back a value taken by `snapshot`."""
+        self.value = snapshot
+
 
 _STATE_OPS: dict[str, dict[str, Any]] = {
     "get": {},
@@ -170,6 +178,14 @@ class Writer(Handler):
     def output(self, value: Any) -> Any:
         return (value, self.items) if self.with_output else value
 
+    def snapshot(self) -> int:
+        """How many items were told so far (`transaction` drops later ones on failure)."""
+        return len(self.items)
+
+    def restore(self, snapshot: int) -> None:
+        """Drop the items told after `snapshot` was taken."""
+        del self.items[snapshot:]
+
     def decorate(self, data: dict[Any, Any]) -> None:
         data[type(self)] = list(self.items)
 
@@ -223,6 +239,15 @@ class EventAccumulator(Handler):
 
     def output(self, value: Any) -> Any:
         return (value, list(self.events)) if self.with_output else value
+
+    def snapshot(self) -> int:
+        """How many events were emitted so far (`transaction` drops later ones on failure;
+        events already streamed by `on_event` stay streamed)."""
+        return len(self.events)
+
+    def restore(self, snapshot: int) -> None:
+        """Drop the events emitted after `snapshot` was taken."""
+        del self.events[snapshot:]
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[type(self)] = list(self.events)
