@@ -9,19 +9,28 @@ immutable `TaskSnapshot` to its `on_change` callback after every change. UI brid
 
 from ._std.tasks import (
     ROOT,
+    CurrentTask,
     Output,
+    OutputKind,
     OutputLine,
     Print,
     Progress,
+    TaskHandle,
     TaskNode,
     TaskSnapshot,
     TaskStatus,
     TaskTree,
+    TaskWriter,
+    open_task,
     task,
 )
 
 __all__ = (
     "task",
+    "open_task",
+    "TaskHandle",
+    "CurrentTask",
+    "TaskWriter",
     "Progress",
     "Output",
     "Print",
@@ -30,5 +39,6 @@ __all__ = (
     "TaskNode",
     "TaskStatus",
     "OutputLine",
+    "OutputKind",
     "ROOT",
 )

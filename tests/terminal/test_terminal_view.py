@@ -226,3 +226,34 @@ async def test_end_of_input_cancels_and_cleans_up() -> None:
         )
     assert released == ["released"]
     assert "(end of input: cancelling)" in out.getvalue()
+
+
+def test_output_blocks_as_text() -> None:
+    def report() -> Generator[Any, Any, None]:
+        yield Output.markdown("# Title\n\nsome *text*")
+        yield Output.table([{"name": "Ann", "n": 1}, {"name": "Bobby", "n": 22}])
+        yield Output.html("<b>x</b> &amp; y\x1b[2J", safe=True)
+
+    out = io.StringIO()
+    with TerminalView(out, style="plain") as view:
+        run(task("Report", report()), TaskTree(view.update))
+    assert out.getvalue().splitlines() == [
+        "▸ Report",
+        "  | # Title",
+        "  | ",
+        "  | some *text*",
+        "  | name   n",
+        "  | -----  --",
+        "  | Ann    1",
+        "  | Bobby  22",
+        "  | x & y\\x1b[2J",
+        "✓ Report",
+    ]
+    out = io.StringIO()
+    with TerminalView(out, style="rich") as view:
+        run(task("Report", report()), TaskTree(view.update))
+    text = out.getvalue()
+    assert "│ Bobby │ 22 │" in text  # a drawn table
+    assert "Title" in text
+    assert "# Title" not in text  # Markdown rendered, not shown as source
+    assert "\x1b[2J" not in text

@@ -40,6 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ._blocks import render_block
 from ._limits import Clock, Limits, retry_after
 from ._messages import BadMessage, json_errors, parse_command
 from ._page import Page, Pages
@@ -78,7 +79,9 @@ def make_templates(template_dirs: Sequence[str | Path] = ()) -> jinja2.Environme
             jinja2.FileSystemLoader(str(HERE / "templates")),
         ]
     )
-    return jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.globals["output_block"] = render_block
+    return env
 
 
 class LiveApp:

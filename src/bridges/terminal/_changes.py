@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from effects.tasks import ROOT, TaskNode, TaskSnapshot
+from effects.tasks import ROOT, OutputLine, TaskNode, TaskSnapshot
 
 Kind = Literal["start", "line", "dropped", "progress", "end"]
 
@@ -25,6 +25,7 @@ class Change:
     node: TaskNode
     depth: int
     text: str = ""
+    line: OutputLine | None = None  # for kind "line": the line (its `kind` says how to show it)
 
 
 @dataclass(slots=True)
@@ -73,7 +74,7 @@ class ChangeTracker:
         if lost > 0:
             out.append(Change("dropped", node, depth, f"... {lost} lines not shown"))
         for line in new:
-            out.append(Change("line", node, depth, line.text))
+            out.append(Change("line", node, depth, line.text, line))
         seen.count = node.dropped + len(node.lines)
         if new:
             seen.last_seq = new[-1].seq

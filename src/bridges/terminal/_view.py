@@ -12,6 +12,9 @@ The same `TaskSnapshot`s a page renders (from `TaskTree(on_change=...)` or a dur
 from __future__ import annotations
 
 import contextlib
+import html
+import json
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -150,8 +153,12 @@ class TerminalView:
         node, indent = change.node, "  " * max(change.depth - 1, 0)
         text, title = clean(change.text), clean(node.title)
         if change.kind == "line" or change.kind == "dropped":
+            if change.line is not None and change.line.kind != "text":
+                text = _clean_lines(block_text(change.line.kind, change.text))
             # The root's output is the run's own: unindented, like a script's print.
-            return text if change.depth == 0 else f"{indent}  | {text}"
+            if change.depth == 0:
+                return text
+            return "\n".join(f"{indent}  | {part}" for part in text.split("\n"))
         if change.kind == "progress":
             return f"{indent}  {title}  {text}"
         if change.kind == "start":
@@ -192,7 +199,12 @@ class _RichLive:
                 # Text objects, never markup: a line of output is data, "[red]" included.
                 prefix = "" if change.depth == 0 else "  " * change.depth + "│ "
                 style = "dim" if change.kind == "dropped" else ""
-                self.console.print(Text(prefix + clean(change.text), style=style), soft_wrap=True)
+                line = change.line
+                if line is not None and line.kind in ("markdown", "table"):
+                    self.console.print(rich_block(line.kind, line.text))
+                    continue
+                text = change.text if line is None else block_text(line.kind, change.text)
+                self.console.print(Text(prefix + clean(text), style=style), soft_wrap=True)
 
     def stop(self) -> None:
         self.live.refresh()
@@ -237,6 +249,55 @@ class _RichLive:
             grid.add_row(Text("  " + clean(node.partial), style="dim"))
             return grid
         return row
+
+
+def _clean_lines(text: str) -> str:
+    return "\n".join(clean(part) for part in text.split("\n"))
+
+
+def block_text(kind: str, text: str) -> str:
+    """An output block as plain text: Markdown as written, HTML without its tags, a table as
+    aligned columns."""
+    if kind == "html":
+        return html.unescape(re.sub(r"<[^>]*>", "", text))
+    if kind == "table":
+        try:
+            data = json.loads(text)
+            rows = [[str(c) for c in data["columns"]]] + [
+                [str(cell) for cell in row] for row in data["rows"]
+            ]
+        except (ValueError, KeyError, TypeError):
+            return text
+        widths = [
+            max(len(row[i]) if i < len(row) else 0 for row in rows) for i in range(len(rows[0]))
+        ]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
+            for row in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+    return text
+
+
+def rich_block(kind: str, text: str) -> Any:
+    """An output block as a rich renderable (Markdown rendered, a table drawn); escape
+    sequences in it are escaped like any output."""
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    if kind == "markdown":
+        return Markdown(_clean_lines(text))
+    try:
+        data = json.loads(text)
+        table = Table(*[clean(str(c)) for c in data["columns"]])
+        for row in data["rows"]:
+            table.add_row(*[clean(str(cell)) for cell in row])
+    except (ValueError, KeyError, TypeError):
+        from rich.text import Text
+
+        return Text(clean(text))
+    return table
 
 
 def _isatty(file: TextIO) -> bool:

@@ -14,10 +14,17 @@ live change after the replay reports the whole rebuilt tree.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
-from collections.abc import Callable, Generator
+import io
+import json
+import logging
+import threading
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+import anyio.from_thread
 
 from .._computation import Computation
 from .._effect import Effect
@@ -27,6 +34,11 @@ from .._handler import Handler, handles
 T = TypeVar("T")
 
 TaskStatus = Literal["created", "running", "completed", "failed", "cancelled"]
+OutputKind = Literal["text", "markdown", "html", "table"]
+"""What an output line holds: plain text (the default), Markdown source, HTML marked safe by
+the computation, or a table (JSON: `{"columns": [...], "rows": [[...], ...]}`). Front-ends
+render each kind (the page as HTML, a terminal as text); a front-end that knows only text shows
+the `text` as it is."""
 """The life of a task node: created → running → completed | failed | cancelled."""
 
 ROOT = 0
@@ -40,6 +52,7 @@ class OutputLine:
 
     seq: int
     text: str
+    kind: OutputKind = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,7 @@ class TaskNode:
     partial: str = ""
     dropped: int = 0
     error: str | None = None
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def fraction(self) -> float | None:
@@ -106,6 +120,7 @@ class TaskSnapshot:
         for raw in data["nodes"]:
             fields = dict(raw)
             fields["lines"] = tuple(OutputLine(**line) for line in fields.get("lines", ()))
+            fields["meta"] = dict(fields.get("meta") or {})
             nodes.append(TaskNode(**fields))
         return cls(version=data["version"], nodes=tuple(nodes))
 
@@ -114,9 +129,24 @@ class TaskSnapshot:
 
 
 class StartTask(Effect[int]):
-    """Create a child of the innermost open task; the result is the new node's id."""
+    """Create a child of `parent` (default: the innermost open task); the result is the new
+    node's id."""
 
     title: str
+    parent: int | None = None
+
+
+class SetTaskMeta(Effect[None]):
+    """Set metadata of node `id`: `values` are merged into its `meta` (replacing it with
+    `replace=True`). Values are JSON data (str, numbers, bool, None, lists, dicts)."""
+
+    id: int
+    values: Mapping[str, Any]
+    replace: bool = False
+
+
+class CurrentTask(Effect["TaskHandle"]):
+    """The handle of the innermost open task (the root when none is open)."""
 
 
 class SetTaskStatus(Effect[None]):
@@ -151,9 +181,52 @@ class Progress(Effect[None]):
 
 
 class Output(Effect[None]):
-    """Append `text` to the innermost open task's output, one line per line of `text`."""
+    """Append `text` to the innermost open task's output, one line per line of `text`.
+
+    `kind` other than "text" appends one block rendered by the front-end: build those with
+    `Output.markdown(text)`, `Output.html(markup, safe=...)` and `Output.table(rows, ...)`.
+    """
 
     text: str
+    kind: str = "text"
+
+    @staticmethod
+    def markdown(text: str) -> Output:
+        """A block of Markdown (CommonMark; raw HTML in it is shown as text, not rendered)."""
+        return Output(text, "markdown")
+
+    @staticmethod
+    def html(markup: str, *, safe: bool = False) -> Output:
+        """A block of HTML. Escaped (shown as the text it is) unless `safe=True` says the
+        computation built it from trusted parts: then the page renders it as HTML."""
+        return Output(markup, "html" if safe else "text")
+
+    @staticmethod
+    def table(
+        rows: Iterable[Sequence[Any] | Mapping[str, Any]],
+        columns: Sequence[str] | None = None,
+    ) -> Output:
+        """A table: `rows` are sequences (with `columns` as the header) or mappings (the
+        header is `columns`, default the keys in first-seen order). Cells are shown as text."""
+        rows = list(rows)
+        if columns is None:
+            seen: dict[str, None] = {}
+            for row in rows:
+                if isinstance(row, Mapping):
+                    seen.update(dict.fromkeys(map(str, row)))
+            columns = list(seen)
+        header = [str(c) for c in columns]
+        body = [
+            [_cell(row.get(c)) for c in header]
+            if isinstance(row, Mapping)
+            else [_cell(v) for v in row]
+            for row in rows
+        ]
+        return Output(json.dumps({"columns": header, "rows": body}), "table")
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 class Print(Effect[None]):
@@ -207,6 +280,145 @@ def task(title: str, comp: Computation[T], /) -> Generator[Any, Any, T]:
     return result
 
 
+def open_task(title: str, /) -> Generator[Any, Any, TaskHandle]:
+    """Open a task under the innermost open one and return its handle, for code that ends it
+    itself (`handle.close()`, `handle.fail(...)`) rather than with `task(title, comp)`."""
+    node: int = yield StartTask(title)
+    yield SetTaskStatus(node, "running")
+    return TaskHandle(node)
+
+
+class OpenWriter(Effect["TaskWriter"]):
+    """A file-like writer into node `id`'s output (see `TaskHandle.writer`)."""
+
+    id: int
+    total_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """A task of the run's tree, by id: what `open_task`, `subtask` and `CurrentTask` return.
+
+    Its methods build effects; yield them: `yield handle.update(rows=120)`,
+    `yield handle.close()`, `child = yield from handle.subtask("Save")`,
+    `w = yield from handle.writer()`. A handle is plain data (it can be logged and compared).
+    """
+
+    id: int
+
+    def update(self, **values: Any) -> SetTaskMeta:
+        """Merge `values` (JSON data) into the task's metadata."""
+        return SetTaskMeta(self.id, values)
+
+    def set_meta(self, values: Mapping[str, Any]) -> SetTaskMeta:
+        """Replace the task's metadata with `values` (JSON data)."""
+        return SetTaskMeta(self.id, dict(values), True)
+
+    def close(self) -> SetTaskStatus:
+        """End the task `completed` (its progress is set to its total)."""
+        return SetTaskStatus(self.id, "completed")
+
+    def fail(self, error: str) -> SetTaskStatus:
+        """End the task `failed`, with `error` describing why."""
+        return SetTaskStatus(self.id, "failed", error)
+
+    def subtask(self, title: str) -> Generator[Any, Any, TaskHandle]:
+        """Open a child of this task (whichever task is innermost) and return its handle."""
+        node: int = yield StartTask(title, self.id)
+        yield SetTaskStatus(node, "running")
+        return TaskHandle(node)
+
+    def writer(self, *, total_bytes: int | None = None) -> Generator[Any, Any, TaskWriter]:
+        """A file-like writer into this task's output (see `TaskWriter`). With `total_bytes`
+        the task's progress counts the bytes written against it."""
+        writer: TaskWriter = yield OpenWriter(self.id, total_bytes)
+        return writer
+
+
+class TaskWriter(io.TextIOBase):
+    """A file-like object whose writes land in a task's output, line by line.
+
+    `print(..., file=w)`, `shutil.copyfileobj(src, w)` (text or bytes: bytes are decoded as
+    UTF-8, invalid sequences replaced) and `logging` through `w.log_handler()` all work. Lines
+    appear as they are completed (the unfinished rest shows as the node's `partial`); the
+    writer is closed when its task ends. Writes must come from the computation's thread or
+    from a `Call` (the async runner's worker threads are handed back to the run's loop).
+
+    Durable runs: what a writer writes is live output — shown, streamed and kept in the stored
+    tree — but not an effect, so a replay does not re-create it: a run continued after a
+    restart shows the lines its log implies (`Output`, `Print`) plus what it writes from then
+    on. Use `Output`/`Print` for lines that must survive a replay.
+    """
+
+    def __init__(self, tree: TaskTree, node_id: int, *, count_bytes: bool = False) -> None:
+        super().__init__()
+        self._tree = tree
+        self._node_id = node_id
+        self._count_bytes = count_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._lock = threading.Lock()
+
+    @property
+    def task_id(self) -> int:
+        """The id of the task this writer writes into."""
+        return self._node_id
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._tree._nodes[self._node_id].finished)
+
+    def write(self, s: str | bytes | bytearray) -> int:
+        """Append `s` to the task's output; returns how much was written (as given)."""
+        if isinstance(s, (bytes, bytearray)):
+            with self._lock:
+                text = self._decoder.decode(bytes(s))
+            nbytes = len(s)
+        elif isinstance(s, str):
+            text = s
+            nbytes = len(s.encode("utf-8", "surrogatepass")) if self._count_bytes else 0
+        else:
+            raise TypeError(f"write() argument must be str or bytes, not {type(s).__name__}")
+        if text or nbytes:
+            self._tree._external_write(self._node_id, text, nbytes if self._count_bytes else 0)
+        return len(s)
+
+    def log_handler(self, level: int = logging.NOTSET, fmt: str | None = None) -> logging.Handler:
+        """A `logging.Handler` writing each record (formatted with `fmt`) as a line here."""
+        return _WriterHandler(self, level, fmt)
+
+
+class _WriterHandler(logging.Handler):
+    def __init__(self, writer: TaskWriter, level: int, fmt: str | None) -> None:
+        super().__init__(level)
+        self.writer = writer
+        if fmt is not None:
+            self.setFormatter(logging.Formatter(fmt))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+_BLOCK_KINDS = frozenset({"markdown", "html", "table"})
+
+
+def _json_object(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` as a dict of JSON data (checked: task trees are stored and sent as JSON)."""
+    data = dict(values)
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"task metadata must be JSON data: {err}") from None
+    if not all(isinstance(key, str) for key in data):
+        raise ValueError("task metadata keys must be strings")
+    return data
+
+
 # -- handler -------------------------------------------------------------------------------
 
 
@@ -252,6 +464,7 @@ class TaskTree(Handler):
         self._open: list[int] = []
         self._seq = 0
         self._version = 0
+        self._thread = threading.get_ident()
 
     def install(self) -> TaskTree:
         inst = super().install()
@@ -281,18 +494,71 @@ class TaskTree(Handler):
             return None
         if etype is Output:
             node = self._current()
-            self._write(node, effect.text, buffered=False)
+            if effect.kind == "text":
+                self._write(node, effect.text, buffered=False)
+            elif effect.kind in _BLOCK_KINDS:
+                self._block(node, effect.text, effect.kind)
+            else:
+                raise ValueError(f"unknown output kind {effect.kind!r}")
             return None
         if etype is StartTask:
             node_id = len(self._nodes)
-            parent = self._open[-1] if self._open else ROOT
+            if effect.parent is None:
+                parent = self._open[-1] if self._open else ROOT
+            else:
+                parent = self._node(effect.parent).id
             self._nodes.append(TaskNode(node_id, parent, effect.title, "created"))
             self._open.append(node_id)
             self._version += 1
             return node_id
         if etype is SetTaskStatus:
             return self._set_status(effect.id, effect.status, effect.error)
+        if etype is SetTaskMeta:
+            node = self._node(effect.id)
+            values = _json_object(effect.values)
+            meta = values if effect.replace else {**node.meta, **values}
+            self._replace(node, meta=meta)
+            return None
+        if etype is CurrentTask:
+            return TaskHandle(self._current().id)
+        if etype is OpenWriter:
+            node = self._node(effect.id)
+            if effect.total_bytes is not None:
+                self._replace(node, current=0, total=effect.total_bytes)
+            return TaskWriter(self, node.id, count_bytes=effect.total_bytes is not None)
         raise TypeError(f"TaskTree does not handle {effect!r}")
+
+    def _node(self, node_id: int) -> TaskNode:
+        if not 0 <= node_id < len(self._nodes):
+            raise ValueError(f"no task {node_id} in this tree")
+        return self._nodes[node_id]
+
+    def _block(self, node: TaskNode, text: str, kind: str) -> None:
+        # A rich block is one line of its own: a pending Print fragment is finished first.
+        changes = self._append(node, [node.partial]) if node.partial else {}
+        node = self._replace(node, partial="", **changes)
+        self._replace(node, **self._append(node, [text], kind=kind))
+
+    def _external_write(self, node_id: int, text: str, nbytes: int) -> None:
+        """A `TaskWriter` wrote `text` (`nbytes` counted as progress): applied and reported in
+        the thread that runs the computation."""
+        if threading.get_ident() != self._thread:
+            try:
+                anyio.from_thread.run_sync(self._external_write, node_id, text, nbytes)
+            except RuntimeError:
+                raise RuntimeError(
+                    "a TaskWriter was written from a thread the run does not know: write "
+                    "from the computation's thread or from a Call (a worker thread of the "
+                    "async runner)"
+                ) from None
+            return
+        node = self._nodes[node_id]
+        if node.finished:
+            raise ValueError(f"task {node.title!r} is {node.status}: its writer is closed")
+        if nbytes:
+            node = self._replace(node, current=node.current + nbytes)
+        self._write(node, text, buffered=True)
+        self._changed(None)
 
     def _current(self) -> TaskNode:
         return self._nodes[self._open[-1] if self._open else ROOT]
@@ -313,13 +579,13 @@ class TaskTree(Handler):
             partial = ""
         self._replace(node, partial=partial, **self._append(node, complete))
 
-    def _append(self, node: TaskNode, texts: list[str]) -> dict[str, Any]:
+    def _append(self, node: TaskNode, texts: list[str], kind: str = "text") -> dict[str, Any]:
         if not texts:
             return {}
         new = []
         for text in texts:
             self._seq += 1
-            new.append(OutputLine(self._seq, text))
+            new.append(OutputLine(self._seq, text, kind))  # type: ignore[arg-type]
         lines = node.lines + tuple(new)
         dropped = node.dropped
         if len(lines) > self.max_lines:
@@ -348,7 +614,17 @@ class TaskTree(Handler):
             self.on_change(self.snapshot())
         return result
 
-    @handles(StartTask, SetTaskStatus, Progress, ProgressStep, Output, Print)
+    @handles(
+        StartTask,
+        SetTaskStatus,
+        Progress,
+        ProgressStep,
+        Output,
+        Print,
+        SetTaskMeta,
+        CurrentTask,
+        OpenWriter,
+    )
     def _handle(self, effect: Any) -> Any:
         return self._changed(self._apply(effect))
 
