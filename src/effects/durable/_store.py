@@ -16,11 +16,16 @@ COMMITTED (a conditional UPDATE re-checks its WHERE clause after waiting for the
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import builtins
 import contextlib
+import functools
 import json
+import logging
+import queue
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -28,7 +33,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
-import aiosqlite
 import anyio
 import pydantic
 import sqlalchemy as sa
@@ -40,11 +44,13 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from .._exceptions import ConfigurationError, ConflictError, LogError, RunNotFound
 from . import _schema as S
+from ._group import GroupCommit
 from ._log import LogEntry
 
 # Taken (transaction-scoped) by every migrating process on PostgreSQL, so two processes that
 # open a fresh database at once do not both create the tables.
 _PG_MIGRATION_LOCK = 0x6566_6665_6374_73  # "effects"
+logger = logging.getLogger("effects.durable")
 NOTIFY_CHANNEL = "effects_runs"
 """PostgreSQL channel on which every committed change of a run is announced (`id:revision`)."""
 
@@ -368,24 +374,88 @@ def _first(err: pydantic.ValidationError) -> str:
     return (f"{where}: " if where else "") + first["msg"] + (f" (and {more} more)" if more else "")
 
 
+class _Checkpoint:
+    """One run's checkpoint waiting for its group: the guarded row change and the log diff."""
+
+    __slots__ = ("lease", "log", "owner", "revision", "run_id", "values")
+
+    def __init__(
+        self,
+        run_id: str,
+        revision: int,
+        owner: str,
+        values: dict[str, Any],
+        log: LogDiff | None,
+        lease: float | None,
+    ) -> None:
+        self.run_id = run_id
+        self.revision = revision
+        self.owner = owner
+        self.values = values
+        self.log = log
+        self.lease = lease
+
+
+class _Thread:
+    """One dedicated thread that runs functions for the event loop, one at a time.
+
+    Why not `anyio.to_thread`: a round trip through its pool costs ~40 us on this VM, through a
+    thread of our own ~15 us, and a checkpoint on SQLite is one round trip (a WAL commit
+    itself costs ~10-35 us)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the thread; its result or its exception."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return await future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                result, error = fn(*args), None
+            except BaseException as err:
+                result, error = None, err
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+    def stop(self) -> None:
+        """End the thread after the jobs already queued."""
+        self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if not future.done():
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 class _SQLiteCheckpoints:
-    """Checkpoints on SQLite through one dedicated aiosqlite connection, outside SQLAlchemy.
+    """Checkpoints on SQLite through one dedicated connection on one thread, outside
+    SQLAlchemy, a whole group of checkpoints per round trip to that thread.
 
     Why: every statement through SQLAlchemy's aiosqlite adapter costs several round trips to
     the connection's thread (cursor, execute, fetch, close), about 2 ms per checkpoint here,
-    while SQLite itself commits in WAL mode in ~35 us. On this connection the sqlite3 module
-    opens the transaction itself (`BEGIN IMMEDIATE` before the first UPDATE), so a checkpoint
-    is three round trips: the guarded UPDATE, the log rows, the commit. The statements are
-    compiled once from the Core tables of `_schema`, so there is still one definition.
+    while SQLite itself commits in WAL mode in ~10-35 us. Here a group of checkpoints (one or
+    many runs) is one function on the connection's thread: `BEGIN IMMEDIATE`, per run the
+    guarded UPDATE and its log rows, `COMMIT`. The statements are compiled once from the
+    Core tables of `_schema`, so there is still one definition.
     """
 
     def __init__(self, path: str, engine: AsyncEngine, pragmas: dict[str, str]) -> None:
         self.path = path
         self.dialect = engine.dialect
         self.pragmas = pragmas
-        self.conn: aiosqlite.Connection | None = None
-        # One transaction at a time on the one connection (SQLite has one writer anyway).
-        self.lock = anyio.Lock()
+        self.db: sqlite3.Connection | None = None
+        self.thread: _Thread | None = None
         self.updates: dict[tuple[frozenset[str], bool], tuple[str, tuple[str, ...]]] = {}
         self.insert = self._sql(S.log.insert())[0]
         self.rewrite = self._sql(
@@ -423,71 +493,189 @@ class _SQLiteCheckpoints:
             compiled = self.updates[keys, lease] = self._sql(stmt)
             return compiled
 
-    async def _connect(self) -> aiosqlite.Connection:
-        if self.conn is None:
-            conn = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
-            try:
-                cursor = await conn.cursor()
-                for pragma in (
-                    f"busy_timeout={int(self.pragmas['busy_timeout'])}",
-                    f"synchronous={self.pragmas['synchronous']}",
-                    "foreign_keys=ON",
-                ):
-                    await cursor.execute(f"PRAGMA {pragma}")
-                await cursor.close()
-            except BaseException:
-                await conn.close()
-                raise
-            self.conn = conn
-        return self.conn
+    def _open(self) -> sqlite3.Connection:
+        # In the connection's thread. Autocommit mode: the transaction and its savepoints are
+        # issued explicitly.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            for pragma in (
+                f"busy_timeout={int(self.pragmas['busy_timeout'])}",
+                f"synchronous={self.pragmas['synchronous']}",
+                "foreign_keys=ON",
+            ):
+                db.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
-    async def checkpoint(
-        self,
-        run_id: str,
-        revision: int,
-        owner: str,
-        values: dict[str, Any],
-        log: LogDiff | None,
-        lease: float | None,
-    ) -> bool | None:
-        """The checkpoint transaction; `None` if the guarded UPDATE matched no row."""
-        sql, names = self._update(frozenset(values), lease is not None)
-        params = {
-            **values,
-            "w_id": run_id,
-            "w_revision": revision,
-            "w_owner": owner,
-            "w_lease": lease,
-        }
-        async with self.lock:
-            conn = await self._connect()
+    async def connect(self) -> None:
+        """Start the thread and open the connection on it."""
+        if self.thread is None:
+            self.thread = _Thread(f"effects-sqlite-checkpoints:{self.path}")
+        if self.db is None:
+            self.db = await self.thread.run(self._open)
+
+    async def commit_group(self, group: Sequence[_Checkpoint]) -> list[bool | Exception | None]:
+        """Commit `group` in one transaction: per checkpoint whether a cancel was requested,
+        None if its guarded UPDATE matched no row, or its own error."""
+        await self.connect()
+        assert self.thread is not None
+        results: list[bool | Exception | None] = await self.thread.run(self._commit, group)
+        return results
+
+    def _commit(self, group: Sequence[_Checkpoint]) -> list[bool | Exception | None]:
+        db = self.db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = self._write(db, group)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return results
+
+    def _write(
+        self, db: sqlite3.Connection, group: Sequence[_Checkpoint]
+    ) -> list[bool | Exception | None]:
+        """The statements of a group, inside its transaction. With several checkpoints each
+        is in a savepoint of its own, so one that fails is undone alone and reported to its
+        run; a lone checkpoint's error undoes the transaction instead (the same, cheaper)."""
+        results: list[bool | Exception | None] = []
+        alone = len(group) == 1
+        for c in group:
+            if not alone:
+                db.execute("SAVEPOINT effects_checkpoint")
             try:
-                rows = await conn.execute_fetchall(sql, [params[n] for n in names])
-                if not rows:
-                    await conn.rollback()
-                    return None
-                if log is not None:
-                    if log.deletes:
-                        await conn.executemany(self.delete, [(run_id, s) for s in log.deletes])
-                    if log.updates:
-                        await conn.executemany(
-                            self.rewrite, [(text, run_id, s) for s, text in log.updates]
-                        )
-                    if log.inserts:
-                        await conn.executemany(
-                            self.insert, [(run_id, s, text) for s, text in log.inserts]
-                        )
-                await conn.commit()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await conn.rollback()
-                raise
-            return bool(next(iter(rows))[0])
+                results.append(self._one(db, c))
+            except sqlite3.Error as err:
+                if alone:
+                    raise
+                db.execute("ROLLBACK TO effects_checkpoint")
+                results.append(err)
+            if not alone:
+                db.execute("RELEASE effects_checkpoint")
+        return results
+
+    def _one(self, db: sqlite3.Connection, c: _Checkpoint) -> bool | None:
+        sql, names = self._update(frozenset(c.values), c.lease is not None)
+        params = {
+            **c.values,
+            "w_id": c.run_id,
+            "w_revision": c.revision,
+            "w_owner": c.owner,
+            "w_lease": c.lease,
+        }
+        rows = db.execute(sql, [params[n] for n in names]).fetchall()
+        if not rows:
+            return None  # lost a race: nothing of it is written
+        log, run_id = c.log, c.run_id
+        if log is not None:
+            if log.deletes:
+                db.executemany(self.delete, [(run_id, s) for s in log.deletes])
+            if log.updates:
+                db.executemany(self.rewrite, [(text, run_id, s) for s, text in log.updates])
+            if log.inserts:
+                db.executemany(self.insert, [(run_id, s, text) for s, text in log.inserts])
+        return bool(rows[0][0])
 
     async def aclose(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            await conn.close()
+        thread, self.thread = self.thread, None
+        if thread is not None:
+            db, self.db = self.db, None
+            try:
+                if db is not None:
+                    await thread.run(db.close)
+            finally:
+                thread.stop()
+
+
+async def _pg_group_statement(
+    driver: Any, group: Sequence[_Checkpoint]
+) -> list[bool | Exception | None]:
+    """Run the group statement of `group` on an asyncpg connection: per checkpoint whether a
+    cancel was requested, or None if its guarded UPDATE matched no row."""
+    columns = sorted({name for c in group for name in c.values})
+    args: list[Any] = [
+        [c.run_id for c in group],
+        [c.revision for c in group],
+        [c.owner for c in group],
+        [c.lease for c in group],
+    ]
+    for name in columns:
+        args.append([c.values.get(name) for c in group])
+        args.append([name in c.values for c in group])
+    deletes: list[tuple[str, int]] = []
+    updates: list[tuple[str, int, str]] = []
+    inserts: list[tuple[str, int, str]] = []
+    for c in group:
+        if c.log is not None:
+            deletes += [(c.run_id, s) for s in c.log.deletes]
+            updates += [(c.run_id, s, t) for s, t in c.log.updates]
+            inserts += [(c.run_id, s, t) for s, t in c.log.inserts]
+    args += [[r for r, _ in deletes], [s for _, s in deletes]]
+    for rows in (updates, inserts):
+        args += [[r for r, _, _ in rows], [s for _, s, _ in rows], [t for _, _, t in rows]]
+    found = await driver.fetch(_pg_group_sql(tuple(columns)), *args)
+    matched = {r[0]: bool(r[1]) for r in found}
+    return [matched.get(c.run_id) for c in group]
+
+
+@functools.cache
+def _pg_group_sql(columns: tuple[str, ...]) -> str:
+    """The statement of a checkpoint group on PostgreSQL that may set `columns` of the runs
+    table. Parameters are arrays, one element per checkpoint: id, revision, owner and lease,
+    then per column its values and whether each checkpoint sets it, then the log rows to
+    delete (run, seq), rewrite and insert (run, seq, text)."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+    def array(column: sa.Column[Any]) -> str:
+        return f"{column.type.compile(dialect=dialect)}[]"
+
+    n = 4
+    cols: list[str] = ["w_id", "w_rev", "w_owner", "w_lease"]
+    params = [
+        f"$1::{array(S.runs.c.id)}",
+        "$2::integer[]",
+        f"$3::{array(S.runs.c.lease_owner)}",
+        "$4::double precision[]",
+    ]
+    sets: list[str] = []
+    for i, name in enumerate(columns):
+        params += [f"${n + 1}::{array(S.runs.c[name])}", f"${n + 2}::boolean[]"]
+        n += 2
+        cols += [f"v{i}", f"m{i}"]
+        if name != "lease_expires":
+            sets.append(f"{name} = CASE WHEN v.m{i} THEN v.v{i} ELSE r.{name} END")
+    now = "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)"
+    lease = f"WHEN v.w_lease IS NOT NULL THEN {now} + v.w_lease"
+    if "lease_expires" in columns:
+        i = columns.index("lease_expires")
+        lease += f" WHEN v.m{i} THEN v.v{i}"
+    sets.append(f"lease_expires = CASE {lease} ELSE r.lease_expires END")
+    runs, log = S.runs.name, S.log.name
+    key = f"{array(S.log.c.run_id)}"
+    d, w, i_ = n + 1, n + 3, n + 6
+    return (
+        f"WITH v AS (SELECT * FROM unnest({', '.join(params)}) AS v({', '.join(cols)})), "
+        f"u AS (UPDATE {runs} AS r SET {', '.join(sets)} FROM v "
+        "WHERE r.id = v.w_id AND r.revision = v.w_rev AND r.lease_owner = v.w_owner "
+        "RETURNING r.id, r.cancel_requested, r.revision), "
+        f"d AS (DELETE FROM {log} AS l USING unnest(${d}::{key}, ${d + 1}::integer[]) AS t(r, s) "
+        "WHERE l.run_id = t.r AND l.seq = t.s AND t.r IN (SELECT id FROM u)), "
+        f"w AS (UPDATE {log} AS l SET entry = t.e "
+        f"FROM unnest(${w}::{key}, ${w + 1}::integer[], ${w + 2}::text[]) AS t(r, s, e) "
+        "WHERE l.run_id = t.r AND l.seq = t.s AND t.r IN (SELECT id FROM u)), "
+        f"i AS (INSERT INTO {log} (run_id, seq, entry) SELECT t.r, t.s, t.e "
+        f"FROM unnest(${i_}::{key}, ${i_ + 1}::integer[], ${i_ + 2}::text[]) AS t(r, s, e) "
+        "WHERE t.r IN (SELECT id FROM u)), "
+        f"n AS (SELECT pg_notify('{NOTIFY_CHANNEL}', u.id || ':' || u.revision) FROM u) "
+        "SELECT u.id, u.cancel_requested, (SELECT count(*) FROM n) FROM u"
+    )
 
 
 class Store:
@@ -506,8 +694,11 @@ class Store:
             else engine
         )
         self._fast: _SQLiteCheckpoints | None = None
-        # One-statement checkpoints through asyncpg itself (see `_pg_checkpoint`).
-        self._pg_fast = self.dialect == "postgresql" and engine.dialect.driver == "asyncpg"
+        # Checkpoints of concurrent runs are committed in groups (see `_group`): on SQLite
+        # through the dedicated connection, on PostgreSQL (asyncpg) as one statement per group.
+        self._group: GroupCommit[_Checkpoint, bool | None] | None = None
+        if self.dialect == "postgresql" and engine.dialect.driver == "asyncpg":
+            self._group = GroupCommit(self._pg_commit_group)
         pragmas = _sqlite_pragmas.get(engine.sync_engine)
         database = engine.url.database
         if (
@@ -518,6 +709,7 @@ class Store:
             and not engine.url.query
         ):
             self._fast = _SQLiteCheckpoints(database, engine, pragmas)
+            self._group = GroupCommit(self._fast.commit_group)
 
     @classmethod
     async def open(cls, url: str | sa.URL, *, migrate: bool = True, **options: Any) -> Store:
@@ -533,7 +725,7 @@ class Store:
                 if migrate:
                     await store.migrate()
                 if store._fast is not None:
-                    await store._fast._connect()
+                    await store._fast.connect()
             except (sa.exc.DBAPIError, OSError, sqlite3.Error) as err:
                 raise ConfigurationError(
                     f"cannot open the store {store.url}: {_reason(err)}"
@@ -764,16 +956,11 @@ class Store:
         the database's now plus that. Returns the new revision and whether a cancel was
         requested meanwhile."""
         values = {"revision": revision + 1, "updated_at": _now(), **changes}
-        if self._pg_fast and (log is None or not (log.updates or log.deletes)):
-            cancel = await self._pg_checkpoint(run_id, revision, owner, values, log, lease)
-            if cancel is None:
-                async with self._reader.connect() as conn:
-                    raise await self._conflict(conn, run_id, revision)
-            if log is not None:
-                log.applied()
-            return revision + 1, cancel
-        if self._fast is not None:
-            cancel = await self._fast.checkpoint(run_id, revision, owner, values, log, lease)
+        if self._group is not None:
+            # Committed with whatever other runs of this store checkpoint at the same moment;
+            # returns once the group's transaction committed.
+            request = _Checkpoint(run_id, revision, owner, values, log, lease)
+            cancel = await self._group.submit(request, run_id)
             if cancel is None:
                 async with self._reader.connect() as conn:
                     raise await self._conflict(conn, run_id, revision)
@@ -821,61 +1008,50 @@ class Store:
             log.applied()
         return revision + 1, bool(cancel)
 
-    async def _pg_checkpoint(
-        self,
-        run_id: str,
-        revision: int,
-        owner: str,
-        values: dict[str, Any],
-        log: LogDiff | None,
-        lease: float | None,
-    ) -> bool | None:
-        """A checkpoint on PostgreSQL (asyncpg) as one statement, so one round trip: the
-        guarded UPDATE, the new log rows and the NOTIFY in one WITH query, which PostgreSQL
-        runs atomically (an implicit transaction). The rows are inserted only if the UPDATE
-        matched (`WHERE EXISTS (SELECT 1 FROM u)`). None if it matched no row.
+    async def _pg_commit_group(
+        self, group: Sequence[_Checkpoint]
+    ) -> builtins.list[bool | Exception | None]:
+        """A group of checkpoints on PostgreSQL (asyncpg) as one statement, so one round trip
+        and one commit: the guarded UPDATEs, the log changes and the NOTIFYs in one WITH query,
+        which PostgreSQL runs atomically (an implicit transaction). A run's log rows are
+        written only if its UPDATE matched; one whose guard failed gets None and writes
+        nothing.
+
+        If the statement fails (one run's rows break a constraint, a deadlock with another
+        process), nothing of it committed; the group is then written again in one transaction
+        with a savepoint per checkpoint, so only the failing one gets its error and the
+        others still commit together.
 
         Why: through SQLAlchemy a checkpoint is five round trips (BEGIN, UPDATE, INSERT,
         NOTIFY, COMMIT), and on a busy host each one waits for the server process to be
         scheduled; queue workers checkpoint after every external effect."""
-        columns = sorted(values)
-        args: list[Any] = [run_id, revision, owner]
-        sets = []
-        for name in columns:
-            args.append(values[name])
-            sets.append(f"{name} = ${len(args)}")
-        if lease is not None:
-            args.append(lease)
-            now = "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)"
-            sets.append(f"lease_expires = {now} + ${len(args)}")
-        inserts = log.inserts if log is not None else []
-        args.append([seq for seq, _ in inserts])
-        seqs = len(args)
-        args.append([text for _, text in inserts])
-        texts = len(args)
-        args.append(f"{run_id}:{revision + 1}")
-        payload = len(args)
-        sql = (
-            f"WITH u AS (UPDATE {S.runs.name} SET {', '.join(sets)} "
-            "WHERE id = $1 AND revision = $2 AND lease_owner = $3 RETURNING cancel_requested), "
-            f"i AS (INSERT INTO {S.log.name} (run_id, seq, entry) "
-            f"SELECT $1, t.s, t.e FROM unnest(${seqs}::integer[], ${texts}::text[]) AS t(s, e) "
-            "WHERE EXISTS (SELECT 1 FROM u)), "
-            f"n AS (SELECT pg_notify('{NOTIFY_CHANNEL}', ${payload}::text) FROM u) "
-            "SELECT u.cancel_requested, (SELECT count(*) FROM n) FROM u"
-        )
+        import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra
+
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             try:
-                # Outside any transaction block: the one statement commits by itself.
-                found = await driver.fetchrow(sql, *args)
+                try:
+                    # Outside any transaction block: the one statement commits by itself.
+                    return await _pg_group_statement(driver, group)
+                except asyncpg.PostgresError as err:
+                    if len(group) == 1:
+                        raise
+                    logger.debug("a group of %d checkpoints failed (%s)", len(group), err)
+                results: builtins.list[bool | Exception | None] = []
+                async with driver.transaction():
+                    for c in group:
+                        try:
+                            async with driver.transaction():  # a savepoint
+                                results += await _pg_group_statement(driver, [c])
+                        except asyncpg.PostgresError as err:
+                            results.append(err)
+                return results
             except BaseException:
                 if driver.is_closed():  # not back into the pool
                     with anyio.CancelScope(shield=True):
                         await conn.invalidate()
                 raise
-        return None if found is None else bool(found[0])
 
     async def renew(self, owner: str, run_ids: Sequence[str], lease: float) -> None:
         """Extend the lease of runs this owner still holds to the database's now plus `lease`

@@ -6,7 +6,9 @@ effect's function ran, `applied` one row per idempotency key (the effect made id
 documented way). `KILL_AT` (set only in worker processes) makes the process SIGKILL itself at a
 named point: `before:N` (effect N about to run), `after:N` (effect N done, not checkpointed),
 `charge` (inside the at-most-once effect, after its write-ahead checkpoint), `claimed` (a worker
-claimed a queued run, before its first step), `enqueued` (an enqueue committed).
+claimed a queued run, before its first step), `enqueued` (an enqueue committed),
+`group-written:N` / `group-committed:N` (the N-th group commit of several runs' checkpoints:
+its statements written but not committed / committed, no run woken yet; see worker.py).
 
 Queued runs (`queued_flow`) also write `queued`: one row per time one of their effects ran, with
 the run's name, the process and the time, from which the tests rebuild which runs executed when.
@@ -18,6 +20,7 @@ import functools
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Generator
@@ -181,6 +184,29 @@ def read_queued(path: str) -> list[tuple[str, str, int, int, int]]:
             "SELECT key, run, i, pid, t FROM queued ORDER BY rowid"
         ).fetchall()
     return rows
+
+
+GROUP_BARRIER: threading.Barrier | None = None
+"""Set in a worker running several `group_flow`s: their effects end together, step by step,
+so their checkpoints arrive together and are committed in groups."""
+
+
+def group_effect(counter: str, i: int) -> int:
+    """`side_effect`, then wait for the other runs' effect of this step (in the worker)."""
+    side_effect(counter, i, "group")
+    if GROUP_BARRIER is not None:
+        GROUP_BARRIER.wait(timeout=20)
+    return i
+
+
+@computation(name="crash.group_flow", version=1)
+def group_flow(steps: int, counter: str) -> Generator[Any, Any, int]:
+    """`steps` external effects in a row, nothing else: run many at once, their checkpoints
+    are committed in groups."""
+    total = 0
+    for i in range(steps):
+        total += yield Call(group_effect, counter, i)
+    return total
 
 
 def hook(point: str) -> None:

@@ -4,7 +4,8 @@
 
 ACTION is start, resume, recover, cancel (at the first prompt), cancel-running (while the
 step waits in a slow effect), enqueue (a `queued_flow` run on `--queue`, with `--dedup-id`) or
-work (serve `--queue`, limited to `--queue-concurrency` runs at once, until killed).
+work (serve `--queue`, limited to `--queue-concurrency` runs at once, until killed) or group
+(`--runs` runs of `group_flow` at once, ids `RUN_ID-0`..., their checkpoints committed in groups).
 
 `--kill-at` makes the process SIGKILL itself at that point (see crash_flows), so a test can
 stop it at an exact place without any timing. `run(argv)` is the same as a function, for
@@ -14,8 +15,13 @@ workers forked from a fork server that has this module imported already.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sqlite3
 import sys
+import threading
+from collections.abc import Sequence
+from contextlib import closing
 from typing import Any
 
 import anyio
@@ -23,7 +29,7 @@ import crash_flows
 
 from effects import ConflictError, EffectsError
 from effects.durable import DurableRunner, Queue, Worker
-from effects.durable._store import RunRow
+from effects.durable._store import RunRow, Store
 
 
 class KillableWorker(Worker):
@@ -34,11 +40,67 @@ class KillableWorker(Worker):
         await super()._begin(q, row)
 
 
+def group_kill_points(store: Store, counter: str) -> None:
+    """The kill points of group commits (groups of two or more checkpoints only):
+    `group-written:N` inside the N-th group's transaction, its statements written, before its
+    COMMIT (SQLite: on the connection's thread); `group-committed:N` after its commit, before
+    any of its runs is woken. Before dying, the group's (run id, revision read) pairs are
+    recorded in the counter file's `groups` table, for the test to check all or none."""
+    group = store._group
+    assert group is not None
+    flush = group._flush
+    groups = 0
+
+    def record(items: Sequence[Any]) -> None:
+        with closing(sqlite3.connect(counter, timeout=20)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS groups (run TEXT, revision INTEGER)")
+            db.executemany(
+                "INSERT INTO groups VALUES (?, ?)", [(c.run_id, c.revision) for c in items]
+            )
+
+    async def killing_flush(items: Sequence[Any]) -> Sequence[Any]:
+        nonlocal groups
+        n = 0
+        if len(items) > 1:
+            groups += 1
+            n = groups
+            if crash_flows.KILL_AT in (f"group-written:{n}", f"group-committed:{n}"):
+                record(items)
+            if crash_flows.KILL_AT == f"group-written:{n}" and store._fast is None:
+                crash_flows.hook(f"group-written:{n}")  # one statement: nothing written yet
+        results = await flush(items)
+        if n:
+            crash_flows.hook(f"group-committed:{n}")
+        return results
+
+    group._flush = killing_flush
+    if store._fast is not None:
+        write = store._fast._write
+
+        def killing_write(db: Any, items: Sequence[Any]) -> Any:
+            results = write(db, items)
+            if len(items) > 1:
+                crash_flows.hook(f"group-written:{groups}")
+            return results
+
+        store._fast._write = killing_write  # type: ignore[method-assign]
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with DurableRunner(
         args.db, handlers=crash_flows.HANDLERS, owner=args.owner, lease=args.lease
     ) as runner:
         try:
+            if args.action == "group":
+                group_kill_points(runner.store, args.counter)
+                crash_flows.GROUP_BARRIER = threading.Barrier(args.runs)
+                async with anyio.create_task_group() as tg:
+                    for k in range(args.runs):
+                        comp = crash_flows.group_flow(args.steps, args.counter)
+                        tg.start_soon(
+                            functools.partial(runner.start, comp, run_id=f"{args.run_id}-{k}")
+                        )
+                return {"status": "done"}
             if args.action == "enqueue":
                 comp = crash_flows.queued_flow(args.counter, args.dedup_id)
                 run = await runner.enqueue(
@@ -97,7 +159,16 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--db", required=True)
     parser.add_argument(
         "--action",
-        choices=["start", "resume", "recover", "cancel", "cancel-running", "enqueue", "work"],
+        choices=[
+            "start",
+            "resume",
+            "recover",
+            "cancel",
+            "cancel-running",
+            "enqueue",
+            "work",
+            "group",
+        ],
         required=True,
     )
     parser.add_argument(
@@ -105,6 +176,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument("--counter", default="")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--run-id")
     parser.add_argument("--answer")
     parser.add_argument("--revision", type=int)
