@@ -6,6 +6,7 @@ import importlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,10 +64,12 @@ def test_list(store: tuple[str, list[Run]]) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["ID", "NAME", "V", "STATUS", "REV", "UPDATED", "(UTC)"]
-    assert [line.split()[:4] for line in lines[1:]] == [
-        ["waiting", "crash.flow", "1", "suspended"],
+    assert [line.split()[:4] for line in lines[1:]] == [  # newest first
         ["paid", "crash.charge", "1", "done"],
+        ["waiting", "crash.flow", "1", "suspended"],
     ]
+    oldest = cli("list", "--db", db, "--oldest-first").stdout.splitlines()
+    assert [line.split()[0] for line in oldest[1:]] == ["waiting", "paid"]
     done = cli("list", "--db", db, "--status", "done", "--json")
     assert done.returncode == 0, done.stderr
     [run] = json.loads(done.stdout)
@@ -105,9 +108,11 @@ def test_resume_and_cancel(store: tuple[str, list[Run]], flows: ModuleType, tmp_
     assert "invalid input for int" in bad.stderr
     done = cli("resume", "waiting", "100", "--db", db, *code, "--json")
     assert done.returncode == 0, done.stderr
-    run = json.loads(done.stdout)
+    shown = json.loads(done.stdout)  # as `show --json` prints it: the run and its log
+    run = shown["run"]
     assert (run["status"], run["result"]) == ("done", 0 + 1 + 100 + 2 + 3)
     assert run["revision"] > waiting.revision
+    assert shown == json.loads(cli("show", "waiting", "--db", db, "--json").stdout)
 
     async def another() -> str:
         async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
@@ -202,7 +207,7 @@ def test_db_accepts_a_path(store: tuple[str, list[Run]], tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert [r["id"] for r in json.loads(done.stdout)] == ["waiting", "paid"]
+    assert [r["id"] for r in json.loads(done.stdout)] == ["paid", "waiting"]
 
 
 def test_an_answer_that_cannot_be_stored_is_invalid_input(
@@ -225,3 +230,74 @@ def test_an_answer_that_cannot_be_stored_is_invalid_input(
     assert line.startswith("error: InvalidInput: run 'ask': the answer: cannot be stored")
     after = json.loads(cli("show", "ask", "--db", db, "--json").stdout)["run"]
     assert (after["status"], after["revision"]) == ("suspended", run.revision)
+
+
+def test_id_prefixes_since_and_json_everywhere(
+    store: tuple[str, list[Run]], flows: ModuleType, tmp_path: Path
+) -> None:
+    """Every command takes an id prefix that matches one run (an ambiguous one is a usage
+    error, status 2, one line); `list --since` takes a time or a duration ago; `unpark` and
+    `cancel` print JSON like `show`."""
+    db, _ = store
+    code = ("--import", "crash_flows", "--handlers", "crash_flows:HANDLERS")
+
+    async def more() -> None:
+        async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
+            await runner.start(flows.name_flow(), run_id="wait-2")
+
+    anyio.run(more, backend="asyncio")
+    shown = cli("show", "wai", "--db", db)
+    line = one_line_failure(shown, status=2)
+    assert line == (
+        "error: run id prefix 'wai' is ambiguous: it starts wait-2, waiting; give more of the id"
+    )
+    exact = cli("show", "pai", "--db", db, "--json")
+    assert exact.returncode == 0, exact.stderr
+    assert json.loads(exact.stdout)["run"]["id"] == "paid"
+    line = one_line_failure(cli("show", "zz", "--db", db))
+    assert line == "error: RunNotFound: no run with id 'zz' or an id starting with it"
+    # LIKE wildcards in a prefix are literal.
+    one_line_failure(cli("show", "w%", "--db", db))
+
+    everything = json.loads(cli("list", "--db", db, "--since", "1h", "--json").stdout)
+    assert [r["id"] for r in everything] == ["wait-2", "paid", "waiting"]
+    created = everything[0]["created_at"]  # ISO with an offset: accepted as is
+    later = json.loads(cli("list", "--db", db, "--since", created, "--json").stdout)
+    assert [r["id"] for r in later] == ["wait-2"]
+    assert cli("list", "--db", db, "--since", "2999-01-01").stdout.strip().endswith("(no runs)")
+    line = one_line_failure(cli("list", "--db", db, "--since", "yesterday"), status=2)
+    assert "'yesterday' is neither a time (2026-11-22T10:00) nor a duration" in line
+
+    cancelled = cli("cancel", "wait-", "--db", db, "--json", *code)
+    assert cancelled.returncode == 0, cancelled.stderr
+    data = json.loads(cancelled.stdout)
+    assert (data["run"]["id"], data["run"]["status"]) == ("wait-2", "cancelled")
+    assert data["log"]["entries"][-1]["status"] == "error"
+    unparked = cli("unpark", "paid", "--db", db, "--json")
+    assert json.loads(unparked.stdout)["run"]["status"] == "done"
+
+
+def test_worker_json(store: tuple[str, list[Run]]) -> None:
+    """`worker --json` says it serves, and that it stopped, as JSON lines."""
+    db, _ = store
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKERS), *sys.path])}
+    command = ("worker", "--db", db, "--queue", "q1", "--json", "--owner", "w-json")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "effects", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        assert first == {"worker": "w-json", "serving": ["q1"]}
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert json.loads(out) == {"worker": "w-json", "stopped": True}

@@ -13,6 +13,7 @@ recorded by its older version; `Checkpoint`, `StartTimer`, `AwaitTimer`, `idempo
 `at_most_once` are the contract with a durable store. `Clock.sleep` in a logged run is a durable
 timer: its wake-up time is recorded before it waits. A runner keeps a copy of each run's task
 tree in the store (`DurableRunner.task_tree`, `subscribe_tasks`, `TaskSubscription`).
+`replay` checks a stored log against the code deployed now, performing nothing (a CI step).
 """
 
 from ._effects import AwaitTimer, Checkpoint, StartTimer, at_most_once, idempotency_key
@@ -20,6 +21,7 @@ from ._log import ErrorInfo, Log, LogEntry
 from ._logger import EffectLogger
 from ._loop import LoopDone, durable_loop
 from ._queues import Queue
+from ._replay import Replayed, replay
 from ._run import Run, RunStatus, Subscription
 from ._runner import DurableRunner, current_run_id
 from ._serialize import ReplayedError
@@ -50,4 +52,6 @@ __all__ = (
     "patched",
     "Patched",
     "ReplayedError",
+    "replay",
+    "Replayed",
 )

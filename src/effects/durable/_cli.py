@@ -1,16 +1,19 @@
 """`python -m effects runs ...`: look at and act on durable runs from a shell.
 
-    python -m effects runs list   [--status S]... [--name N] [--limit N] [--parked]
+    python -m effects runs list   [--status S]... [--name N] [--since WHEN] [--limit N] [--parked]
+                                  [--oldest-first]
     python -m effects runs show   RUN_ID
     python -m effects runs unpark RUN_ID
     python -m effects runs resume RUN_ID VALUE [--revision N]
     python -m effects runs cancel RUN_ID [--reason TEXT]
+    python -m effects runs replay (--all | RUN_ID...) [--status S]... --import MODULE
     python -m effects worker --import MODULE --queue QUEUE[,concurrency=N][,worker_concurrency=N]
                              [,rate=N/SECONDS] [--concurrency N] [--handlers MODULE:NAME]
                              [--owner NAME] [--lease SECONDS] [--poll SECONDS]
 
 Every command takes `--db URL` (default: `$EFFECTS_DB`, else `sqlite+aiosqlite:///runs.db`;
 a plain path such as `runs.db` is a SQLite file) and `--json` (machine-readable output).
+A RUN_ID may be given as any prefix of the id that matches one run only.
 `worker` serves durable queues until it gets SIGTERM or SIGINT (Ctrl-C): it claims queued
 runs and runs them (see the queues page).
 
@@ -19,9 +22,13 @@ runs and runs them (see the queues page).
 the handlers to run them with (a handler, a `Stack`, a list of them, or a function returning
 one of those).
 
+`replay` checks stored logs against the code imported now, writing nothing: it fails (status
+1) naming the first run that diverges and where.
+
 Exit status: 0 on success, 1 when the command failed (unknown run, conflict, invalid input, a
-log that cannot be replayed, a store that cannot be opened...), 2 on a usage error, 130 when
-interrupted (Ctrl-C). Every failure is one line on stderr, never a traceback.
+log that cannot be replayed, a store that cannot be opened...), 2 on a usage error (also an
+ambiguous id prefix), 130 when interrupted (Ctrl-C). Every failure is one line on stderr,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -33,19 +40,27 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
 
 import anyio
 import sqlalchemy as sa
 
-from .._exceptions import ConfigurationError
+from .._computation import registered
+from .._exceptions import ConfigurationError, DivergenceError, LogError, MissingHandlerError
 from .._handler import Handler, Stack
 from .._outcome import Done, Suspend, Throw
-from ._log import Log, LogEntry
+from ._codec import signature
+from ._log import Log, LogEntry, make_log
+from ._lookup import AmbiguousRunId, list_runs, resolve_id
 from ._queues import Queue
+from ._replay import replay
 from ._run import Run, RunStatus
 from ._runner import DEFAULT_URL, DurableRunner
+from ._schema import SCHEMA_VERSION
+from ._store import RunRow, Store
 
 _WIDTH = 100
 
@@ -104,18 +119,24 @@ def _parser() -> argparse.ArgumentParser:
             "--handlers", metavar="MODULE:NAME", help="the handlers to run the computation with"
         )
 
-    p = command("list", "list runs, oldest first")
-    p.add_argument(
-        "--status",
-        action="append",
-        choices=[s.value for s in RunStatus],
-        help="only runs with this status; repeatable",
-    )
+    def statuses(p: argparse.ArgumentParser, help: str) -> None:
+        p.add_argument("--status", action="append", choices=[s.value for s in RunStatus], help=help)
+
+    p = command("list", "list runs, newest first")
+    statuses(p, "only runs with this status; repeatable")
     p.add_argument("--name", help="only runs of this computation")
+    p.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only runs created since WHEN: a time (2026-11-22T10:00, UTC unless it says) "
+        "or a duration ago (90s, 30m, 2h, 7d)",
+    )
     p.add_argument("--limit", type=_count, help="at most this many runs")
     p.add_argument(
         "--parked", action="store_true", help="only runs that recovery gave up on (parked)"
     )
+    p.add_argument("--oldest-first", action="store_true", help="list the oldest runs first")
 
     p = command("show", "show a run and its effect log")
     p.add_argument("run_id")
@@ -134,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="recorded as the cancellation reason")
     code(p)
 
+    about = "check stored logs against the code imported now (writes nothing)"
+    p = command("replay", about)
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="the runs to check")
+    p.add_argument("--all", action="store_true", help="check every run in the store")
+    statuses(p, "with --all: only runs with this status; repeatable")
+    code(p)
+
     about = "serve durable queues: claim queued runs and run them (until SIGTERM or Ctrl-C)"
     p = commands.add_parser("worker", help=about, description=about)
     p.add_argument(
@@ -142,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("EFFECTS_DB", DEFAULT_URL),
         help="store URL, or the path of a SQLite file (default: $EFFECTS_DB or %(default)s)",
     )
+    p.add_argument("--json", action="store_true", help="print JSON lines")
     code(p)
     p.add_argument(
         "--queue",
@@ -186,6 +215,39 @@ def _seconds(value: str) -> float:
     if not 0 < x < 1e9:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
     return x
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _ago(value: str) -> float | None:
+    """`90s`, `30m`, `2h`, `7d`, `1w` as seconds (None if it is not a duration)."""
+    number, unit = value[:-1], value[-1:].lower()
+    if unit not in _UNITS:
+        return None
+    try:
+        n = float(number)
+    except ValueError:
+        return None
+    if not 0 <= n < 1e9:
+        return None
+    return n * _UNITS[unit]
+
+
+def _since(value: str) -> float:
+    """A time (ISO 8601, UTC unless it has an offset) or a duration ago, as epoch seconds."""
+    seconds = _ago(value.strip())
+    if seconds is not None:
+        return time.time() - seconds
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a time (2026-11-22T10:00) nor a duration (30m, 2h, 7d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 def _queue(spec: str) -> Queue:
@@ -391,15 +453,40 @@ async def _worker(args: argparse.Namespace, out: TextIO) -> None:
                     runner.work, args.queues, concurrency=args.concurrency, poll=args.poll
                 )
             )
-            names = ", ".join(q.name for q in args.queues)
-            print(f"worker {runner.owner} serving {names}", file=out, flush=True)
+            names = [q.name for q in args.queues]
+            if args.json:
+                line = json.dumps({"worker": runner.owner, "serving": names})
+            else:
+                line = f"worker {runner.owner} serving {', '.join(names)}"
+            print(line, file=out, flush=True)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     # An orderly stop: runs in flight stop as in a crash and their leases are
                     # released, so another worker takes them over at once.
                     tg.cancel_scope.cancel()
                     break
-    print("worker stopped", file=out, flush=True)
+    stopped = json.dumps({"worker": runner.owner, "stopped": True}) if args.json else None
+    print(stopped or "worker stopped", file=out, flush=True)
+
+
+def _import_code(args: argparse.Namespace) -> tuple[Handler | Stack, ...]:
+    for module in args.imports:
+        importlib.import_module(module)
+    return _handlers(args.handlers)
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False), file=out)
+
+
+async def _show(runner: DurableRunner, run: Run, args: argparse.Namespace, out: TextIO) -> None:
+    """A run with its log: `show`, and what `resume`, `cancel`, `unpark` print."""
+    log = await runner.get_log(run.id)
+    if args.json:
+        _print_json({"run": _run_json(run), "log": log.model_dump(mode="json")}, out)
+    else:
+        _print_run(run, out)
+        _print_log(log, out)
 
 
 async def _main(args: argparse.Namespace, out: TextIO) -> None:
@@ -407,33 +494,34 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
         await _worker(args, out)
         return
     _check_exists(args.db)
+    if args.action == "replay":
+        await _replay_runs(args, out)
+        return
     handlers: tuple[Handler | Stack, ...] = ()
     if args.action in ("resume", "cancel"):
-        for module in args.imports:
-            importlib.import_module(module)
-        handlers = _handlers(args.handlers)
+        handlers = _import_code(args)
     async with DurableRunner(args.db, handlers=handlers, timers=False) as runner:
         if args.action == "list":
-            runs = await runner.list(
-                args.status, name=args.name, limit=args.limit, parked=True if args.parked else None
+            rows = await list_runs(
+                runner.store,
+                status=args.status or (),
+                name=args.name,
+                since=args.since,
+                limit=args.limit,
+                newest_first=not args.oldest_first,
+                parked=True if args.parked else None,
             )
+            runs = [runner._to_run(r) for r in rows]
             if args.json:
-                print(json.dumps([_run_json(r) for r in runs], indent=2), file=out)
+                _print_json([_run_json(r) for r in runs], out)
             else:
                 _print_list(runs, out)
             return
+        run_id = await resolve_id(runner.store, args.run_id)
         if args.action == "show":
-            run = await runner.get(args.run_id)
-            log = await runner.get_log(args.run_id)
-            if args.json:
-                data = {"run": _run_json(run), "log": log.model_dump(mode="json")}
-                print(json.dumps(data, indent=2), file=out)
-            else:
-                _print_run(run, out)
-                _print_log(log, out)
-            return
-        if args.action == "unpark":
-            run = await runner.unpark(args.run_id)
+            run = await runner.get(run_id)
+        elif args.action == "unpark":
+            run = await runner.unpark(run_id)
         elif args.action == "resume":
             try:
                 value = json.loads(args.value)
@@ -441,13 +529,99 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
                 raise ConfigurationError(
                     f"VALUE must be JSON: {args.value!r} is not (a string is written '\"text\"')"
                 ) from None
-            run = await runner.resume(args.run_id, value, revision=args.revision)
+            run = await runner.resume(run_id, value, revision=args.revision)
         else:
-            run = await runner.cancel(args.run_id, args.reason)
-        if args.json:
-            print(json.dumps(_run_json(run), indent=2), file=out)
+            run = await runner.cancel(run_id, args.reason)
+        await _show(runner, run, args, out)
+
+
+async def _replay_runs(args: argparse.Namespace, out: TextIO) -> None:
+    """`runs replay`: each run's stored log replayed with the code imported now. Opens the
+    store without a runner (no owner recorded, no migration): nothing is written."""
+    if bool(args.all) == bool(args.run_ids):
+        raise _UsageError("give the runs to check, or --all (not both)")
+    handlers = _import_code(args)
+    store = await Store.open(args.db, migrate=False)
+    try:
+        found = await store.schema_version()
+        if found != SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the store's schema is at version {found}, this library's at {SCHEMA_VERSION}: "
+                "open it with a runner of this version first (replay writes nothing, so it "
+                "does not migrate)"
+            )
+        if args.all:
+            ids = [
+                r.id for r in await list_runs(store, status=args.status or (), newest_first=False)
+            ]
         else:
-            _print_run(run, out)
+            ids = [await resolve_id(store, i) for i in args.run_ids]
+        results = []
+        for run_id in ids:
+            row, entries = await store.load(run_id)
+            results.append(_check_run(row, entries, handlers))
+    finally:
+        await store.aclose()
+    failed = [r for r in results if not r["ok"]]
+    if args.json:
+        _print_json(results, out)
+    else:
+        for r in results:
+            print(_replay_line(r), file=out)
+        print(f"{len(results) - len(failed)} of {len(results)} run(s) replay", file=out)
+    if failed:
+        first = failed[0]
+        more = f" ({len(failed)} runs fail)" if len(failed) > 1 else ""
+        raise _ReplayFailed(f"run {first['id']}: {_failure_text(first['error'])}{more}")
+
+
+def _check_run(
+    row: RunRow, entries: list[LogEntry], handlers: tuple[Handler | Stack, ...]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "id": row.id,
+        "name": row.name,
+        "version": row.version,
+        "status": row.status,
+        "entries": len(entries),
+    }
+    try:
+        function = registered(row.name)
+        comp = signature(function).load_args(row.id, row.args)
+        replayed = replay(make_log(row.name, row.version, row.id, entries), comp, handlers)
+    except (DivergenceError, LogError, MissingHandlerError, LookupError) as err:
+        error: dict[str, Any] = {"type": type(err).__name__, "message": str(err)}
+        if isinstance(err, DivergenceError):
+            error.update(position=err.position, expected=err.expected, got=err.got)
+        return {**result, "ok": False, "error": error}
+    return {**result, "ok": True, "end": replayed.end, "next": replayed.next}
+
+
+def _failure_text(error: dict[str, Any]) -> str:
+    if error["type"] == "DivergenceError":
+        return (
+            f"diverges at step {error['position']}: expected {error['expected']}, "
+            f"got {error['got']}"
+        )
+    return f"{error['type']}: {error['message']}"
+
+
+def _replay_line(r: dict[str, Any]) -> str:
+    head = f"{'ok' if r['ok'] else 'FAIL':<5}{r['id']}  {r['name']} v{r['version']}"
+    if not r["ok"]:
+        return f"{head}  {_clip(_failure_text(r['error']), _WIDTH)}"
+    where = r["end"]
+    if r["next"] is not None:
+        where += f", next {_clip(r['next'], 60)}"
+    return f"{head}  {r['entries']} entries, {where}"
+
+
+class _UsageError(Exception):
+    """A usage error found after parsing (exit status 2)."""
+
+
+class _ReplayFailed(Exception):
+    """Some run does not replay with the code now (exit status 1, reported as is)."""
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -459,6 +633,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (_UsageError, AmbiguousRunId) as err:
+        _fail(str(err))
+        return 2
+    except _ReplayFailed as err:
+        _fail(str(err))
+        return 1
     except Exception as err:  # a shell command reports, it does not dump a traceback
         _fail(f"{type(err).__name__}: {err}")
         return 1
