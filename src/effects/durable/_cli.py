@@ -247,7 +247,9 @@ def _since(value: str) -> float:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    # Times are shown to the microsecond (rounded): a time copied from `list --json` must keep
+    # the run it was read from.
+    return when.timestamp() - 1e-6
 
 
 def _queue(spec: str) -> Queue:
@@ -453,13 +455,15 @@ async def _worker(args: argparse.Namespace, out: TextIO) -> None:
                     runner.work, args.queues, concurrency=args.concurrency, poll=args.poll
                 )
             )
-            names = [q.name for q in args.queues]
-            if args.json:
-                line = json.dumps({"worker": runner.owner, "serving": names})
-            else:
-                line = f"worker {runner.owner} serving {', '.join(names)}"
-            print(line, file=out, flush=True)
+            # The handlers are installed before the line that says we serve: a SIGTERM sent
+            # as soon as it is read stops the worker in order.
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                names = [q.name for q in args.queues]
+                if args.json:
+                    line = json.dumps({"worker": runner.owner, "serving": names})
+                else:
+                    line = f"worker {runner.owner} serving {', '.join(names)}"
+                print(line, file=out, flush=True)
                 async for _ in signals:
                     # An orderly stop: runs in flight stop as in a crash and their leases are
                     # released, so another worker takes them over at once.
