@@ -33,6 +33,7 @@ from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
 from ._runners import arun, astart, run, start
 from ._std.call import Call, Retry
 from ._std.control import Err, Ok, Yield, bracket, catch, try_catch
+from ._std.parallel import Branching, Parallel, current_branch
 from ._std.state import EventAccumulator, Reader, State, Writer
 from ._std.transaction import Transactional, transaction
 from ._std.world import Clock, Fresh, Random
@@ -94,6 +95,9 @@ __all__ = (
     "Retry",
     "transaction",
     "Transactional",
+    "Parallel",
+    "Branching",
+    "current_branch",
     # tasks, progress and output
     "task",
     "Progress",

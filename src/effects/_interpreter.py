@@ -273,6 +273,7 @@ class Run:
         "discard_on_interrupt",
         "frames",
         "interrupt_reason",
+        "parent",
         "slice_end",
         "unwound",
     )
@@ -293,6 +294,20 @@ class Run:
         self.discard_on_interrupt = False
         # When the current slice of work ends (`_clock()` time); infinite under the sync driver.
         self.slice_end = math.inf
+        self.parent: Run | None = None
+
+    @classmethod
+    def branch(cls, comp: Any, tables: Tables, scope: _Scope | None, parent: Run) -> Run:
+        """A run of `comp` in an existing scope (`Parallel`'s branches): it starts from
+        `tables` instead of the root, and is cancelled the way its parent is."""
+        run = cls.__new__(cls)
+        run.frames = [(_start_generator(comp), tables, scope)]
+        run.cancelling, run.cancel_reason = parent.cancelling, parent.cancel_reason
+        run.interrupt_reason, run.unwound = None, None
+        run.discard_on_interrupt = parent.discard_on_interrupt
+        run.slice_end = math.inf
+        run.parent = parent
+        return run
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -469,6 +484,10 @@ class Run:
                         value, exc = await out.awaitable, None  # type: ignore[union-attr]
                 except anyio.get_cancelled_exc_class():
                     reason = self.interrupt_reason
+                    parent = self.parent
+                    while reason is None and parent is not None:
+                        # A branch cancelled with its parent: the parent's owner gave the reason.
+                        reason, parent = parent.interrupt_reason, parent.parent
                     if reason is None and self.discard_on_interrupt:
                         # Treated as a crash: the cancellation must go on, whatever a
                         # `finally` block raises while the generators are closed.

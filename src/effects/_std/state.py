@@ -7,6 +7,7 @@ own, so two States coexist without the untagged hot path checking any tag.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar, TypeVar, cast
@@ -92,6 +93,16 @@ class State(Handler):
     def restore(self, snapshot: Any) -> None:
         """Put back a value taken by `snapshot`."""
         self.value = snapshot
+
+    def branch(self, path: str, group: object) -> State:
+        """The State a `Parallel` branch sees: the current value, changed only in the branch."""
+        inst = copy.copy(self)
+        inst.with_output = False
+        return inst
+
+    def joined(self, branch: Handler) -> list[Effect[Any]]:
+        """A branch's changes stay in the branch: nothing to merge back."""
+        return []
 
 
 _STATE_OPS: dict[str, dict[str, Any]] = {
@@ -186,6 +197,17 @@ class Writer(Handler):
         """Drop the items told after `snapshot` was taken."""
         del self.items[snapshot:]
 
+    def branch(self, path: str, group: object) -> Writer:
+        """A `Parallel` branch collects its own items (merged back in branch order)."""
+        inst = copy.copy(self)
+        inst.with_output = False
+        return inst
+
+    def joined(self, branch: Handler) -> list[Effect[Any]]:
+        """The branch's items, told again in the parent's scope."""
+        assert isinstance(branch, Writer)
+        return [type(self).tell(item) for item in branch.items]
+
     def decorate(self, data: dict[Any, Any]) -> None:
         data[type(self)] = list(self.items)
 
@@ -248,6 +270,19 @@ class EventAccumulator(Handler):
     def restore(self, snapshot: int) -> None:
         """Drop the events emitted after `snapshot` was taken."""
         del self.events[snapshot:]
+
+    def branch(self, path: str, group: object) -> EventAccumulator:
+        """A `Parallel` branch collects its own events; they are emitted (and streamed) in the
+        parent's scope when the branches end, in branch order."""
+        inst = copy.copy(self)
+        inst.with_output = False
+        inst.on_event = None
+        return inst
+
+    def joined(self, branch: Handler) -> list[Effect[Any]]:
+        """The branch's events, emitted again in the parent's scope."""
+        assert isinstance(branch, EventAccumulator)
+        return [type(self).emit(event) for event in branch.events]
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[type(self)] = list(self.events)
