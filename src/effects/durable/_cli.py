@@ -7,6 +7,7 @@
     python -m effects runs resume RUN_ID VALUE [--revision N]
     python -m effects runs cancel RUN_ID [--reason TEXT]
     python -m effects runs replay (--all | RUN_ID...) [--status S]... --import MODULE
+    python -m effects runs fork   RUN_ID --at N [--answer VALUE] [--new-id ID] --import MODULE
     python -m effects worker --import MODULE --queue QUEUE[,concurrency=N][,worker_concurrency=N]
                              [,rate=N/SECONDS] [--concurrency N] [--handlers MODULE:NAME]
                              [--owner NAME] [--lease SECONDS] [--poll SECONDS]
@@ -17,10 +18,10 @@ A RUN_ID may be given as any prefix of the id that matches one run only.
 `worker` serves durable queues until it gets SIGTERM or SIGINT (Ctrl-C): it claims queued
 runs and runs them (see the queues page).
 
-`resume` and `cancel` run a step of the computation, so they need its code: `--import MODULE`
-(repeatable) imports the modules that define the computations, `--handlers MODULE:NAME` names
-the handlers to run them with (a handler, a `Stack`, a list of them, or a function returning
-one of those).
+`resume`, `cancel` and `fork` run a step of the computation, so they need its code:
+`--import MODULE` (repeatable) imports the modules that define the computations,
+`--handlers MODULE:NAME` names the handlers to run them with (a handler, a `Stack`, a list of
+them, or a function returning one of those).
 
 `replay` checks stored logs against the code imported now, writing nothing: it fails (status
 1) naming the first run that diverges and where.
@@ -53,6 +54,7 @@ from .._exceptions import ConfigurationError, DivergenceError, LogError, Missing
 from .._handler import Handler, Stack
 from .._outcome import Done, Suspend, Throw
 from ._codec import signature
+from ._fork import NOT_GIVEN
 from ._log import Log, LogEntry, make_log
 from ._lookup import AmbiguousRunId, list_runs, resolve_id
 from ._queues import Queue
@@ -153,6 +155,25 @@ def _parser() -> argparse.ArgumentParser:
     p = command("cancel", "cancel a run (its cleanup runs)")
     p.add_argument("run_id")
     p.add_argument("--reason", help="recorded as the cancellation reason")
+    code(p)
+
+    about = "start a new run from step N of another run's log, with another answer"
+    p = command("fork", about)
+    p.add_argument("run_id")
+    p.add_argument(
+        "--at",
+        type=_count,
+        required=True,
+        metavar="N",
+        help="the step (seq, as `show` prints it) where the new run leaves the source's log",
+    )
+    p.add_argument(
+        "--answer",
+        metavar="VALUE",
+        help="the answer (JSON) to the prompt at step N; without it the new run performs "
+        "step N again",
+    )
+    p.add_argument("--new-id", help="the new run's id (default: a new uuid)")
     code(p)
 
     about = "check stored logs against the code imported now (writes nothing)"
@@ -502,7 +523,7 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
         await _replay_runs(args, out)
         return
     handlers: tuple[Handler | Stack, ...] = ()
-    if args.action in ("resume", "cancel"):
+    if args.action in ("resume", "cancel", "fork"):
         handlers = _import_code(args)
     async with DurableRunner(args.db, handlers=handlers, timers=False) as runner:
         if args.action == "list":
@@ -527,16 +548,22 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
         elif args.action == "unpark":
             run = await runner.unpark(run_id)
         elif args.action == "resume":
-            try:
-                value = json.loads(args.value)
-            except ValueError:
-                raise ConfigurationError(
-                    f"VALUE must be JSON: {args.value!r} is not (a string is written '\"text\"')"
-                ) from None
-            run = await runner.resume(run_id, value, revision=args.revision)
+            run = await runner.resume(run_id, _json_value(args.value), revision=args.revision)
+        elif args.action == "fork":
+            answer = NOT_GIVEN if args.answer is None else _json_value(args.answer)
+            run = await runner.fork(run_id, at=args.at, answer=answer, new_id=args.new_id)
         else:
             run = await runner.cancel(run_id, args.reason)
         await _show(runner, run, args, out)
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"VALUE must be JSON: {text!r} is not (a string is written '\"text\"')"
+        ) from None
 
 
 async def _replay_runs(args: argparse.Namespace, out: TextIO) -> None:

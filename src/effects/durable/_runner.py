@@ -51,9 +51,10 @@ from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.world import uuid7
 from ..tasks import TaskSnapshot
-from . import _owners
+from . import _fork, _owners
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
+from ._fork import NOT_GIVEN
 from ._log import Log, make_log
 from ._logger import EffectLogger, cancellation
 from ._queues import QUEUE_CHANNEL, Queue, cancel_queued, check_priority, enqueue
@@ -1618,6 +1619,31 @@ class DurableRunner:
         self._publish(row)
         if trees and row.status in FINAL_STATUSES:
             await self._reread_tasks(run_id)
+
+    # -- operating on stored runs (see _fork.py, _retention.py) -----------------------------
+
+    async def fork(
+        self,
+        run_id: str,
+        *,
+        at: int,
+        answer: Any = NOT_GIVEN,
+        new_id: str | None = None,
+        wait: bool = True,
+    ) -> Run:
+        """Start a new run whose log is the log of `run_id` before step `at` (the `seq` that
+        `get_log` and `runs show` print), continued from there: with `answer`, step `at` must
+        be a `Yield`, answered with `answer` instead (validated like `resume`); without, the
+        new run performs step `at` again, live. Returns the new run after its first step (or at
+        once with `wait=False`); `new_id` defaults to a new time-ordered uuid.
+
+        The source run is only read. The new run and its log are written in one transaction
+        (a crash before the commit leaves nothing; after it, `recover()` finishes the fork).
+        A step that is not in the log, a step with an answer that is not a `Yield`, and a
+        prefix ending with an unanswered step are `ConfigurationError`s; the computation must
+        be registered here, as for `resume`.
+        """
+        return await _fork.fork(self, run_id, at, answer, new_id, wait)
 
 
 # Errors of a recovery that say the code deployed here cannot run the run (an unknown
