@@ -18,6 +18,7 @@ directory and on `sys.path`:
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -150,11 +151,21 @@ def page_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = dict(_computation._registry)
+    # Pages that show how to configure logging must not leave their handlers behind.
+    loggers = [
+        logging.getLogger(),
+        logging.getLogger("effects"),
+        logging.getLogger("effects.durable"),
+    ]
+    saved = [(lg, lg.level, list(lg.handlers)) for lg in loggers]
     try:
         yield tmp_path
     finally:
         _computation._registry.clear()
         _computation._registry.update(registry)
+        for logger, level, handlers in saved:
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
 
 
 @pytest.mark.parametrize("path", pages(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -194,4 +205,3 @@ def test_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     page.write_text("<!-- docs: skip -->\n```python\nx\n```\n")
     with pytest.raises(AssertionError, match="needs a reason"):
         run_page(page, tmp_path)
-

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -51,7 +52,7 @@ from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.world import uuid7
 from ..tasks import TaskSnapshot
-from . import _fork, _owners
+from . import _fork, _observe, _owners
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._fork import NOT_GIVEN
@@ -93,6 +94,7 @@ class _Step:
         "final_log",
         "interp",
         "leased",
+        "observation",
         "resumed",
         "row",
         "rows",
@@ -123,6 +125,7 @@ class _Step:
         # cancellation where it was recorded, and the cleanup must not be interrupted again.
         self.unwinding = False
         self.tasks: StepTasks | None = None  # the step's task tree (once its handlers exist)
+        self.observation: _observe.StepObservation | None = None  # logs and span, if wanted
 
     def set_log(self, log: Log) -> None:
         self.final_log = log
@@ -237,6 +240,10 @@ class DurableRunner:
       lines kept per task (older ones are dropped and counted in `TaskNode.dropped`).
       `on_tasks(run_id, snapshot)` is called in this process after every change of a tree of
       a step running here (synchronously: keep it cheap).
+    - Observability: steps and external effects are logged on `effects.durable.runs` and
+      `effects.durable.effects` with structured fields; `tracing=True` (the global
+      OpenTelemetry tracer provider) or `tracing=provider` adds a span per step and per
+      external effect performed (docs/durable/observability.md).
 
     Runs on asyncio only: SQLAlchemy's async drivers (aiosqlite, asyncpg) are asyncio-based.
     """
@@ -257,6 +264,7 @@ class DurableRunner:
         task_lines: int = 200,
         task_interval: float = 0.15,
         on_tasks: Callable[[str, TaskSnapshot], None] | None = None,
+        tracing: Any = None,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
@@ -276,6 +284,7 @@ class DurableRunner:
         self.task_lines = task_lines
         self.task_interval = task_interval
         self.on_tasks = on_tasks
+        self._tracer = _observe.make_tracer(tracing)
         self._task_subscribers: dict[str, set[TaskSubscription]] = {}
         self._timer_changed = anyio.Event()
         # Sleeping runs this process could not continue (at that revision): not retried.
@@ -934,7 +943,13 @@ class DurableRunner:
         try:
             interp = _Interpreter(
                 with_handler(comp, effect_logger),
-                (_Checkpoints(self, step), Timers(self, step), *self.handlers, tree),
+                (
+                    _Checkpoints(self, step),
+                    Timers(self, step),
+                    *_observe.effect_observers(self._tracer, step),
+                    *self.handlers,
+                    tree,
+                ),
             )
         finally:
             _current_run.reset(token)
@@ -1170,6 +1185,10 @@ class DurableRunner:
     async def _run_step(
         self, step: _Step, drive: Callable[[], Awaitable[Outcome]], recovering: bool
     ) -> Run:
+        kind = _observe.step_kind(
+            resumed=step.resumed, cancelling=step.cancelling, recovering=recovering
+        )
+        step.observation = _observe.begin_step(self._tracer, step.row, kind)
         try:
             with anyio.CancelScope() as scope:
                 step.scope = scope
@@ -1213,6 +1232,7 @@ class DurableRunner:
             # (the next step's takeover then refuses this step's late copy of the tree).
             self._drop(step)
             await self._close_tasks(step)
+            _observe.end_step(step.observation, step.row, sys.exc_info()[1])
 
     async def _give_back(self, step: _Step) -> None:
         """Undo a step that could not run here: a resumed step that committed nothing goes
