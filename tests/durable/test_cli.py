@@ -6,6 +6,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,8 +87,11 @@ def test_show(store: tuple[str, list[Run]]) -> None:
     assert 'prompt   {"ask":"bonus","after":1}' in out
     assert "input    integer" in out
     assert "log (5 entries)" in out
-    assert '    1  done     Call(fn="crash_flows.side_effect"' in out
-    assert out.rstrip().splitlines()[-1].startswith("    4  pending  Yield(value=")
+    # Each entry: seq, status, when it started (UTC) and how long it took, the effect.
+    times = r"\d\d:\d\d:\d\d\.\d\d\d\s+\d+ms"
+    assert re.search(rf'\n    1  done     {times}  Call\(fn="crash_flows.side_effect"', out)
+    assert re.search(r"\n    4  pending  \d\d:\d\d:\d\d\.\d\d\d\s+…  Yield\(value=", out)
+    assert "  seq  status   started         took  effect" in out
 
     done = cli("show", "paid", "--db", db, "--json")
     data = json.loads(done.stdout)

@@ -8,6 +8,7 @@
     python -m effects runs cancel RUN_ID [--reason TEXT]
     python -m effects runs replay (--all | RUN_ID...) [--status S]... --import MODULE
     python -m effects runs fork   RUN_ID --at N [--answer VALUE] [--new-id ID] --import MODULE
+    python -m effects runs purge  --older-than DURATION [--status S]... [--dry-run] [--batch N]
     python -m effects worker --import MODULE --queue QUEUE[,concurrency=N][,worker_concurrency=N]
                              [,rate=N/SECONDS] [--concurrency N] [--handlers MODULE:NAME]
                              [--owner NAME] [--lease SECONDS] [--poll SECONDS]
@@ -59,6 +60,7 @@ from ._log import Log, LogEntry, make_log
 from ._lookup import AmbiguousRunId, list_runs, resolve_id
 from ._queues import Queue
 from ._replay import replay
+from ._retention import cutoff, purge_statuses
 from ._run import Run, RunStatus
 from ._runner import DEFAULT_URL, DurableRunner
 from ._schema import SCHEMA_VERSION
@@ -176,6 +178,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--new-id", help="the new run's id (default: a new uuid)")
     code(p)
 
+    about = "remove old runs with their logs, task trees and output"
+    p = command("purge", about)
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="runs last changed more than DURATION ago (90s, 30m, 12h, 30d, 2w)",
+    )
+    statuses(
+        p,
+        "purge runs with this status (repeatable; default: done, failed and cancelled). "
+        "Active runs (running, suspended, sleeping, queued) only when named here",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count the runs, remove nothing")
+    p.add_argument(
+        "--batch", type=_positive, default=500, help="runs per transaction (default %(default)s)"
+    )
+
     about = "check stored logs against the code imported now (writes nothing)"
     p = command("replay", about)
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="the runs to check")
@@ -253,6 +274,15 @@ def _ago(value: str) -> float | None:
     if not 0 <= n < 1e9:
         return None
     return n * _UNITS[unit]
+
+
+def _duration(value: str) -> float:
+    seconds = _ago(value.strip())
+    if seconds is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a duration (a number and a unit: 90s, 30m, 12h, 30d, 2w)"
+        )
+    return seconds
 
 
 def _since(value: str) -> float:
@@ -430,6 +460,29 @@ def _print_run(run: Run, out: TextIO) -> None:
             print("".join(f"  {t}\n" for t in str(tb).rstrip().splitlines()), end="", file=out)
 
 
+def _took(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _entry_times(e: LogEntry) -> tuple[str, str]:
+    # When the effect started (UTC, to the millisecond) and how long it took; blank for
+    # entries of logs written before entries carried times.
+    if e.started_at is None:
+        return "", ""
+    started = datetime.fromtimestamp(e.started_at, UTC).strftime("%H:%M:%S.%f")[:-3]
+    if e.ended_at is None:
+        return started, "…" if e.status == "pending" else ""
+    return started, _took(max(0.0, e.ended_at - e.started_at))
+
+
 def _entry_line(e: LogEntry) -> str:
     args = ", ".join(f"{k}={_compact(v)}" for k, v in e.args.items())
     text = f"{_short_effect(e.effect)}({args})"
@@ -437,14 +490,15 @@ def _entry_line(e: LogEntry) -> str:
         text = f"{_clip(text, 60)} -> {_compact(e.result)}"
     elif e.status == "error" and e.error is not None:
         text = f"{_clip(text, 60)} !! {e.error['type']}: {e.error['message']}"
-    return f"{e.seq:>5}  {e.status:<8} {_clip(text, _WIDTH)}"
+    started, took = _entry_times(e)
+    return f"{e.seq:>5}  {e.status:<8} {started:<12}  {took:>6}  {_clip(text, _WIDTH)}"
 
 
 def _print_log(log: Log, out: TextIO) -> None:
     n = len(log.entries)
     print(f"\nlog ({n} {'entry' if n == 1 else 'entries'})", file=out)
     if n:
-        print(f"{'seq':>5}  {'status':<8} effect", file=out)
+        print(f"{'seq':>5}  {'status':<8} {'started':<12}  {'took':>6}  effect", file=out)
     for e in log.entries:
         print(_entry_line(e), file=out)
 
@@ -542,6 +596,9 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
             else:
                 _print_list(runs, out)
             return
+        if args.action == "purge":
+            await _purge(runner, args, out)
+            return
         run_id = await resolve_id(runner.store, args.run_id)
         if args.action == "show":
             run = await runner.get(run_id)
@@ -555,6 +612,27 @@ async def _main(args: argparse.Namespace, out: TextIO) -> None:
         else:
             run = await runner.cancel(run_id, args.reason)
         await _show(runner, run, args, out)
+
+
+async def _purge(runner: DurableRunner, args: argparse.Namespace, out: TextIO) -> None:
+    statuses = purge_statuses(args.status)
+    n = await runner.purge(
+        older_than=args.older_than, status=statuses, batch=args.batch, dry_run=args.dry_run
+    )
+    before = datetime.fromtimestamp(cutoff(args.older_than), UTC)
+    if args.json:
+        data = {
+            "purged": 0 if args.dry_run else n,
+            "matching": n,
+            "dry_run": args.dry_run,
+            "statuses": statuses,
+            "before": before.isoformat(),
+        }
+        _print_json(data, out)
+        return
+    verb = "would purge" if args.dry_run else "purged"
+    when = before.strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"{verb} {n} run(s) ({', '.join(statuses)}) last changed before {when}", file=out)
 
 
 def _json_value(text: str) -> Any:

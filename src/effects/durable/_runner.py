@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Final
 
@@ -52,7 +52,7 @@ from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.world import uuid7
 from ..tasks import TaskSnapshot
-from . import _fork, _observe, _owners
+from . import _fork, _observe, _owners, _retention
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._fork import NOT_GIVEN
@@ -1664,6 +1664,26 @@ class DurableRunner:
         be registered here, as for `resume`.
         """
         return await _fork.fork(self, run_id, at, answer, new_id, wait)
+
+    async def purge(
+        self,
+        *,
+        older_than: float | timedelta,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        batch: int = 500,
+        dry_run: bool = False,
+    ) -> int:
+        """Remove the runs last changed more than `older_than` (seconds or a `timedelta`) ago,
+        with their logs, task trees and output; returns how many (with `dry_run=True`, how
+        many would be, removing nothing).
+
+        Only finished runs (done, failed, cancelled) unless `status` names others (one or
+        several statuses, exactly those purged): running, suspended, sleeping or queued runs
+        are purged only when asked for by name, and a run whose step holds a live lease
+        (executing in some process) never is. Runs go `batch` at a time, one transaction per
+        batch: a crash leaves each batch fully purged or untouched.
+        """
+        return await _retention.purge(self, older_than, status, batch, dry_run)
 
 
 # Errors of a recovery that say the code deployed here cannot run the run (an unknown
