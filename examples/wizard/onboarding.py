@@ -49,15 +49,28 @@ class Contact(BaseModel):
 
     email: Annotated[str, AfterValidator(_email)] = Field(
         max_length=200,
-        description="We send the confirmation there.",
+        description="Your account is registered with this address.",
         json_schema_extra={"widget": "email", "placeholder": "ada@example.com"},
     )
+
+
+PLANS = {
+    "free": {"label": "Free", "description": "One project, community support."},
+    "pro": {"label": "Pro", "description": "Unlimited projects and email support; 12 € a month."},
+    "enterprise": {
+        "label": "Enterprise",
+        "description": "Single sign-on, an audit log and a contract; priced per seat.",
+    },
+}
 
 
 class PlanChoice(BaseModel):
     """Step 3."""
 
-    plan: Literal["free", "pro", "enterprise"]
+    plan: Literal["free", "pro", "enterprise"] = Field(
+        description="Prices are examples: this demo charges nothing.",
+        json_schema_extra={"choices": PLANS},  # labels and descriptions of the choices
+    )
 
 
 class Account(BaseModel):
@@ -95,15 +108,21 @@ class UserOnboarded:
 @computation(name="onboarding", version=1)
 def onboarding() -> Generator[Any, Any, Account]:
     """Ask for a name, an email and a plan; create the user; welcome them."""
-    who: Name = yield Yield({"title": "Welcome! What is your name?"}, input=Name)
+    # `step` / `steps`: the page shows "Step 2 of 3", and so does the tab's title.
+    who: Name = yield Yield(
+        {"title": "Welcome! What is your name?", "step": 1, "steps": 3}, input=Name
+    )
     contact: Contact = yield Yield(
-        {"title": f"Hello {who.name}! What is your email address?"}, input=Contact
+        {"title": f"Hello {who.name}! What is your email address?", "step": 2, "steps": 3},
+        input=Contact,
     )
     choice: PlanChoice = yield Yield(
         {
             "title": "Choose a plan",
             "text": f"Signing up {who.name} <{contact.email}>.",
             "submit": "Create my account",
+            "step": 3,
+            "steps": 3,
         },
         input=PlanChoice,
     )

@@ -69,6 +69,14 @@ async def answer(page: Page, label: str, value: str, then: str) -> None:
     await heading(page, then)
 
 
+async def cancel(page: Page) -> None:
+    """Cancel the run the way its page asks: open the question, then confirm."""
+    confirm = page.get_by_role("button", name="Yes, cancel my sign-up")
+    await expect(confirm).to_be_hidden()
+    await page.get_by_text("Cancel sign-up", exact=True).click()
+    await confirm.click()
+
+
 async def test_complete_the_wizard(wizard: ExampleServer, db: Path, new_page: NewPage) -> None:
     """Name, email, plan: the user is created once, the event emitted, the welcome shown."""
     page = await new_page()
@@ -76,7 +84,7 @@ async def test_complete_the_wizard(wizard: ExampleServer, db: Path, new_page: Ne
     await answer(page, "Name", "Ada", email_step("Ada"))
     await answer(page, "Email", "Ada@Example.com", PLAN_STEP)
     await expect(page.get_by_text("Signing up Ada <ada@example.com>.")).to_be_visible()
-    await page.get_by_role("radio", name="pro").check()
+    await page.get_by_role("radio", name="Pro Unlimited projects").check()
     await page.get_by_role("button", name="Create my account").click()
     await heading(page, "Welcome aboard, Ada!")
     await expect(page.get_by_role("status")).to_have_text("Finished.")
@@ -119,7 +127,7 @@ async def test_cancel_at_a_step(wizard: ExampleServer, db: Path, new_page: NewPa
     page = await new_page()
     await start(page, wizard.url)
     await answer(page, "Name", "Dora", email_step("Dora"))
-    await page.get_by_role("button", name="Cancel").click()
+    await cancel(page)
     await heading(page, "Cancelled")
     await expect(page.get_by_role("status")).to_have_text("Cancelled.")
     await expect(page.get_by_role("button")).to_have_count(0)
@@ -285,3 +293,67 @@ async def test_another_session_cannot_see_or_resume_a_run(wizard: ExampleServer)
         page = await owner.get(path)
         assert NAME_STEP in page
         assert owner.key("answer") == key
+
+
+async def test_the_wizard_as_its_users_see_it(wizard: ExampleServer, new_page: NewPage) -> None:
+    """Where am I (Step n of 3, also in the tab's title, which follows the live page), what do
+    the plans mean, Cancel secondary and asked twice, "Your sign-ups" in words, and no
+    promise the demo does not keep."""
+    page = await new_page()
+    await start(page, wizard.url)
+    await expect(page.get_by_text("Step 1 of 3", exact=True)).to_be_visible()
+    await expect(page).to_have_title(f"Step 1 of 3: {NAME_STEP} — Onboarding")
+    await answer(page, "Name", "Erin", email_step("Erin"))
+    await expect(page.get_by_text("Step 2 of 3", exact=True)).to_be_visible()
+    # Answered through the script and patched in over the stream: the title follows.
+    await expect(page).to_have_title(f"Step 2 of 3: {email_step('Erin')} — Onboarding")
+    await expect(page.get_by_text("Your account is registered with this address.")).to_be_visible()
+    await answer(page, "Email", "erin@example.com", PLAN_STEP)
+    await expect(page).to_have_title(f"Step 3 of 3: {PLAN_STEP} — Onboarding")
+    for label, description in [
+        ("Free", "One project, community support."),
+        ("Pro", "Unlimited projects and email support; 12 € a month."),
+        ("Enterprise", "Single sign-on, an audit log and a contract; priced per seat."),
+    ]:
+        await expect(page.get_by_role("radio", name=f"{label} {description}")).to_be_visible()
+
+    # Cancel: below the step, not a button until asked, and not styled as the main action.
+    summary = page.get_by_text("Cancel sign-up", exact=True)
+    await expect(summary).to_be_visible()
+    primary = page.get_by_role("button", name="Create my account")
+    styles = await page.evaluate(
+        """([a, b]) => [a, b].map((el) => getComputedStyle(el).backgroundColor)""",
+        [await summary.element_handle(), await primary.element_handle()],
+    )
+    assert styles[0] != styles[1]
+    assert styles[0] in ("rgba(0, 0, 0, 0)", "transparent")
+    assert (await summary.bounding_box() or {})["y"] > (await primary.bounding_box() or {})["y"]
+    await expect(page.get_by_role("button", name="Yes, cancel my sign-up")).to_be_hidden()
+    await summary.click()
+    await expect(page.get_by_text("Stop here? Your answers so far are discarded")).to_be_visible()
+
+    # The start page lists the sign-up in words: no status codes, no ids.
+    run_path = page.url.split("://", 1)[1].split("/", 1)[1]
+    await page.goto(wizard.url)
+    runs = page.get_by_role("region", name="Your sign-ups")
+    item = runs.locator(f'li:has(a[href="/{run_path}"])')
+    await expect(item).to_contain_text("Onboarding, started today at ")
+    await expect(item).to_contain_text("UTC")
+    await expect(item).to_contain_text("Step 3 of 3: waiting for your answer")
+    text = await runs.inner_text()
+    assert "suspended" not in text
+    assert run_path.rsplit("/", 1)[-1][-8:] not in text
+
+    # Finishing makes no promise the demo does not keep.
+    await item.get_by_role("link").click()
+    await heading(page, PLAN_STEP)
+    await synced(page)
+    await page.get_by_role("radio", name="Free One project").check()
+    await page.get_by_role("button", name="Create my account").click()
+    await heading(page, "Welcome aboard, Erin!")
+    await expect(page).to_have_title("Onboarding")
+    main = await page.locator("#live-main").inner_text()
+    assert "sent a confirmation" not in main
+    assert "no email is sent" in main
+    await page.goto(wizard.url)
+    await expect(page.get_by_role("region", name="Your sign-ups")).to_contain_text("Finished")

@@ -11,7 +11,10 @@ password inputs, arrays of choices checkbox groups and other arrays one item per
 Constraints become HTML attributes, defaults and submitted values fill the inputs, and
 pydantic's errors land next to their fields. A field may ask for a widget with
 `Field(json_schema_extra={"widget": "textarea" | "password" | "select" | "radio"})` and a
-`placeholder`.
+`placeholder`. Choices get labels and descriptions from a `choices` mapping, on the field
+(`Field(json_schema_extra={"choices": {"pro": {"label": "Pro", "description": "10 €/month"}}})`)
+or on a reusable type (`Annotated[Literal[...], Field(json_schema_extra=...)]`); a value
+mapped to a plain string gets that string as its description.
 
 An input that is not an object (`int`, a `Literal`, an Enum...) gets a single field named
 `value` and is answered with the bare value.
@@ -45,11 +48,13 @@ _FORMATS = {
 
 @dataclass(slots=True)
 class Option:
-    """One choice of a select, a radio group or a checkbox group."""
+    """One choice of a select, a radio group or a checkbox group; `description` says what
+    choosing it means (from the schema's `choices`, see `build_form`)."""
 
     value: str
     label: str
     selected: bool = False
+    description: str = ""
 
 
 @dataclass(slots=True)
@@ -161,6 +166,32 @@ def _choices(schema: Schema) -> list[Any] | None:
     return None
 
 
+def _choice_texts(*schemas: Schema) -> dict[str, tuple[str | None, str]]:
+    """`value -> (label or None, description)` from the `choices` of the first schema that
+    has them (the field's own, then its type's)."""
+    for schema in schemas:
+        choices = schema.get("choices")
+        if isinstance(choices, dict):
+            texts: dict[str, tuple[str | None, str]] = {}
+            for value, text in choices.items():
+                if isinstance(text, dict):
+                    label = text.get("label")
+                    texts[str(value)] = (
+                        str(label) if label else None,
+                        str(text.get("description") or ""),
+                    )
+                else:
+                    texts[str(value)] = (None, str(text or ""))
+            return texts
+    return {}
+
+
+def _option(choice: Any, selected: bool, texts: dict[str, tuple[str | None, str]]) -> Option:
+    value = _text(choice)
+    label, description = texts.get(value, (None, ""))
+    return Option(value, label or value, selected, description)
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -224,7 +255,8 @@ def _field(
                 chosen = {_text(v) for v in default or ()}
             else:
                 chosen = set()
-            options = [Option(_text(c), _text(c), _text(c) in chosen) for c in choices]
+            texts = _choice_texts(prop, items)
+            options = [_option(c, _text(c) in chosen, texts) for c in choices]
             return FormField(
                 name, label, "checkboxes", required, options=options, help=help_text, error=error
             )
@@ -243,7 +275,8 @@ def _field(
     choices = _choices(schema)
     if choices is not None:
         current = submitted[0] if submitted else _text(default)
-        options = [Option(_text(c), _text(c), _text(c) == current) for c in choices]
+        texts = _choice_texts(prop, schema)
+        options = [_option(c, _text(c) == current, texts) for c in choices]
         if widget in ("select", "radio"):
             kind = str(widget)
         else:

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,14 +80,24 @@ class TasksChanged:
 @dataclass(slots=True)
 class Prompt:
     """A suspended run's prompt, as templates see it. The `Yield` value may be a string (the
-    title) or a dict with `title`, `text`, `submit` (the button) and `template` (the step's
-    template); anything else is shown as text."""
+    title) or a dict with `title`, `text`, `submit` (the button), `template` (the step's
+    template) and `step` / `steps` (where the wizard is: "Step 2 of 3", also in the tab's
+    title); anything else is shown as text."""
 
     value: Any
     title: str
     text: str | None = None
     submit: str = "Continue"
     template: str | None = None
+    step: int | None = None
+    steps: int | None = None
+
+    @property
+    def progress(self) -> str:
+        """"Step 2 of 3" (or "Step 2"), or "" when the prompt does not say."""
+        if self.step is None:
+            return ""
+        return f"Step {self.step} of {self.steps}" if self.steps else f"Step {self.step}"
 
     @classmethod
     def of(cls, value: Any) -> Prompt:
@@ -107,8 +118,15 @@ class Prompt:
                 str(text) if text is not None else None,
                 str(value.get("submit") or "Continue"),
                 str(template) if template else None,
+                _count(value.get("step")),
+                _count(value.get("steps")),
             )
         return cls(value, str(value))
+
+
+def _count(value: Any) -> int | None:
+    # A stored prompt is JSON from a computation: anything but a positive int is ignored.
+    return value if type(value) is int and value > 0 else None
 
 
 @dataclass(slots=True)
@@ -396,7 +414,8 @@ class RunView(LiveView):
         run = self.run
         if run is not None and run.status == "suspended":
             prompt = Prompt.of(run.prompt)
-            return f"{prompt.title} — {page.app.title}" if page.app.title else prompt.title
+            title = f"{prompt.progress}: {prompt.title}" if prompt.progress else prompt.title
+            return f"{title} — {page.app.title}" if page.app.title else title
         return page.app.title or "Run"
 
     def render(self, page: Page) -> Mapping[str, str]:
@@ -485,12 +504,42 @@ class RunView(LiveView):
 
 @dataclass(slots=True)
 class RunItem:
-    """A run as the index lists it."""
+    """A run as the index lists it: `label` ("Onboarding, started today at 14:05 UTC") and
+    `state` ("Step 2 of 3: waiting for your answer") are in words for its user."""
 
     run: Run
     label: str
     owner: bool
     fraction: float | None
+    state: str = ""
+
+
+def run_words(run: Run, *, title: str, owner: bool, now: datetime) -> tuple[str, str]:
+    """The label and state of a run in a list of runs, in words its user understands (no
+    status codes, no ids)."""
+    created = run.created_at.astimezone(UTC)
+    day = "today" if created.date() == now.astimezone(UTC).date() else f"on {created:%d %b %Y}"
+    label = f"{title or 'Run'}, started {day} at {created:%H:%M} UTC"
+    status = str(run.status)
+    if status in _PENDING and run.cancel_requested:
+        state = "Cancelling…"
+    elif status == "suspended":
+        progress = Prompt.of(run.prompt).progress
+        waiting = "waiting for your answer" if owner else "waiting for its owner's answer"
+        state = f"{progress}: {waiting}" if progress else waiting.capitalize()
+    else:
+        state = _STATE_WORDS.get(status, status.capitalize())
+    return label, state
+
+
+_STATE_WORDS = {
+    "running": "In progress…",
+    "queued": "Waiting to start…",
+    "sleeping": "Paused until later",
+    "done": "Finished",
+    "failed": "Stopped by an error",
+    "cancelled": "Cancelled",
+}
 
 
 class IndexView(LiveView):
@@ -644,17 +693,14 @@ class IndexView(LiveView):
     def render(self, page: Page) -> Mapping[str, str]:
         model = self.config.start_input
         form = build_form(model, self.values, self.errors) if model is not None else None
-        items = [
-            RunItem(
-                run,
-                f"{run.created_at:%Y-%m-%d %H:%M:%S} · {run.id.rsplit('.', 1)[-1][:8]}",
-                page.session.owns(run.id),
-                progress_of(self.config.hub.latest(run.id) or self.trees.get(run.id))
-                if run.status == "running"
-                else None,
-            )
-            for run in self.runs
-        ]
+        now = datetime.now(UTC)
+        items = []
+        for run in self.runs:
+            owner = page.session.owns(run.id)
+            label, state = run_words(run, title=page.app.title, owner=owner, now=now)
+            tree = self.config.hub.latest(run.id) or self.trees.get(run.id)
+            fraction = progress_of(tree) if run.status == "running" else None
+            items.append(RunItem(run, label, owner, fraction, state))
         return {
             "start": page.render_template(
                 self.config.templates.get("index", "live/index.html"),

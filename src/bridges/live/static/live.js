@@ -116,6 +116,9 @@
       if (!sameMarkup(el, fragment.html)) replace(el, fragment.html);
     });
     if (current > lastRevision) lastRevision = current;
+    // A region may say what the tab's title is now (the step a wizard is at).
+    var title = document.querySelector("[data-live-title]");
+    if (title) document.title = title.getAttribute("data-live-title");
     if (typeof envelope.busy === "boolean") {
       body.setAttribute("aria-busy", envelope.busy ? "true" : "false");
     }
