@@ -16,6 +16,7 @@ PAGES = {
     "effects.testing": "testing.md",
     "effects.durable": "durable.md",
     "bridges.live": "live.md",
+    "bridges.terminal": "terminal.md",
 }
 # A module re-exporting another public module's names: those are documented on that module's
 # page (once), not on the re-exporting module's.

@@ -9,6 +9,8 @@ idempotency key. See docs/live/protocol.md for the wire format.
 - `wizard_app(computation, secret=..., url=...)`: each `Yield` of a durable computation is a
   page with a generated form; `progress_app(...)`: long work with task trees, progress bars and
   output, shared by every visitor; `run_app(...)` returns the `LiveApp` behind both.
+- `model_app(computation, ...)`: a single-model app (one current run, *Run again*);
+  `serve_model(...)` serves it from the command line and exits when the run ends.
 - `mounted_lifespans`: the parent's `lifespan=` when such an app is mounted in a Starlette or
   FastAPI app (`Mount("/signup", wizard_app(...))`).
 - `LiveApp` + `LiveView` (mount / handle_event / handle_info / render) for pages of your own.
@@ -19,6 +21,7 @@ idempotency key. See docs/live/protocol.md for the wire format.
 from ._app import LiveApp
 from ._forms import Form, FormField, Option, build_form, parse_form
 from ._limits import Limits, RateLimit
+from ._model import model_app, model_live_app, serve_model
 from ._mount import mounted_lifespans
 from ._page import Page
 from ._regions import Projection, Region
@@ -42,6 +45,9 @@ __all__ = (
     "wizard_app",
     "progress_app",
     "run_app",
+    "model_app",
+    "model_live_app",
+    "serve_model",
     "mounted_lifespans",
     "RunView",
     "IndexView",

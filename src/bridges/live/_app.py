@@ -161,9 +161,13 @@ class LiveApp:
         if self.websocket:
             self._routes.append(WebSocketRoute(base + WS_SUFFIX, self._ws_endpoint(view)))
 
-    def route(self, route: BaseRoute) -> None:
-        """Add a plain Starlette route."""
-        self._routes.append(route)
+    def route(self, route: BaseRoute, *, first: bool = False) -> None:
+        """Add a plain Starlette route (`first=True`: before the routes added so far, so it
+        wins over a page at the same path)."""
+        if first:
+            self._routes.insert(0, route)
+        else:
+            self._routes.append(route)
 
     def add_lifespan(self, lifespan: Lifespan) -> None:
         """Enter `lifespan(live_app)` at start-up, after the ones added before."""
