@@ -14,11 +14,15 @@ idempotency key. See docs/live/protocol.md for the wire format.
 - `mounted_lifespans`: the parent's `lifespan=` when such an app is mounted in a Starlette or
   FastAPI app (`Mount("/signup", wizard_app(...))`).
 - `LiveApp` + `LiveView` (mount / handle_event / handle_info / render) for pages of your own.
+- `runs_dashboard(url, authorize=..., secret=...)`: a page for operators over a durable store
+  (list and filter runs, read their logs, cancel / resume / fork / retry), closed without an
+  authorize hook.
 - `Limits`: how many pages the server keeps, for how long, and how many runs a session may
   start per minute (docs/live/limits.md).
 """
 
 from ._app import LiveApp
+from ._dashboard import runs_dashboard
 from ._forms import Form, FormField, Option, build_form, parse_form
 from ._limits import Limits, RateLimit
 from ._model import model_app, model_live_app, serve_model
@@ -56,6 +60,8 @@ __all__ = (
     "RunChanged",
     "TasksChanged",
     "TasksHub",
+    # operators
+    "runs_dashboard",
     # pages of your own
     "LiveApp",
     "LiveView",

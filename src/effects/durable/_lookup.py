@@ -60,13 +60,15 @@ async def list_runs(
     status: Sequence[str] = (),
     name: str | None = None,
     since: float | None = None,
+    id_prefix: str | None = None,
     limit: int | None = None,
     newest_first: bool = True,
     parked: bool | None = None,
     offset: int = 0,
 ) -> list[RunRow]:
     """Runs, newest first (by creation, then id) unless `newest_first=False`, optionally by
-    status, computation name, parked, and created at or after `since` (UTC epoch seconds)."""
+    status, computation name, parked, id prefix, and created at or after `since` (UTC epoch
+    seconds)."""
     runs = S.runs
     query = sa.select(runs)
     if status:
@@ -75,6 +77,8 @@ async def list_runs(
         query = query.where(runs.c.name == name)
     if since is not None:
         query = query.where(runs.c.created_at >= since)
+    if id_prefix:
+        query = query.where(runs.c.id.like(_like(id_prefix), escape="\\"))
     if parked is not None:
         query = query.where(runs.c.parked.is_not(None) if parked else runs.c.parked.is_(None))
     if newest_first:
