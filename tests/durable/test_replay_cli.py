@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -166,6 +167,9 @@ def test_replay_usage(tmp_path: Path, shop: ModuleType) -> None:
         "error: run id prefix 'wait' is ambiguous: it starts waiting, waiting-2; "
         "give more of the id"
     ]
+    both = cli(code, "waiting", "--status", "done", "--db", db, "--import", "ci_shop")
+    assert both.returncode == 2
+    assert "--status selects among --all" in both.stderr
     neither = cli(code, "--db", db, "--import", "ci_shop")
     assert neither.returncode == 2
     assert "give the runs to check, or --all" in neither.stderr
@@ -242,3 +246,32 @@ async def test_replay_api(tmp_path: Path, shop: ModuleType) -> None:
     assert caught.value.position == 0
     assert "args=['cup', 1]" in caught.value.expected
     assert "args=['cup', 5]" in caught.value.got
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_replay_stops_at_a_sleep_without_sleeping(tmp_path: Path) -> None:
+    """A log that ends inside a durable sleep (its wake-up time recorded, the sleep not over)
+    replays to `in progress` at once: the replay never waits for the timer."""
+    sys.path.insert(0, str(WORKERS))
+    try:
+        flows = importlib.import_module("crash_flows")
+    finally:
+        sys.path.remove(str(WORKERS))
+    counter = str(tmp_path / "counter.db")
+    flows.init_counter(counter)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
+        await runner.start(flows.timer_flow(counter), run_id="t")
+        log = await runner.get_log("t")
+    timer = next(i for i, e in enumerate(log.entries) if e.effect == "effects.durable.Timer")
+    # Wake up in a day: a replay that slept would time the test out.
+    entries = [e.model_dump() for e in log.entries[: timer + 1]]
+    entries[-1]["result"] = {"wake_at": time.time() + 86400}
+    cut = Log.model_validate({**log.model_dump(), "entries": entries})
+    started = time.monotonic()
+    result = replay(cut, flows.timer_flow(counter), flows.HANDLERS)
+    assert time.monotonic() - started < 5
+    assert result.end == "in progress"
+    assert "AwaitTimer" in (result.next or "")
+    assert len(flows.read_counter(counter)[0]) == 3  # the recorded run's effects only

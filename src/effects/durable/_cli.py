@@ -649,6 +649,8 @@ async def _replay_runs(args: argparse.Namespace, out: TextIO) -> None:
     store without a runner (no owner recorded, no migration): nothing is written."""
     if bool(args.all) == bool(args.run_ids):
         raise _UsageError("give the runs to check, or --all (not both)")
+    if args.status and not args.all:
+        raise _UsageError("--status selects among --all; it does not filter the runs named")
     handlers = _import_code(args)
     store = await Store.open(args.db, migrate=False)
     try:
