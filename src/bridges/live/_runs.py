@@ -753,7 +753,9 @@ def run_app(
     **options: Any,
 ) -> LiveApp:
     """A `LiveApp` serving `computation` as durable runs: `/` starts and lists runs,
-    `/runs/{run_id}` shows one. Add pages or routes to it, then `build()` it.
+    `/runs/{run_id}` shows one, `/runs/{run_id}/tasks/{task_id}` one of its tasks and that
+    task's sub-tasks (to every session when the task is shared: `task(..., shared=True)`,
+    even in a private run). Add pages or routes to it, then `build()` it.
 
     - `computation`: a `@computation` function (called with the start form's fields, or with
       no arguments) or a `Comp` (always started as is).
@@ -837,6 +839,10 @@ def run_app(
     live.state["runs"] = config
     live.page("/", lambda: IndexView(config))
     live.page("/runs/{run_id}", lambda: RunView(config))
+    # Imported here: the shared task page is built on this module's config and messages.
+    from ._shared_tasks import SharedTaskView
+
+    live.page("/runs/{run_id}/tasks/{task_id}", lambda: SharedTaskView(config))
     return live
 
 

@@ -70,6 +70,7 @@ class TaskNode:
     dropped: int = 0
     error: str | None = None
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    shared: bool = False
 
     @property
     def fraction(self) -> float | None:
@@ -130,10 +131,11 @@ class TaskSnapshot:
 
 class StartTask(Effect[int]):
     """Create a child of `parent` (default: the innermost open task); the result is the new
-    node's id."""
+    node's id. `shared` marks it visible to everyone who may see a shared task (see `task`)."""
 
     title: str
     parent: int | None = None
+    shared: bool = False
 
 
 class SetTaskMeta(Effect[None]):
@@ -255,15 +257,19 @@ class Print(Effect[None]):
         return self._sep.join(map(str, self._args)) + self._end
 
 
-def task(title: str, comp: Computation[T], /) -> Generator[Any, Any, T]:
+def task(title: str, comp: Computation[T], /, *, shared: bool = False) -> Generator[Any, Any, T]:
     """Run `comp` as a node of the run's task tree: `x = yield from task("Import", load())`.
 
     The node is created under the innermost open task, runs, and ends `completed` when `comp`
     returns, `failed` (with the error's text) when it raises and `cancelled` when the run is
     cancelled; the exception propagates unchanged. Progress and output inside `comp` belong to
     this node.
+
+    `shared=True` shares this task (and its sub-tasks) beyond the run: a front-end shows it to
+    everyone who may see shared tasks even when the run itself is private (the live bridge at
+    `/runs/{run_id}/tasks/{task_id}`).
     """
-    node: int = yield StartTask(title)
+    node: int = yield StartTask(title, None, shared)
     yield SetTaskStatus(node, "running")
     try:
         result = yield from comp
@@ -280,10 +286,11 @@ def task(title: str, comp: Computation[T], /) -> Generator[Any, Any, T]:
     return result
 
 
-def open_task(title: str, /) -> Generator[Any, Any, TaskHandle]:
+def open_task(title: str, /, *, shared: bool = False) -> Generator[Any, Any, TaskHandle]:
     """Open a task under the innermost open one and return its handle, for code that ends it
-    itself (`handle.close()`, `handle.fail(...)`) rather than with `task(title, comp)`."""
-    node: int = yield StartTask(title)
+    itself (`handle.close()`, `handle.fail(...)`) rather than with `task(title, comp)`.
+    `shared` as for `task`."""
+    node: int = yield StartTask(title, None, shared)
     yield SetTaskStatus(node, "running")
     return TaskHandle(node)
 
@@ -322,9 +329,9 @@ class TaskHandle:
         """End the task `failed`, with `error` describing why."""
         return SetTaskStatus(self.id, "failed", error)
 
-    def subtask(self, title: str) -> Generator[Any, Any, TaskHandle]:
+    def subtask(self, title: str, *, shared: bool = False) -> Generator[Any, Any, TaskHandle]:
         """Open a child of this task (whichever task is innermost) and return its handle."""
-        node: int = yield StartTask(title, self.id)
+        node: int = yield StartTask(title, self.id, shared)
         yield SetTaskStatus(node, "running")
         return TaskHandle(node)
 
@@ -507,7 +514,9 @@ class TaskTree(Handler):
                 parent = self._open[-1] if self._open else ROOT
             else:
                 parent = self._node(effect.parent).id
-            self._nodes.append(TaskNode(node_id, parent, effect.title, "created"))
+            self._nodes.append(
+                TaskNode(node_id, parent, effect.title, "created", shared=effect.shared)
+            )
             self._open.append(node_id)
             self._version += 1
             return node_id
