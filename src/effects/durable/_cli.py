@@ -57,7 +57,7 @@ from .._outcome import Done, Suspend, Throw
 from ._codec import signature
 from ._fork import NOT_GIVEN
 from ._log import Log, LogEntry, make_log
-from ._lookup import AmbiguousRunId, list_runs, resolve_id
+from ._lookup import AmbiguousRunId, list_runs, load_many, resolve_id
 from ._queues import Queue
 from ._replay import replay
 from ._retention import cutoff, purge_statuses
@@ -667,10 +667,9 @@ async def _replay_runs(args: argparse.Namespace, out: TextIO) -> None:
             ]
         else:
             ids = [await resolve_id(store, i) for i in args.run_ids]
-        results = []
-        for run_id in ids:
-            row, entries = await store.load(run_id)
-            results.append(_check_run(row, entries, handlers))
+        results = [
+            _check_run(row, entries, handlers) async for row, entries in load_many(store, ids)
+        ]
     finally:
         await store.aclose()
     failed = [r for r in results if not r["ok"]]

@@ -3,13 +3,14 @@ queries of the command line and the runs dashboard). Read-only, one statement ea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import sqlalchemy as sa
 
 from .._exceptions import ConfigurationError, RunNotFound
 from . import _schema as S
-from ._store import RunRow, Store
+from ._log import LogEntry
+from ._store import RunRow, Store, decode_log
 
 # Shown in the error of an ambiguous prefix.
 _SHOWN = 5
@@ -91,3 +92,34 @@ async def list_runs(
         query = query.offset(offset)
     async with store._reader.connect() as conn:
         return [RunRow.from_row(r) for r in await conn.execute(query)]
+
+
+async def load_many(
+    store: Store, run_ids: Sequence[str]
+) -> AsyncIterator[tuple[RunRow, list[LogEntry]]]:
+    """Each run's row and log, in the order of `run_ids`, read `_CHUNK` runs per transaction
+    (a replay of every run in the store costs a few queries per chunk, not two per run).
+    Runs that are gone meanwhile are skipped."""
+    runs, log = S.runs, S.log
+    for start in range(0, len(run_ids), _CHUNK):
+        chunk = list(run_ids[start : start + _CHUNK])
+        async with store._reader.begin() as conn:
+            rows = {
+                r.id: RunRow.from_row(r)
+                for r in await conn.execute(sa.select(runs).where(runs.c.id.in_(chunk)))
+            }
+            texts: dict[str, list[tuple[int, str]]] = {i: [] for i in chunk}
+            result = await conn.execute(
+                sa.select(log.c.run_id, log.c.seq, log.c.entry)
+                .where(log.c.run_id.in_(chunk))
+                .order_by(log.c.run_id, log.c.seq)
+            )
+            for run_id, seq, text in result:
+                texts[run_id].append((seq, text))
+        for run_id in chunk:
+            row = rows.get(run_id)
+            if row is not None:
+                yield row, decode_log(run_id, texts[run_id])
+
+
+_CHUNK = 200
