@@ -17,6 +17,7 @@ PAGES = {
     "effects.durable": "durable.md",
     "bridges.live": "live.md",
     "bridges.terminal": "terminal.md",
+    "bridges.api": "json-api.md",
 }
 # A module re-exporting another public module's names: those are documented on that module's
 # page (once), not on the re-exporting module's.

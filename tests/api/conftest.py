@@ -13,8 +13,10 @@ import pytest
 # The live bridge's test helpers (its uvicorn-in-a-thread server, hostile-input helpers) are
 # shared: tests/live is not a package, so it is put on the path like pytest puts it for its own.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "live"))
+# The end-to-end tests' subprocess server (ExampleServer) runs tests/api/wizard_api.py too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-from live_client import LiveServer  # noqa: E402
+from live_client import LiveServer
 
 
 @pytest.fixture

@@ -63,7 +63,9 @@ def build(url: str, **api: Any) -> Starlette:
     live.route(
         Mount(
             "/api",
-            app=api_app(live.state["runs"].the_runner, computations=[spec], secret=SECRET, **options),
+            app=api_app(
+                live.state["runs"].the_runner, computations=[spec], secret=SECRET, **options
+            ),
         )
     )
     return live.build()

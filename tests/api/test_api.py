@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from flows import SECRET, build, bearer, events
+from flows import SECRET, bearer, build, events
 from live_client import LiveServer
 
 # The server runs on its own asyncio loop in a thread; the client side needs no trio run (and

@@ -26,6 +26,7 @@ from onboarding import Contact, Name, PlanChoice, onboarding, users  # noqa: E40
 
 from bridges.api import ApiComputation, api_app  # noqa: E402
 from bridges.live import run_app  # noqa: E402
+from effects import EventAccumulator  # noqa: E402
 
 SECRET = "test-secret-of-the-json-api-0123456789"
 WIZARD = ApiComputation(onboarding, prompts=[Name, Contact, PlanChoice])
@@ -44,7 +45,8 @@ def build(url: str, *, page: Path | None = None, owner: str | None = None) -> St
         onboarding,
         secret=SECRET,
         url=url,
-        handlers=[users(url)],
+        # The example's handlers (examples/wizard/app.py builds a wizard_app with the same).
+        handlers=[users(url), EventAccumulator(on_event=lambda event: print(event, flush=True))],
         title="Onboarding",
         owner=owner,
         lease=5.0,
@@ -65,8 +67,14 @@ def main() -> None:
     parser.add_argument("--owner")
     args = parser.parse_args()
     app = build(args.url, page=args.page, owner=args.owner)
+    # Info level: the tests wait for uvicorn's "running on" line.
     uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=2
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=2,
     )
 
 

@@ -21,13 +21,14 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import pydantic
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -145,7 +146,7 @@ def _error(
     *,
     errors: list[dict[str, Any]] | None = None,
     run: Run | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ApiError(
         error=code,
@@ -230,8 +231,9 @@ class RunsApi:
         ]
 
     def app(self) -> Starlette:
-        """A Starlette app serving the routes (for `Mount("/api", app=...)`)."""
-        return Starlette(routes=self.routes)
+        """A Starlette app serving the routes (for `Mount("/api", app=...)`); its 404s and
+        405s are `ApiError` JSON too."""
+        return Starlette(routes=self.routes, exception_handlers={HTTPException: _http_error})
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -336,7 +338,9 @@ class RunsApi:
                 f"too many runs started in the last minute: try again in {seconds} s",
                 headers={"Retry-After": seconds},
             )
-        comp = spec.function(**{name: getattr(answers, name) for name in type(answers).model_fields})
+        comp = spec.function(
+            **{name: getattr(answers, name) for name in type(answers).model_fields}
+        )
         try:
             if spec.queue is not None:
                 run = await runner.enqueue(comp, queue=spec.queue, run_id=run_id)
@@ -456,6 +460,12 @@ class RunsApi:
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         stream = RunStream(self.runner, run, tree, last, heartbeat=self.heartbeat, release=release)
         return _StreamResponse(stream)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+    return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 class _NotFound(Exception):

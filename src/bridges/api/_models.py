@@ -28,6 +28,12 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Out(BaseModel):
+    # Fields with defaults are always sent: in the JSON Schema (serialization mode) they are
+    # required, so generated client types do not mark them optional.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
 class StartIn(_In):
     """`POST /runs`: start a run of `computation` with `input` (validated against the
     computation's input model). Runs started with the same `key` by the same caller are one
@@ -53,7 +59,7 @@ class CancelIn(_In):
     reason: str | None = Field(default=None, max_length=500)
 
 
-class PromptOut(BaseModel):
+class PromptOut(_Out):
     """What a suspended run asks: the `Yield`'s `value` as stored, read like the pages read it
     (`title`, `text`, `submit`), and the JSON Schema of the answer (`input`, None when any
     JSON is taken) with its `input_name` (the schema's title: the input model's name)."""
@@ -66,7 +72,7 @@ class PromptOut(BaseModel):
     input_name: str | None = None
 
 
-class RunError(BaseModel):
+class RunError(_Out):
     """Why a run failed: the exception's type (its class name) and message. The traceback
     stays on the server."""
 
@@ -74,7 +80,7 @@ class RunError(BaseModel):
     message: str
 
 
-class RunOut(BaseModel):
+class RunOut(_Out):
     """A run as the API shows it (the committed state, the same in every process).
 
     `prompt` is set while `suspended`, `result` once `done` (as JSON), `error` once `failed`;
@@ -143,13 +149,13 @@ def _json(value: Any) -> Any:
     return pydantic_core.to_jsonable_python(value, fallback=str)
 
 
-class RunList(BaseModel):
+class RunList(_Out):
     """`GET /runs`: the caller's runs, newest first."""
 
     runs: list[RunOut]
 
 
-class ComputationOut(BaseModel):
+class ComputationOut(_Out):
     """`GET /computations`: a computation the API starts, the JSON Schema of its start input,
     and the JSON Schemas of the prompts it declares (by input model name)."""
 
@@ -158,13 +164,13 @@ class ComputationOut(BaseModel):
     prompts: dict[str, dict[str, JsonValue]]
 
 
-class ComputationList(BaseModel):
+class ComputationList(_Out):
     """`GET /computations`."""
 
     computations: list[ComputationOut]
 
 
-class SessionOut(BaseModel):
+class SessionOut(_Out):
     """`GET /session`: who the caller is to the API. With a session cookie (set by this very
     response when the browser had none), `csrf` is the token to send back in the
     `X-CSRF-Token` header of every POST; a bearer-token caller needs none (`csrf` is None)."""
@@ -173,7 +179,7 @@ class SessionOut(BaseModel):
     auth: Literal["session", "bearer"]
 
 
-class ApiError(BaseModel):
+class ApiError(_Out):
     """Every error response: a machine-readable `error` code, a `message` for people, and
     pydantic's validation `errors` (`loc`, `msg`, `type`) for a 422. A 409 on a run carries the
     run as it is now."""
@@ -184,7 +190,7 @@ class ApiError(BaseModel):
     run: RunOut | None = None
 
 
-class SnapshotEvent(BaseModel):
+class SnapshotEvent(_Out):
     """The first event of every stream: the run and its task tree now. `tasks_unchanged`:
     the client's `Last-Event-ID` named the tree it already has, which is then not sent again
     (`tasks` is None)."""
@@ -195,14 +201,14 @@ class SnapshotEvent(BaseModel):
     tasks_unchanged: bool = False
 
 
-class RunEvent(BaseModel):
+class RunEvent(_Out):
     """The run changed (status, prompt, result...): its new state."""
 
     type: Literal["run"] = "run"
     run: RunOut
 
 
-class TasksEvent(BaseModel):
+class TasksEvent(_Out):
     """The run's task tree changed (tasks, progress, output): the whole new tree. A slow
     client skips intermediate trees; output lines carry a `seq` to merge by."""
 
@@ -210,14 +216,14 @@ class TasksEvent(BaseModel):
     tasks: TaskSnapshot
 
 
-class EndEvent(BaseModel):
+class EndEvent(_Out):
     """The run finished and its final tree was sent: the stream ends after this event."""
 
     type: Literal["end"] = "end"
     run: RunOut
 
 
-class PingEvent(BaseModel):
+class PingEvent(_Out):
     """Sent on an idle stream every `heartbeat` seconds (proxies close silent connections)."""
 
     type: Literal["ping"] = "ping"
