@@ -36,7 +36,7 @@ MARKER = re.compile(r"<!--\s*docs:\s*(.*?)\s*-->")
 SIGNATURES = "untagged blocks are API signatures"
 NOT_RUN = frozenset(
     {"bash", "console", "text", "json", "sql", "nginx", "html", "html+jinja", "jinja", "toml",
-     "ini", "yaml", "pycon", "diff", "http"}
+     "ini", "yaml", "pycon", "diff", "http", "ts", "tsx"}
 )  # fmt: skip
 FILE_LINE = re.compile(r"^#\s*([A-Za-z_][\w/]*\.py)\s*$")
 

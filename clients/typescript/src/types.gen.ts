@@ -183,6 +183,7 @@ export interface EndEvent {
 export interface OutputLine {
   seq: number;
   text: string;
+  kind: "text" | "markdown" | "html" | "table";
 }
 /**
  * Sent on an idle stream every `heartbeat` seconds (proxies close silent connections).
@@ -269,6 +270,10 @@ export interface TaskNode {
   partial: string;
   dropped: number;
   error: string | null;
+  meta: {
+    [k: string]: unknown | undefined;
+  };
+  shared: boolean;
 }
 /**
  * `POST /runs`: start a run of `computation` with `input` (validated against the

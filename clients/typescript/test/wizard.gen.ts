@@ -53,7 +53,7 @@ export interface Name {
  */
 export interface Contact {
   /**
-   * We send the confirmation there.
+   * Your account is registered with this address.
    */
   email: string;
 }
@@ -64,5 +64,8 @@ export interface Contact {
  * via the `definition` "PlanChoice".
  */
 export interface PlanChoice {
+  /**
+   * Prices are examples: this demo charges nothing.
+   */
   plan: "free" | "pro" | "enterprise";
 }
