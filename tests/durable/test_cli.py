@@ -64,7 +64,17 @@ def test_list(store: tuple[str, list[Run]]) -> None:
     done = cli("list", "--db", db)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "V", "STATUS", "REV", "UPDATED", "(UTC)"]
+    assert lines[0].split() == [
+        "ID",
+        "NAME",
+        "V",
+        "STATUS",
+        "REV",
+        "CREATED",
+        "(UTC)",
+        "UPDATED",
+        "(UTC)",
+    ]
     assert [line.split()[:4] for line in lines[1:]] == [  # newest first
         ["paid", "crash.charge", "1", "done"],
         ["waiting", "crash.flow", "1", "suspended"],

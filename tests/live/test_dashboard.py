@@ -219,9 +219,26 @@ async def test_the_dashboard_is_closed_without_a_hook_and_posts_need_csrf(
         )
         assert hostile.status_code == 400
         assert "step 3 is effects.Call, not a Yield" in hostile.text
+        # Filters and pages (two runs a page on a second dashboard below).
+        bogus = await client.get("/", params={"since": "yesterday"})
+        assert bogus.status_code == 400
+        assert "is neither a time" in bogus.text
+        recent = await client.get("/", params={"since": "1h", "name": "dash.fragile"})
+        assert re.findall(r'class="dash-id" href="[^"]*">([^<]+)<', recent.text) == ["broken"]
         ok = await client.post("/runs/waiting/resume", data=form)
         assert ok.status_code == 303
         assert ok.headers["location"].endswith("/runs/waiting?done=resume")
+    paged = serve(runs_dashboard(db_url, authorize=operator, secret=SECRET, page_size=3))
+    async with httpx.AsyncClient(base_url=paged.url, headers=OPERATOR) as client:
+        first = await client.get("/")
+        ids = re.findall(r'class="dash-id" href="[^"]*">([^<]+)<', first.text)
+        assert ids == ["broken", "waiting-2", "waiting"]
+        older = re.search(r'href="(\?[^"]*)" rel="next"', first.text)
+        assert older is not None
+        second = await client.get("/" + older.group(1).replace("&amp;", "&"))
+        assert re.findall(r'class="dash-id" href="[^"]*">([^<]+)<', second.text) == ["paid"]
+        assert 'rel="next"' not in second.text
+        assert 'rel="prev"' in second.text
     async with DurableRunner(db_url, handlers=flows.HANDLERS) as runner:
         deadline = time.monotonic() + 20
         while (await runner.get("waiting")).status is not RunStatus.DONE:

@@ -398,8 +398,8 @@ def _run_json(run: Run) -> dict[str, Any]:
     return out
 
 
-def _time(run: Run) -> str:
-    return run.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+def _time(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _status(run: Run) -> str:
@@ -407,8 +407,20 @@ def _status(run: Run) -> str:
 
 
 def _print_list(runs: Sequence[Run], out: TextIO) -> None:
-    rows = [("ID", "NAME", "V", "STATUS", "REV", "UPDATED (UTC)")]
-    rows += [(r.id, r.name, str(r.version), _status(r), str(r.revision), _time(r)) for r in runs]
+    # Listed by creation (newest first, as --since filters): both times are shown.
+    rows = [("ID", "NAME", "V", "STATUS", "REV", "CREATED (UTC)", "UPDATED (UTC)")]
+    rows += [
+        (
+            r.id,
+            r.name,
+            str(r.version),
+            _status(r),
+            str(r.revision),
+            _time(r.created_at),
+            _time(r.updated_at),
+        )
+        for r in runs
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
