@@ -178,25 +178,66 @@ _PUSH, _SUSPEND, _AWAIT = range(3)
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, dict, list, tuple, set})
 
 
-def _general(fn: HandlerFn, home: Tables) -> HandlerFn:
-    def classify(effect: Any) -> Any:
-        result = fn(effect)
-        rtype = type(result)
-        if rtype in _PLAIN:
-            return result
-        if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
-            raise _Signal(_PUSH, result, home)
-        if rtype is InScope:
-            raise _Signal(_PUSH, result.comp, result.scope)
-        if result is SUSPEND:
-            raise _Signal(_SUSPEND, effect)
-        if isinstance(result, BaseException):
-            raise result  # thrown into the computation at its yield
-        if getattr(rtype, "__await__", None) is not None:
-            raise _Signal(_AWAIT, result)
-        return result
+def classify(result: Any, effect: Any, home: Tables | None = None) -> Any:
+    """What the hot loop makes of a general handler's result for `effect`: a plain value is
+    returned; a computation (run in `home`, or with `None` in the home of the entry that
+    answered), an `InScope`, `SUSPEND` or an awaitable raises the interpreter's signal for it;
+    an exception is raised (thrown into the computation at its `yield`).
 
-    return classify
+    Package-internal: a `DIRECT` entry calls it on its results that are not plain values."""
+    rtype = type(result)
+    if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
+        raise _Signal(_PUSH, result, home)
+    if rtype is InScope:
+        raise _Signal(_PUSH, result.comp, result.scope)
+    if result is SUSPEND:
+        raise _Signal(_SUSPEND, effect)
+    if isinstance(result, BaseException):
+        raise result
+    if getattr(rtype, "__await__", None) is not None:
+        raise _Signal(_AWAIT, result)
+    return result
+
+
+def _general(fn: HandlerFn, home: Tables) -> HandlerFn:
+    def general(effect: Any) -> Any:
+        result = fn(effect)
+        if type(result) in _PLAIN:
+            return result
+        return classify(result, effect, home)
+
+    return general
+
+
+class _Direct:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DIRECT"
+
+
+DIRECT: Any = _Direct()
+"""The `home` an interceptor gives an entry whose function classifies its own results
+(package-internal: the effect logger's fast path). The hot loop calls such a function with no
+wrapper: it returns plain values and passes anything else through `classify` (a computation
+with no scope runs outside the interceptor, as a general entry's would). Interceptors further
+in see an ordinary general entry (its results unclassified again)."""
+
+
+def _unclassified(fn: HandlerFn, home: Tables) -> HandlerFn:
+    # A DIRECT function as an ordinary general entry, for interceptors installed inside it:
+    # the results it raised as signals come back as values.
+    def general(effect: Any) -> Any:
+        try:
+            return fn(effect)
+        except _Signal as signal:
+            if signal.kind == _PUSH:
+                return InScope(signal.payload, signal.tables or home)
+            if signal.kind == _SUSPEND:
+                return SUSPEND
+            return signal.payload
+
+    return general
 
 
 Frame = tuple[Generator[Any, Any, Any], Tables, "_Scope | None"]
@@ -228,10 +269,18 @@ def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Sco
             # An interceptor (the effect logger) rewrites entries of the handlers outside it.
             # A rewritten general entry's computations run *outside the interceptor*, where the
             # effect still reaches the original handler: `yield effect` from a wrapper works.
-            outside = Tables(fast.copy(), dict(meta), frozenset(derived))
+            # Installed first in its scope, nothing has changed the tables yet: `outer` is
+            # what is outside it.
+            outside = outer if i == 0 else Tables(fast.copy(), dict(meta), frozenset(derived))
             inst.intercept(meta)
-            for t, (fn, entry_home, owner) in list(meta.items()):
-                if outside.meta.get(t) is not meta[t]:
+            before = outside.meta.get
+            for t, entry in meta.items():  # (only values change: safe to iterate)
+                if before(t) is not entry:
+                    fn, entry_home, owner = entry
+                    if entry_home is DIRECT:
+                        meta[t] = (_unclassified(fn, outside), outside, owner)
+                        fast[t] = fn
+                        continue
                     if entry_home is not None:
                         meta[t] = (fn, outside, owner)
                     fast[t] = fn if entry_home is None else _general(fn, outside)
@@ -359,7 +408,8 @@ class Run:
                         continue
                     value = None
                     if kind == _PUSH:
-                        assert home is not None
+                        if home is None:  # from a DIRECT entry: where its entry runs them
+                            home = self._home(eff, tables)
                         if type(payload) is WithHandler:
                             frames.append(self._enter(payload, home))
                         else:
@@ -414,6 +464,15 @@ class Run:
                     tables.derived = tables.derived | {etype}
                 return fn
         return MissingHandlerError(_missing_message(eff, tables.meta))
+
+    def _home(self, eff: Any, tables: Tables) -> Tables:
+        """The home of the entry that answered `eff` (a subclass's is cached by `_resolve`)."""
+        for base in type(eff).__mro__:
+            entry = tables.meta.get(base)
+            if entry is not None and entry[1] is not None:
+                home: Tables = entry[1]
+                return home
+        raise AssertionError(f"no general entry answered {eff!r}")
 
     def _enter(self, w: WithHandler[Any], tables: Tables) -> Frame:
         gen = _start_generator(w.comp)

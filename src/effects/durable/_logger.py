@@ -21,8 +21,8 @@ from .._exceptions import (
     MissingHandlerError,
     SerializationError,
 )
-from .._handler import Entry, Handler, HandlerFn, Table, WithHandler, handles
-from .._interpreter import SUSPEND, InScope, returning
+from .._handler import Handler, HandlerFn, Table, WithHandler, handles
+from .._interpreter import DIRECT, SUSPEND, InScope, classify, returning
 from .._outcome import Throw
 from .._std.call import Call
 from .._std.control import Yield
@@ -32,6 +32,7 @@ from ._effects import (
     Checkpoint,
     StartTimer,
     _idempotency_key,
+    _outside,
     is_at_most_once,
     needs_outside,
 )
@@ -39,6 +40,7 @@ from ._identity import type_name
 from ._log import Log, LogEntry, check_log, make_entry, make_log
 from ._loop import LoopHandle, LoopState, NextIteration
 from ._serialize import (
+    EffectInfo,
     _infos,
     _lookup,
     codec,
@@ -100,6 +102,20 @@ def cancellation(entries: Sequence[LogEntry]) -> tuple[bool, Any]:
 
 # The entry recording a sleep's wake-up time; the sleep's own entry follows it once it is over.
 _TIMER = "effects.durable.Timer"
+
+# What `intercept` does with an entry, by effect type: leave it (raising an error is
+# deterministic), wrap it as a sleep, or wrap it as any other effect.
+_THROW, _SLEEP, _OTHER = "throw", "sleep", "other"
+_kinds: dict[type, str] = {}
+
+
+def _kind(t: type) -> str:
+    kind = _kinds[t] = (
+        _THROW if issubclass(t, Throw) else _SLEEP if issubclass(t, Sleep) else _OTHER
+    )
+    return kind
+
+
 _PRIMITIVE = (str, int, float, bool, type(None))
 # Entry timestamps: wall-clock UTC epoch seconds, read once when a recorded effect is
 # dispatched and once when it completes.
@@ -127,14 +143,29 @@ def _deliver(value: Any) -> Any:
     return value
 
 
-class _General:
-    """Marks a rewritten entry as general (its results are classified); the interpreter runs
-    a general wrapper's computations outside the interceptor."""
+# An effect recorded on the fast path (an in-memory handler's plain result), kept in this form
+# until the log is read: building a `LogEntry` (and the fingerprint) per effect cost more than
+# the rest of recording. `_entry` turns it into one; `_seq_of` reads its position either way.
+# (seq, effect name, args, result as JSON, started_at, ended_at)
+_Recorded = tuple[int, str, dict[str, Any], Any, float, float]
+_Kept = LogEntry | _Recorded
 
-    __slots__ = ()
+
+def _entry(r: _Recorded) -> LogEntry:
+    seq, name, args, result, started_at, ended_at = r
+    fp = fingerprint(args)
+    return make_entry(seq, name, fp, args, "done", result, None, started_at, ended_at)
 
 
-_GENERAL: Any = _General()
+def _raised(result: Any) -> Any:
+    # The logger's own handlers are pure (no classifier around them): errors are raised.
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _seq_of(e: _Kept) -> int:
+    return e[0] if type(e) is tuple else e.seq  # type: ignore[union-attr]
 
 
 class _RecordedAwait:
@@ -265,6 +296,10 @@ class EffectLogger(Handler):
     `logger.log` is the current log of the logger's latest installation (a snapshot).
     """
 
+    # Its own effects (patch markers, loop state) answer plain values and raise their errors:
+    # no classifier around them.
+    pure = True
+
     def __init__(
         self,
         log: Log | None = None,
@@ -298,6 +333,7 @@ class EffectLogger(Handler):
         self._version = version
         self._run_id: str = run_id or (log.run_id if log is not None else None) or _new_id()
         self._installed: EffectLogger | None = None
+        self._fresh = True
         self._reset()
 
     def _reset(self) -> None:
@@ -305,7 +341,9 @@ class EffectLogger(Handler):
         self._old: list[LogEntry] = list(given.entries) if given is not None else []
         self._n_old = len(self._old)
         self._cursor = 0
-        self._entries: list[LogEntry] = []
+        self._entries: list[_Kept] = []
+        # Entries before this index are all `LogEntry`s (see `_materialized`).
+        self._built = 0
         self._next_seq = 0
         self._diverged: DivergenceError | MissingHandlerError | None = None
 
@@ -329,7 +367,28 @@ class EffectLogger(Handler):
         return inst._snapshot()
 
     def _snapshot(self) -> Log:
-        return make_log(self._computation, self._version, self._run_id, list(self._entries))
+        return make_log(self._computation, self._version, self._run_id, self._materialized())
+
+    def _materialized(self) -> list[LogEntry]:
+        """The entries, as `LogEntry`s (built in place, once each)."""
+        entries = self._entries
+        n = len(entries)
+        for i in range(self._built, n):
+            e = entries[i]
+            if type(e) is tuple:
+                entries[i] = _entry(e)
+        self._built = n
+        return list(entries)  # type: ignore[arg-type]
+
+    def _entry_at(self, i: int) -> LogEntry:
+        e = self._entries[i]
+        if type(e) is tuple:
+            e = self._entries[i] = _entry(e)
+        return e  # type: ignore[return-value]
+
+    def _truncate(self, n: int) -> None:
+        del self._entries[n:]
+        self._built = min(self._built, n)
 
     def __repr__(self) -> str:
         return f"EffectLogger(run_id={self._run_id!r})"
@@ -337,6 +396,11 @@ class EffectLogger(Handler):
     # -- handler hooks ----------------------------------------------------------------------
 
     def install(self) -> EffectLogger:
+        if self._fresh:
+            # The first installation uses the logger itself (its state is as `_reset` left
+            # it); later ones get a copy each.
+            self._fresh = False
+            return self
         inst = _new(EffectLogger)
         inst.__dict__.update(self.__dict__)
         inst._reset()
@@ -346,23 +410,32 @@ class EffectLogger(Handler):
 
     def intercept(self, table: Table) -> None:
         # What is handled in this scope: a recorded effect that nothing handles now is a
-        # missing handler, not a change of the code (see `_divergence`).
+        # missing handler, not a change of the code (see `_divergence`). A copy of the keys:
+        # the table itself would make the scope a reference cycle, left to the cyclic GC.
         self._in_scope: frozenset[type] | None = frozenset(table)
         # Decided once per scope: replayable handlers keep their entries (the State/Reader fast
         # path is untouched), handlers with a `replay` method are switched to it while
         # replaying, every other entry (Throw aside) is replaced by a recording wrapper. The
-        # wrappers are general entries: computations they return run outside the logger, where
-        # `yield effect` reaches the original handler.
-        for t, (fn, home, owner) in list(table.items()):
+        # wrappers are DIRECT entries (the hot loop calls them with no classifier: they
+        # classify their own results that are not plain values), and computations they hand
+        # over run outside the logger, where `yield effect` reaches the original handler.
+        for t, (fn, home, owner) in table.items():  # (only values change: safe)
             if owner.replayable:
                 replay = getattr(owner, "replay", None)
                 if replay is not None:
                     table[t] = (self._quiet(fn, replay), home, owner)
                 continue
-            if issubclass(t, Throw):  # raising an error is deterministic
+            try:
+                kind = _kinds[t]
+            except KeyError:
+                kind = _kind(t)
+            if kind is _THROW:  # raising an error is deterministic
                 continue
-            entry: Entry = (self._wrapper(fn, home, owner, issubclass(t, Sleep)), _GENERAL, owner)
-            table[t] = entry
+            if kind is _SLEEP or owner.external or getattr(owner, "at_most_once", False):
+                wrapper = self._logged_outside(owner)
+            else:
+                wrapper = self._logged(fn, home)
+            table[t] = (wrapper, DIRECT, owner)
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[EffectLogger] = self._snapshot()
@@ -395,81 +468,107 @@ class EffectLogger(Handler):
 
         return quiet
 
-    def _wrapper(self, fn: HandlerFn, home: Any, owner: Handler, sleep: bool) -> HandlerFn:
+    def _logged_outside(self, owner: Handler) -> HandlerFn:
+        """The wrapper of an external or at-most-once handler's entry, or of a sleep (which
+        records its wake-up time first): the effect runs outside the logger (`_perform`)."""
         external = bool(owner.external)
         amo = is_at_most_once(owner)
-        if external or amo or sleep:
-            # A sleep records its wake-up time first (`_sleep`), so it takes this path too.
 
-            def logged_outside(effect: Any) -> Any:
-                if self._cursor < self._n_old:
-                    return self._replay(effect, external, amo)
-                return self._live(effect, external, amo)
-
-            return logged_outside
-
-        pure = home is None
-
-        # The fast path for in-memory handlers: call the handler directly and record its plain
-        # result; only a computation or an awaitable result needs more machinery.
-        infos = _infos
-        entries = self._entries
-
-        def logged(effect: Any) -> Any:
+        def logged_outside(effect: Any) -> Any:
             if self._cursor < self._n_old:
-                return self._replay(effect, False, False)
+                return classify(self._replay(effect, external, amo), effect)
+            return classify(self._live(effect, external, amo), effect)
+
+        return logged_outside
+
+    def _logged(self, fn: HandlerFn, home: Any) -> HandlerFn:
+        """The wrapper of an in-memory handler's entry: the fast path calls the handler itself
+        and keeps a plain result as a tuple (`_Recorded`); anything else goes through
+        `_settle_result`. `home`: the wrapped entry's (None for a pure handler)."""
+
+        # Everything it uses is bound as a default: one function object per entry and no
+        # closure cells to create, and local reads on the per-effect path.
+        def logged(
+            effect: Any,
+            self: EffectLogger = self,
+            fn: HandlerFn = fn,
+            home: Any = home,
+            entries: list[_Kept] = self._entries,
+            infos: dict[type, EffectInfo] = _infos,
+            outside: dict[type, bool] = _outside,
+            now: Callable[[], float] = _now,
+        ) -> Any:
+            if self._cursor < self._n_old:
+                return classify(self._replay(effect, False, False), effect)
             t = type(effect)
             try:
                 info = infos[t]
             except KeyError:
                 info = effect_info(t)
-            if needs_outside(t):
-                return self._live(effect, False, False)
             try:
-                args = info.dump_args(effect)
-            except SerializationError as err:
-                return err
+                elsewhere = outside[t]
+            except KeyError:
+                elsewhere = needs_outside(t)
+            if elsewhere:
+                return classify(self._live(effect, False, False), effect)
+            args = info.dump_args(effect)  # a SerializationError goes to the computation
             seq = self._next_seq
             self._next_seq = seq + 1
-            start = _now()
+            start = now()
             try:
                 result = fn(effect)
             except Exception as err:
                 self._record_error(effect, seq, args, err, start)
-                return err
+                raise
             except Cancellation as cancel:  # a handler's own cancelled sub-computation
                 self._record_cancelled(effect, seq, args, cancel.reason, start)
                 raise
-            if not pure:
-                rtype = type(result)
-                if rtype not in _PRIMITIVE:
-                    # The fast path called the handler itself: its computation (or an inner
-                    # interceptor's) runs where the handler meant it to, `home`, not outside us.
-                    if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
-                        comp = self._complete(result, effect, seq, args, start)
-                        return InScope(comp, home)
-                    if rtype is InScope:
-                        comp = self._complete(result.comp, effect, seq, args, start)
-                        return InScope(comp, result.scope)
-                    if isinstance(result, BaseException):
-                        self._record_error(effect, seq, args, result, start)
-                        return result
-                    if result is SUSPEND:
-                        return result  # only a Yield suspends, and Yield goes the other way
-                    if inspect.isawaitable(result):
-                        return _RecordedAwait(result, self, effect, seq, args, start)
-            end = _now()
-            try:
-                data = (info.codec or result_codec(effect)).dump(result, info.where)
-            except SerializationError as err:
-                self._record_error(effect, seq, args, err, start)
-                return err
-            entries.append(
-                make_entry(seq, info.name, fingerprint(args), args, "done", data, None, start, end)
-            )
-            return result
+            end = now()
+            rtype = type(result)
+            if rtype in info.raw or (rtype is str and info.text and result.isascii()):
+                entries.append((seq, info.name, args, result, start, end))
+                return result
+            return self._settle_result(effect, info, seq, args, result, start, end, home)
 
         return logged
+
+    def _settle_result(
+        self,
+        effect: Any,
+        info: EffectInfo,
+        seq: int,
+        args: dict[str, Any],
+        result: Any,
+        start: float,
+        end: float,
+        home: Any,
+    ) -> Any:
+        """Record (or hand over) a result of `logged` that is not a plain scalar. `home`: the
+        wrapped entry's home, None for a pure handler (whose results are values as they are)."""
+        if home is not None:
+            rtype = type(result)
+            # The fast path called the handler itself: its computation (or an inner
+            # interceptor's) runs where the handler meant it to, `home`, not outside us.
+            if rtype is GeneratorType or rtype is Comp or rtype is WithHandler:
+                comp = self._complete(result, effect, seq, args, start)
+                return classify(InScope(comp, home), effect)
+            if rtype is InScope:
+                comp = self._complete(result.comp, effect, seq, args, start)
+                return classify(InScope(comp, result.scope), effect)
+            if isinstance(result, BaseException):
+                self._record_error(effect, seq, args, result, start)
+                raise result
+            if result is SUSPEND:
+                return classify(result, effect)  # only a Yield suspends; Yield goes elsewhere
+            if inspect.isawaitable(result):
+                return classify(_RecordedAwait(result, self, effect, seq, args, start), effect)
+        try:
+            data = (info.codec or result_codec(effect)).dump(result, info.where)
+        except SerializationError as err:
+            self._record_error(effect, seq, args, err, start)
+            raise
+        self._entries.append((seq, info.name, args, data, start, end))
+        return result
 
     def _record_done(
         self, effect: Any, seq: int, args: dict[str, Any], result: Any, start: float
@@ -708,15 +807,17 @@ class EffectLogger(Handler):
         entries = self._entries
         if pending:
             for i in range(len(entries) - 1, -1, -1):
-                if entries[i].seq == seq:
+                if _seq_of(entries[i]) == seq:
                     entries[i] = entry
                     return
         entries.append(entry)
 
     def _drop(self, seq: int) -> None:
         entries = self._entries
-        if entries and entries[-1].seq == seq and entries[-1].status == "pending":
-            entries.pop()
+        if entries:
+            last = entries[-1]
+            if type(last) is LogEntry and last.seq == seq and last.status == "pending":
+                self._truncate(len(entries) - 1)
 
     def _replay(self, effect: Any, external: bool, amo: bool) -> Any:
         m = self._match(effect)
@@ -859,6 +960,17 @@ class EffectLogger(Handler):
     # -- versioning and loops (the logger's own effects) -----------------------------------
 
     @handles(Patched)
+    def _on_patched(self, effect: Patched) -> Any:
+        return _raised(self._patched(effect))
+
+    @handles(LoopState)
+    def _on_loop_state(self, effect: LoopState) -> Any:
+        return _raised(self._loop_state(effect))
+
+    @handles(NextIteration)
+    def _on_next_iteration(self, effect: NextIteration) -> Any:
+        return _raised(self._next_iteration(effect))
+
     def _patched(self, effect: Patched) -> Any:
         if self._cursor >= self._n_old:
             args = {"patch_id": effect.patch_id}
@@ -885,7 +997,6 @@ class EffectLogger(Handler):
         # The run passed this point before the patch existed.
         return False
 
-    @handles(LoopState)
     def _loop_state(self, effect: LoopState) -> Any:
         state_codec = codec(effect.state_type)
         if self._cursor < self._n_old:
@@ -941,7 +1052,6 @@ class EffectLogger(Handler):
         )
         return self._diverged
 
-    @handles(NextIteration)
     def _next_iteration(self, effect: NextIteration) -> Any:
         handle: LoopHandle = effect.handle
         if self._cursor < self._n_old:
@@ -957,11 +1067,11 @@ class EffectLogger(Handler):
             return err
         entries = self._entries
         index = handle.index
-        if index >= len(entries) or entries[index].seq != handle.seq:
+        if index >= len(entries) or _seq_of(entries[index]) != handle.seq:
             return EffectsError(f"the log lost the state entry of loop {handle.key!r}")
-        head = entries[index]
+        head = self._entry_at(index)
         # Prune: the completed iteration's entries go, one entry holds the new state.
-        del entries[index:]
+        self._truncate(index)
         handle.iteration += 1
         seq = self._next_seq
         self._next_seq = seq + 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import operator
 import sys
 import typing
 from collections.abc import Callable
@@ -124,30 +123,35 @@ def _no_args(effect: Any) -> dict[str, Any]:
     return {}
 
 
+# JSON values as they are: nothing to check, nothing to copy.
+_RAW: frozenset[type] = frozenset({int, bool, type(None)})
+
+
 def _make_dumper(effect_type: type) -> ArgDumper:
     fields = _arg_fields(effect_type)
     if not fields:
         return _no_args
-    getter: Callable[[Any], Any] = operator.attrgetter(*("_" + f for f in fields))
-    if len(fields) == 1:
-        (only,) = fields
-
-        def dump_one(effect: Any) -> dict[str, Any]:
-            v = getter(effect)
-            if type(v) in _PRIMITIVE and _plain(v):
-                return {only: v}
-            return _dump_slow(effect)
-
-        return dump_one
-
-    def dump_many(effect: Any) -> dict[str, Any]:
-        values = getter(effect)
-        for v in values:
-            if type(v) not in _PRIMITIVE or not _plain(v):
-                return _dump_slow(effect)
-        return dict(zip(fields, values, strict=True))
-
-    return dump_many
+    # Generated per type, as `Effect` generates its `__init__`: each slot read directly and
+    # each scalar checked inline (ASCII text and finite floats need no further check) costs
+    # about half of a generic loop over an `attrgetter` tuple. Anything else takes the
+    # general path, which encodes and checks it.
+    reads = "".join(
+        f"    v{i} = effect._{f}\n    t{i} = type(v{i})\n" for i, f in enumerate(fields)
+    )
+    checks = " and ".join(
+        f"(t{i} in _RAW or (t{i} is str and v{i}.isascii())"
+        f" or (t{i} is float and v{i} - v{i} == 0))"  # NaN and infinities are not finite
+        for i in range(len(fields))
+    )
+    items = ", ".join(f"{f!r}: v{i}" for i, f in enumerate(fields))
+    source = (
+        f"def dump_args(effect):\n{reads}"
+        f"    if {checks}:\n        return {{{items}}}\n    return _dump_slow(effect)\n"
+    )
+    env: dict[str, Any] = {"_RAW": _RAW, "_dump_slow": _dump_slow}
+    exec(source, env)
+    dumper: ArgDumper = env["dump_args"]
+    return dumper
 
 
 _dumpers: dict[type, ArgDumper] = {}
@@ -427,9 +431,13 @@ def result_codec(effect: Any) -> Codec:
 
 
 class EffectInfo:
-    """What recording needs to know about one effect type, computed once."""
+    """What recording needs to know about one effect type, computed once.
 
-    __slots__ = ("codec", "dump_args", "name", "where")
+    `raw`: the result types stored as they are, with nothing to check (what the declared type
+    keeps unchanged: `int` for `Effect[int]`, any JSON scalar but a float for an undeclared
+    one); `text`: whether ASCII text is, too (other text is checked for lone surrogates)."""
+
+    __slots__ = ("codec", "dump_args", "name", "raw", "text", "where")
 
     def __init__(self, effect_type: type) -> None:
         self.name = effect_name(effect_type)
@@ -439,6 +447,15 @@ class EffectInfo:
         self.codec: Codec | None = (
             None if effect_type is Yield or effect_type is Call else _declared_codec(effect_type)
         )
+        c = self.codec
+        self.raw: frozenset[type] = frozenset()
+        self.text = False
+        if c is not None and c.kind == "primitive":
+            self.raw = _RAW & {c.tp}
+            self.text = c.tp is str
+        elif c is not None and c.kind == "untyped" and c.tp in (Any, object):
+            self.raw = _RAW
+            self.text = True
 
 
 _infos: dict[type, EffectInfo] = {}
