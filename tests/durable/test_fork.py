@@ -184,14 +184,16 @@ async def test_kill_mid_fork_leaves_no_half_run(
         assert await runner.recover() == []
 
 
+@pytest.mark.parametrize("kill_at", ["before:2", "after:2", "before:3", "after:3"])
 async def test_kill_after_fork_committed_is_recovered(
-    url: str, flows: ModuleType, counter: str
+    url: str, flows: ModuleType, counter: str, kill_at: str
 ) -> None:
-    """Killed after the fork committed, in the new run's first live effect: `recover()`
-    finishes the fork with the stored answer, each of its effects applied once."""
+    """Killed after the fork committed, before or after either effect the new run performs
+    live: `recover()` finishes the fork with the stored answer; each effect is applied once,
+    and only the one a kill cut off after it ran was attempted twice."""
     await source_run(url, flows, counter)
     done = ops_worker("--db", url, "--action", "fork", "--run-id", "src", "--at", "4",
-                      "--answer", "100", "--new-id", "f", "--kill-at", "after:2",
+                      "--answer", "100", "--new-id", "f", "--kill-at", kill_at,
                       "--owner", "ops")  # fmt: skip
     assert done.returncode == -signal.SIGKILL, done.stderr
     async with DurableRunner(url, handlers=flows.HANDLERS, owner="ops") as runner:
@@ -200,5 +202,9 @@ async def test_kill_after_fork_committed_is_recovered(
         assert run.id == "f"
         assert run.outcome is not None
         assert run.outcome.value == ANSWERED + 100  # type: ignore[union-attr]
-    _, applied = flows.read_counter(counter)
+    attempts, applied = flows.read_counter(counter)
     assert sorted(k for k, _ in applied if k.startswith("f:")) == ["f:6", "f:8"]
+    tried = [k for k, _ in attempts if k.startswith("f:")]
+    when, _, i = kill_at.partition(":")
+    repeated = {k for k in tried if tried.count(k) > 1}
+    assert repeated == ({f"f:{6 if i == '2' else 8}"} if when == "after" else set())

@@ -194,13 +194,18 @@ async def test_purge_cli(tmp_path: Path) -> None:
     ]
 
 
-async def test_kill_mid_purge_leaves_whole_batches(url: str) -> None:
-    """Killed (-9) inside the second batch's transaction (one run per batch): the first run is
-    gone with all its rows, the second is whole, log and tree included."""
+@pytest.mark.parametrize(
+    "statement",
+    ["DELETE FROM effects_log", "DELETE FROM effects_task_trees", "DELETE FROM effects_runs"],
+)
+async def test_kill_mid_purge_leaves_whole_batches(url: str, statement: str) -> None:
+    """Killed (-9) inside the second batch's transaction (one run per batch), after any of its
+    statements: the first run is gone with all its rows, the second is whole, log and tree
+    included."""
     await make_runs(url)
     before = await rows(url)
     done = worker("ops_worker.py", "--db", url, "--action", "purge", "--older-than",
-                  str(30 * DAY), "--batch", "1", "--kill-sql", "DELETE FROM effects_task_trees",
+                  str(30 * DAY), "--batch", "1", "--kill-sql", statement,
                   "--kill-nth", "2")  # fmt: skip
     assert done.returncode == -signal.SIGKILL, done.stderr
     after = await rows(url)
