@@ -333,3 +333,38 @@ def test_nested_loggers_record_the_same_entries(answer_with: str) -> None:
     assert [(e.effect, e.args, e.result) for e in inner_logs[-1].entries] == [
         (e.effect, e.args, e.result) for e in inner_log.entries
     ]
+
+
+def test_a_ci_replay_stops_before_an_in_memory_effect_past_the_log() -> None:
+    """`replay` (the CI check) wraps the logger's recording wrappers: an in-memory effect the
+    log does not hold yet ends the replay instead of reaching its handler."""
+    from effects import computation
+    from effects.durable import replay
+
+    calls: list[int] = []
+
+    @computation(name="t.recording.two_scores")
+    def two_scores() -> Generator[Any, Any, Any]:
+        first = yield Score(1)
+        return first + (yield Score(2))
+
+    def score(e: Score) -> int:
+        calls.append(e.n)
+        return e.n
+
+    logs: list[Log] = []
+    comp = two_scores()
+    assert start(
+        with_handler(comp, EffectLogger(on_log=logs.append)), handler({Score: score})
+    ) == Done(3)
+    cut = Log(
+        computation=logs[0].computation,
+        version=logs[0].version,
+        run_id=logs[0].run_id,
+        entries=logs[0].entries[:1],
+    )
+    calls.clear()
+    found = replay(cut, two_scores(), handler({Score: score}))
+    assert found.end == "in progress"
+    assert found.entries == 1
+    assert calls == []

@@ -133,18 +133,34 @@ def _log_problem(entries: Sequence[LogEntry]) -> str | None:
 
 
 def check_log(log: Any) -> Log:
-    """Check a log handed to the logger (it may have been built without validation)."""
+    """Check a log handed to the logger (it may have been built without validation, or its
+    entry list changed since)."""
     if not isinstance(log, Log):
         raise LogError(f"expected a Log, got {type(log).__name__}")
-    problem = _log_problem(log.entries)
-    if problem is None:
-        for e in log.entries:
-            if not isinstance(e, LogEntry):
-                problem = f"expected LogEntry items, got {type(e).__name__}"
-                break
-            problem = _entry_problem(e)
-            if problem:
-                break
+    entries = log.entries
+    last = -1
+    n = len(entries)
+    # One pass with the common case inline: a cold resume checks every entry of the log.
+    for i, e in enumerate(entries):
+        if type(e) is not LogEntry and not isinstance(e, LogEntry):
+            problem: str | None = f"expected LogEntry items, got {type(e).__name__}"
+            break
+        seq = e.seq
+        if seq <= last:
+            problem = f"entry seq {seq} after seq {last}: positions must strictly increase"
+            break
+        last = seq
+        status = e.status
+        if status == "done" and e.error is None:
+            continue
+        if status == "pending" and i != n - 1:
+            problem = f"entry {seq} is pending but is not the last entry"
+            break
+        problem = _entry_problem(e)
+        if problem:
+            break
+    else:
+        problem = None
     if problem:
         raise LogError(f"not a valid effect log: {problem}")
     return log

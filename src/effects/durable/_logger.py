@@ -431,11 +431,7 @@ class EffectLogger(Handler):
                 kind = _kind(t)
             if kind is _THROW:  # raising an error is deterministic
                 continue
-            if kind is _SLEEP or owner.external or getattr(owner, "at_most_once", False):
-                wrapper = self._logged_outside(owner)
-            else:
-                wrapper = self._logged(fn, home)
-            table[t] = (wrapper, DIRECT, owner)
+            table[t] = (self._wrapper(fn, home, owner, kind is _SLEEP), DIRECT, owner)
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[EffectLogger] = self._snapshot()
@@ -468,6 +464,12 @@ class EffectLogger(Handler):
 
         return quiet
 
+    def _wrapper(self, fn: HandlerFn, home: Any, owner: Handler, sleep: bool) -> HandlerFn:
+        """The recording wrapper of one entry (a DIRECT function: see `intercept`)."""
+        if sleep or owner.external or getattr(owner, "at_most_once", False):
+            return self._logged_outside(owner)
+        return self._logged(fn, home)
+
     def _logged_outside(self, owner: Handler) -> HandlerFn:
         """The wrapper of an external or at-most-once handler's entry, or of a sleep (which
         records its wake-up time first): the effect runs outside the logger (`_perform`)."""
@@ -499,7 +501,8 @@ class EffectLogger(Handler):
             now: Callable[[], float] = _now,
         ) -> Any:
             if self._cursor < self._n_old:
-                return classify(self._replay(effect, False, False), effect)
+                value = self._replay(effect, False, False)
+                return value if type(value) in _PRIMITIVE else classify(value, effect)
             t = type(effect)
             try:
                 info = infos[t]
@@ -831,10 +834,12 @@ class EffectLogger(Handler):
         self._next_seq = m.seq + 1
         if status == "done":
             self._entries.append(m)
+            result = m.result
             try:
-                return _deliver(result_codec(effect).load(m.result))
+                result = result_codec(effect).load(result)
             except pydantic.ValidationError as err:
                 return self._bad_result(m, effect, err)
+            return result if type(result) in _PRIMITIVE else _deliver(result)
         if status == "error":
             self._entries.append(m)
             assert m.error is not None
@@ -884,14 +889,20 @@ class EffectLogger(Handler):
             if i >= self._n_old:
                 return _LIVE
             entry = old[i]
+        t = type(effect)
         try:
-            args = dump_args(effect)
+            info = _infos[t]
+        except KeyError:
+            info = effect_info(t)
+        try:
+            args = info.dump_args(effect)
         except SerializationError as err:
             return err
-        name = effect_name(type(effect))
+        name = info.name
         # A sleep's first entry is its timer (logs of earlier versions have the sleep only).
-        expected = _TIMER if entry.effect == _TIMER and isinstance(effect, Sleep) else name
-        if entry.effect != expected or (
+        logged_as = entry.effect
+        expected = _TIMER if logged_as == _TIMER and isinstance(effect, Sleep) else name
+        if logged_as != expected or (
             entry.fingerprint != fingerprint(args)
             # An entry written before the canonical argument form (callables by name only,
             # sets in iteration order) matches that older form of the same arguments.
