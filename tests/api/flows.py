@@ -55,11 +55,12 @@ def tokens(token: str) -> str | None:
     return user if user != token and user.isalnum() else None
 
 
-def build(url: str, **api: Any) -> Starlette:
-    """Pages at / and the JSON API at /api (cookies and bearer tokens) over one runner."""
+def build(url: str, *, queue: str | None = None, **api: Any) -> Starlette:
+    """Pages at / and the JSON API at /api (cookies and bearer tokens) over one runner;
+    with `queue`, the API enqueues runs on it instead of starting them."""
     live = run_app(signup, secret=SECRET, url=url, lease=5.0)
     options: dict[str, Any] = {"bearer": tokens, **api}
-    spec = ApiComputation(signup, prompts=[Plan])
+    spec = ApiComputation(signup, prompts=[Plan], queue=queue)
     live.route(
         Mount(
             "/api",

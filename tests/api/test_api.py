@@ -266,3 +266,15 @@ async def test_starts_are_rate_limited(serve: Serve, db_url: str) -> None:
         assert int(refused.headers["retry-after"]) >= 1
         assert len((await api.get("/runs")).json()["runs"]) == 2
         await started(bob)
+
+
+async def test_a_queued_computation_is_enqueued(serve: Serve, db_url: str) -> None:
+    """`ApiComputation(queue=...)`: the start enqueues the run for workers (nothing runs in
+    the web process); cancelling it ends it without running."""
+    server = serve(build(db_url, queue="signups"))
+    async with bearer(server.url, "ada") as api:
+        run = await started(api)
+        assert run["status"] == "queued"
+        assert (await api.get(f"/runs/{run['id']}")).json()["status"] == "queued"
+        cancelled = await api.post(f"/runs/{run['id']}/cancel")
+        assert cancelled.json()["status"] == "cancelled"
