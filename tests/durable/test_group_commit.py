@@ -244,3 +244,77 @@ async def test_a_process_killed_at_a_group_commit_keeps_all_or_none(
     keys = [key for key, _ in applied]
     assert len(keys) == len(set(keys)) == runs * steps
     assert max(Counter(key for key, _ in attempts).values()) <= 2
+
+
+async def test_a_lone_runs_checkpoint_commits_inline_unless_the_lock_is_taken(
+    tmp_path: Path,
+) -> None:
+    """On SQLite (WAL, synchronous=NORMAL) a run's write that follows its own previous one
+    (its creation, then checkpoints) is committed in the event loop's thread, without waiting
+    for a lock: while another connection holds the write lock, it waits on the connection's
+    thread instead (the loop goes on), and commits once the lock is free."""
+    path = tmp_path / "runs.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert store._fast is not None
+        await store.insert(row("r1"), lease=30)
+        rows = LogRows("r1")
+        log = [entry(0)]
+        revision, _ = await store.checkpoint("r1", revision=1, owner="me", changes={},
+                                             log=rows.diff(log))  # fmt: skip
+        log.append(entry(1))
+        revision, _ = await store.checkpoint("r1", revision=revision, owner="me", changes={},
+                                             log=rows.diff(log))  # fmt: skip
+        assert store._fast.inline_commits == 2  # the creation went through the thread
+
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        done: list[tuple[int, bool]] = []
+
+        async def third() -> None:
+            log.append(entry(2))
+            done.append(await store.checkpoint("r1", revision=revision, owner="me",
+                                               changes={}, log=rows.diff(log)))  # fmt: skip
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(third)
+            await anyio.wait_all_tasks_blocked()  # the checkpoint waits for the lock, the loop runs
+            assert done == []
+            holder.execute("COMMIT")
+        holder.close()
+        assert done == [(4, False)]
+        assert store._fast.inline_commits == 2  # the third went through the thread
+        _, entries = await store.load("r1")
+        assert [e.seq for e in entries] == [0, 1, 2]
+    finally:
+        await store.aclose()
+
+
+async def test_runs_created_together_a_taken_id_fails_alone(url: str) -> None:
+    """Runs created at the same moment are created in one group; one whose id is taken gets
+    ConflictError, the others exist."""
+    store = await Store.open(url)
+    try:
+        await store.insert(row("taken"), lease=30)
+        assert store._group is not None
+        before = store._group.groups
+        errors: dict[str, Exception] = {}
+
+        async def create(run_id: str) -> None:
+            try:
+                await store.insert(row(run_id), lease=30)
+            except ConflictError as err:
+                errors[run_id] = err
+
+        async with anyio.create_task_group() as tg:
+            for run_id in ("first", "a", "taken", "b"):  # "first" alone, then a group
+                tg.start_soon(create, run_id)
+        assert store._group.groups - before == 2
+        assert list(errors) == ["taken"]
+        assert "already exists" in str(errors["taken"])
+        for run_id in ("first", "a", "b"):
+            got = await store.get(run_id)
+            assert (got.revision, got.lease_owner) == (1, "me")
+            assert got.lease_expires is not None
+    finally:
+        await store.aclose()

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -396,6 +397,24 @@ class _Checkpoint:
         self.lease = lease
 
 
+class _Insert:
+    """A new run's row waiting for its group (a run's creation is a write like a checkpoint:
+    many runs started at once are created together)."""
+
+    __slots__ = ("lease", "row")
+
+    def __init__(self, row: RunRow, lease: float | None) -> None:
+        self.row = row
+        self.lease = lease
+
+    @property
+    def run_id(self) -> str:
+        return self.row.id
+
+
+_Write = _Checkpoint | _Insert
+
+
 class _Thread:
     """One dedicated thread that runs functions for the event loop, one at a time.
 
@@ -438,6 +457,9 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
             future.set_result(result)
 
 
+_WAL_CHECKPOINT_BYTES = 4 << 20  # SQLite's own default: 1,000 pages of 4 KiB
+
+
 class _SQLiteCheckpoints:
     """Checkpoints on SQLite through one dedicated connection on one thread, outside
     SQLAlchemy, a whole group of checkpoints per round trip to that thread.
@@ -456,8 +478,20 @@ class _SQLiteCheckpoints:
         self.pragmas = pragmas
         self.db: sqlite3.Connection | None = None
         self.thread: _Thread | None = None
+        # Inline commits in the event loop's thread, for a lone run (see `commit_group`).
+        self.inline: sqlite3.Connection | None = None
+        self.can_inline = pragmas["journal_mode"] == "WAL" and pragmas["synchronous"] in (
+            "NORMAL",
+            "OFF",
+        )
+        self.last: str | None = None
+        self.inline_commits = 0
         self.updates: dict[tuple[frozenset[str], bool], tuple[str, tuple[str, ...]]] = {}
         self.insert = self._sql(S.log.insert())[0]
+        run_values: dict[str, Any] = {f: sa.bindparam(f) for f in _ROW_FIELDS}
+        self.insert_run = self._sql(S.runs.insert().values(run_values))
+        run_values["lease_expires"] = db_now() + sa.bindparam("w_lease", type_=sa.Double())
+        self.insert_leased_run = self._sql(S.runs.insert().values(run_values))
         self.rewrite = self._sql(
             S.log.update()
             .where(S.log.c.run_id == sa.bindparam("r"), S.log.c.seq == sa.bindparam("s"))
@@ -493,13 +527,14 @@ class _SQLiteCheckpoints:
             compiled = self.updates[keys, lease] = self._sql(stmt)
             return compiled
 
-    def _open(self) -> sqlite3.Connection:
-        # In the connection's thread. Autocommit mode: the transaction and its savepoints are
-        # issued explicitly.
+    def _open(self, busy_timeout: int | None = None) -> sqlite3.Connection:
+        # Autocommit mode: the transaction and its savepoints are issued explicitly.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if busy_timeout is None:
+            busy_timeout = int(self.pragmas["busy_timeout"])
         try:
             for pragma in (
-                f"busy_timeout={int(self.pragmas['busy_timeout'])}",
+                f"busy_timeout={busy_timeout}",
                 f"synchronous={self.pragmas['synchronous']}",
                 "foreign_keys=ON",
             ):
@@ -510,23 +545,61 @@ class _SQLiteCheckpoints:
         return db
 
     async def connect(self) -> None:
-        """Start the thread and open the connection on it."""
+        """Start the thread and open the connections."""
         if self.thread is None:
             self.thread = _Thread(f"effects-sqlite-checkpoints:{self.path}")
         if self.db is None:
             self.db = await self.thread.run(self._open)
+        if self.inline is None and self.can_inline:
+            # Never waits for the write lock (busy_timeout 0) and never checkpoints the WAL
+            # by itself (that fsyncs): the loop's thread must not block.
+            inline = self._open(busy_timeout=0)
+            inline.execute("PRAGMA wal_autocheckpoint=0")
+            self.inline = inline
 
-    async def commit_group(self, group: Sequence[_Checkpoint]) -> list[bool | Exception | None]:
+    async def commit_group(self, group: Sequence[_Write]) -> list[bool | Exception | None]:
         """Commit `group` in one transaction: per checkpoint whether a cancel was requested,
-        None if its guarded UPDATE matched no row, or its own error."""
+        None if its guarded UPDATE matched no row, or its own error.
+
+        A lone run's checkpoint (the previous one committed was the same run's, alone) is
+        committed in the calling thread when the mode never syncs at a commit (WAL with
+        `synchronous=NORMAL` or OFF) and the write lock is free at once: a round trip to the
+        connection's thread would cost more than the commit itself. Everything else (groups,
+        a busy lock, modes that fsync) goes to the connection's thread."""
         await self.connect()
         assert self.thread is not None
-        results: list[bool | Exception | None] = await self.thread.run(self._commit, group)
-        return results
+        assert self.db is not None
+        last, self.last = self.last, (group[0].run_id if len(group) == 1 else None)
+        if self.inline is not None and self.last is not None and self.last == last:
+            try:
+                results = self._commit(self.inline, group)
+            except sqlite3.OperationalError as err:
+                if err.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                # Another connection holds the write lock: nothing was written; wait for it
+                # on the connection's thread instead.
+            else:
+                self.inline_commits += 1
+                if self.inline_commits % 256 == 0:
+                    await self._maybe_checkpoint_wal()
+                return results
+        commit: list[bool | Exception | None] = await self.thread.run(self._commit, self.db, group)
+        return commit
 
-    def _commit(self, group: Sequence[_Checkpoint]) -> list[bool | Exception | None]:
-        db = self.db
-        assert db is not None
+    async def _maybe_checkpoint_wal(self) -> None:
+        # The thread's connection checkpoints the WAL automatically after its own commits
+        # (every 1,000 pages); a lone run committing inline only would let the WAL grow.
+        try:
+            # A stat of a local file: microseconds, like the inline commit itself.
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size > _WAL_CHECKPOINT_BYTES and self.thread is not None and self.db is not None:
+            await self.thread.run(self.db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _commit(
+        self, db: sqlite3.Connection, group: Sequence[_Write]
+    ) -> list[bool | Exception | None]:
         db.execute("BEGIN IMMEDIATE")
         try:
             results = self._write(db, group)
@@ -538,7 +611,7 @@ class _SQLiteCheckpoints:
         return results
 
     def _write(
-        self, db: sqlite3.Connection, group: Sequence[_Checkpoint]
+        self, db: sqlite3.Connection, group: Sequence[_Write]
     ) -> list[bool | Exception | None]:
         """The statements of a group, inside its transaction. With several checkpoints each
         is in a savepoint of its own, so one that fails is undone alone and reported to its
@@ -559,7 +632,16 @@ class _SQLiteCheckpoints:
                 db.execute("RELEASE effects_checkpoint")
         return results
 
-    def _one(self, db: sqlite3.Connection, c: _Checkpoint) -> bool | None:
+    def _one(self, db: sqlite3.Connection, c: _Write) -> bool | None:
+        if isinstance(c, _Insert):
+            sql, names = self.insert_run if c.lease is None else self.insert_leased_run
+            params = {f: getattr(c.row, f) for f in _ROW_FIELDS}
+            params["w_lease"] = c.lease
+            try:
+                db.execute(sql, [params[n] for n in names])
+            except sqlite3.IntegrityError:
+                return None  # the id is taken (the failed statement undid itself)
+            return False
         sql, names = self._update(frozenset(c.values), c.lease is not None)
         params = {
             **c.values,
@@ -582,6 +664,9 @@ class _SQLiteCheckpoints:
         return bool(rows[0][0])
 
     async def aclose(self) -> None:
+        inline, self.inline = self.inline, None
+        if inline is not None:
+            inline.close()
         thread, self.thread = self.thread, None
         if thread is not None:
             db, self.db = self.db, None
@@ -592,43 +677,56 @@ class _SQLiteCheckpoints:
                 thread.stop()
 
 
-async def _pg_group_statement(
-    driver: Any, group: Sequence[_Checkpoint]
-) -> list[bool | Exception | None]:
+async def _pg_group_statement(driver: Any, group: Sequence[_Write]) -> list[bool | None]:
     """Run the group statement of `group` on an asyncpg connection: per checkpoint whether a
-    cancel was requested, or None if its guarded UPDATE matched no row."""
-    columns = sorted({name for c in group for name in c.values})
+    cancel was requested, per insert False; None where the guarded UPDATE matched no row or
+    the new run's id was taken."""
+    checkpoints = [c for c in group if isinstance(c, _Checkpoint)]
+    inserts = [c for c in group if isinstance(c, _Insert)]
+    columns = sorted({name for c in checkpoints for name in c.values})
     args: list[Any] = [
-        [c.run_id for c in group],
-        [c.revision for c in group],
-        [c.owner for c in group],
-        [c.lease for c in group],
+        [c.run_id for c in checkpoints],
+        [c.revision for c in checkpoints],
+        [c.owner for c in checkpoints],
+        [c.lease for c in checkpoints],
     ]
     for name in columns:
-        args.append([c.values.get(name) for c in group])
-        args.append([name in c.values for c in group])
+        args.append([c.values.get(name) for c in checkpoints])
+        args.append([name in c.values for c in checkpoints])
     deletes: list[tuple[str, int]] = []
     updates: list[tuple[str, int, str]] = []
-    inserts: list[tuple[str, int, str]] = []
-    for c in group:
+    added: list[tuple[str, int, str]] = []
+    for c in checkpoints:
         if c.log is not None:
             deletes += [(c.run_id, s) for s in c.log.deletes]
             updates += [(c.run_id, s, t) for s, t in c.log.updates]
-            inserts += [(c.run_id, s, t) for s, t in c.log.inserts]
+            added += [(c.run_id, s, t) for s, t in c.log.inserts]
     args += [[r for r, _ in deletes], [s for _, s in deletes]]
-    for rows in (updates, inserts):
+    for rows in (updates, added):
         args += [[r for r, _, _ in rows], [s for _, s, _ in rows], [t for _, _, t in rows]]
-    found = await driver.fetch(_pg_group_sql(tuple(columns)), *args)
-    matched = {r[0]: bool(r[1]) for r in found}
-    return [matched.get(c.run_id) for c in group]
+    if inserts:
+        args += [[getattr(i.row, f) for i in inserts] for f in _ROW_FIELDS]
+        args.append([i.lease for i in inserts])
+    found = await driver.fetch(_pg_group_sql(tuple(columns), bool(inserts)), *args)
+    matched = {r[0]: r[1] for r in found}
+    return [
+        (
+            None
+            if c.run_id not in matched
+            else isinstance(c, _Checkpoint) and bool(matched[c.run_id])
+        )
+        for c in group
+    ]
 
 
 @functools.cache
-def _pg_group_sql(columns: tuple[str, ...]) -> str:
+def _pg_group_sql(columns: tuple[str, ...], inserts: bool) -> str:
     """The statement of a checkpoint group on PostgreSQL that may set `columns` of the runs
     table. Parameters are arrays, one element per checkpoint: id, revision, owner and lease,
     then per column its values and whether each checkpoint sets it, then the log rows to
-    delete (run, seq), rewrite and insert (run, seq, text)."""
+    delete (run, seq), rewrite and insert (run, seq, text); with `inserts`, then per column of
+    the runs table the new runs' values, and their leases. New runs whose id is taken are
+    skipped (`ON CONFLICT DO NOTHING`): they are missing from the result."""
     from sqlalchemy.dialects import postgresql
 
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -660,6 +758,24 @@ def _pg_group_sql(columns: tuple[str, ...]) -> str:
     runs, log = S.runs.name, S.log.name
     key = f"{array(S.log.c.run_id)}"
     d, w, i_ = n + 1, n + 3, n + 6
+    created, changed = "", "(SELECT id, revision FROM u) AS x"
+    if inserts:
+        first = i_ + 3
+        names = ", ".join(_ROW_FIELDS)
+        arrays = ", ".join(f"${first + k}::{array(S.runs.c[f])}" for k, f in enumerate(_ROW_FIELDS))
+        lease_param = f"${first + len(_ROW_FIELDS)}::double precision[]"
+        picked = ", ".join(
+            f"CASE WHEN a.w_lease IS NOT NULL THEN {now} + a.w_lease ELSE a.{f} END"
+            if f == "lease_expires"
+            else f"a.{f}"
+            for f in _ROW_FIELDS
+        )
+        created = (
+            f"c AS (INSERT INTO {runs} ({names}) SELECT {picked} "
+            f"FROM unnest({arrays}, {lease_param}) AS a({names}, w_lease) "
+            "ON CONFLICT DO NOTHING RETURNING id, revision), "
+        )
+        changed = "(SELECT id, revision FROM u UNION ALL SELECT id, revision FROM c) AS x"
     return (
         f"WITH v AS (SELECT * FROM unnest({', '.join(params)}) AS v({', '.join(cols)})), "
         f"u AS (UPDATE {runs} AS r SET {', '.join(sets)} FROM v "
@@ -673,8 +789,10 @@ def _pg_group_sql(columns: tuple[str, ...]) -> str:
         f"i AS (INSERT INTO {log} (run_id, seq, entry) SELECT t.r, t.s, t.e "
         f"FROM unnest(${i_}::{key}, ${i_ + 1}::integer[], ${i_ + 2}::text[]) AS t(r, s, e) "
         "WHERE t.r IN (SELECT id FROM u)), "
-        f"n AS (SELECT pg_notify('{NOTIFY_CHANNEL}', u.id || ':' || u.revision) FROM u) "
+        f"{created}"
+        f"n AS (SELECT pg_notify('{NOTIFY_CHANNEL}', x.id || ':' || x.revision) FROM {changed}) "
         "SELECT u.id, u.cancel_requested, (SELECT count(*) FROM n) FROM u"
+        + (" UNION ALL SELECT c.id, NULL, (SELECT count(*) FROM n) FROM c" if inserts else "")
     )
 
 
@@ -696,7 +814,9 @@ class Store:
         self._fast: _SQLiteCheckpoints | None = None
         # Checkpoints of concurrent runs are committed in groups (see `_group`): on SQLite
         # through the dedicated connection, on PostgreSQL (asyncpg) as one statement per group.
-        self._group: GroupCommit[_Checkpoint, bool | None] | None = None
+        self._group: GroupCommit[_Write, bool | None] | None = None
+        self._pg_conn: AsyncConnection | None = None
+        self._pg_driver: Any = None
         if self.dialect == "postgresql" and engine.dialect.driver == "asyncpg":
             self._group = GroupCommit(self._pg_commit_group)
         pragmas = _sqlite_pragmas.get(engine.sync_engine)
@@ -741,6 +861,9 @@ class Store:
         try:
             if self._fast is not None:
                 await self._fast.aclose()
+            if self._pg_conn is not None:
+                conn, self._pg_conn, self._pg_driver = self._pg_conn, None, None
+                await conn.close()
         finally:
             await self.engine.dispose()
 
@@ -826,6 +949,11 @@ class Store:
     async def insert(self, row: RunRow, *, lease: float | None = None) -> None:
         """Create a run; `ConflictError` if the id is taken. With `lease` (seconds) the row's
         lease expires that long after the database's now (`row.lease_expires` is ignored)."""
+        if self._group is not None:
+            # Created together with whatever else this store writes at the moment.
+            if await self._group.submit(_Insert(row, lease), row.id) is None:
+                raise ConflictError(f"a run with id {row.id!r} already exists")
+            return
         values: dict[str, Any] = {f: getattr(row, f) for f in _ROW_FIELDS}
         if lease is not None:
             values["lease_expires"] = db_now() + lease
@@ -1009,7 +1137,7 @@ class Store:
         return revision + 1, bool(cancel)
 
     async def _pg_commit_group(
-        self, group: Sequence[_Checkpoint]
+        self, group: Sequence[_Write]
     ) -> builtins.list[bool | Exception | None]:
         """A group of checkpoints on PostgreSQL (asyncpg) as one statement, so one round trip
         and one commit: the guarded UPDATEs, the log changes and the NOTIFYs in one WITH query,
@@ -1027,31 +1155,52 @@ class Store:
         scheduled; queue workers checkpoint after every external effect."""
         import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra
 
-        async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
+        driver = await self._pg_connection()
+        try:
             try:
-                try:
-                    # Outside any transaction block: the one statement commits by itself.
-                    return await _pg_group_statement(driver, group)
-                except asyncpg.PostgresError as err:
-                    if len(group) == 1:
-                        raise
-                    logger.debug("a group of %d checkpoints failed (%s)", len(group), err)
-                results: builtins.list[bool | Exception | None] = []
-                async with driver.transaction():
-                    for c in group:
-                        try:
-                            async with driver.transaction():  # a savepoint
-                                results += await _pg_group_statement(driver, [c])
-                        except asyncpg.PostgresError as err:
-                            results.append(err)
-                return results
+                # Outside any transaction block: the one statement commits by itself.
+                return list(await _pg_group_statement(driver, group))
+            except asyncpg.PostgresError as err:
+                if len(group) == 1:
+                    raise
+                logger.debug("a group of %d writes failed (%s)", len(group), err)
+            results: builtins.list[bool | Exception | None] = []
+            async with driver.transaction():
+                for c in group:
+                    try:
+                        async with driver.transaction():  # a savepoint
+                            results += await _pg_group_statement(driver, [c])
+                    except asyncpg.PostgresError as err:
+                        results.append(err)
+            return results
+        except BaseException:
+            if driver.is_closed():  # lost: the next group connects again
+                with anyio.CancelScope(shield=True):
+                    await self._drop_pg_connection()
+            raise
+
+    async def _pg_connection(self) -> Any:
+        """The asyncpg connection that group commits use, taken from the engine's pool once
+        and kept: a checkout per group costs ~0.1-0.3 ms of CPU (SQLAlchemy's pool and
+        greenlet), as much as a round trip."""
+        if self._pg_conn is None:
+            conn = await self.engine.connect()
+            try:
+                raw = await conn.get_raw_connection()
             except BaseException:
-                if driver.is_closed():  # not back into the pool
-                    with anyio.CancelScope(shield=True):
-                        await conn.invalidate()
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
                 raise
+            self._pg_conn, self._pg_driver = conn, raw.driver_connection
+        return self._pg_driver
+
+    async def _drop_pg_connection(self) -> None:
+        conn, self._pg_conn, self._pg_driver = self._pg_conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def renew(self, owner: str, run_ids: Sequence[str], lease: float) -> None:
         """Extend the lease of runs this owner still holds to the database's now plus `lease`

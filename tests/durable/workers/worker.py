@@ -55,13 +55,15 @@ def group_kill_points(store: Store, counter: str) -> None:
         with closing(sqlite3.connect(counter, timeout=20)) as db, db:
             db.execute("CREATE TABLE IF NOT EXISTS groups (run TEXT, revision INTEGER)")
             db.executemany(
-                "INSERT INTO groups VALUES (?, ?)", [(c.run_id, c.revision) for c in items]
+                "INSERT INTO groups VALUES (?, ?)",
+                [(c.run_id, c.revision) for c in items if hasattr(c, "revision")],
             )
 
     async def killing_flush(items: Sequence[Any]) -> Sequence[Any]:
         nonlocal groups
         n = 0
-        if len(items) > 1:
+        # Groups of two or more checkpoints (not the runs' creations, which group too).
+        if sum(hasattr(c, "revision") for c in items) > 1:
             groups += 1
             n = groups
             if crash_flows.KILL_AT in (f"group-written:{n}", f"group-committed:{n}"):
@@ -79,7 +81,7 @@ def group_kill_points(store: Store, counter: str) -> None:
 
         def killing_write(db: Any, items: Sequence[Any]) -> Any:
             results = write(db, items)
-            if len(items) > 1:
+            if sum(hasattr(c, "revision") for c in items) > 1:
                 crash_flows.hook(f"group-written:{groups}")
             return results
 
