@@ -243,7 +243,8 @@ class Dbos:
             raise SystemExit(f"DBOS did not start: {line!r}")
 
     def round(self) -> float:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
         return float(self.process.stdout.readline())
@@ -274,10 +275,12 @@ async def measure(args: argparse.Namespace, tmp: str, pg: str) -> dict[str, list
     try:
         async with (
             DurableRunner(f"sqlite+aiosqlite:///{sqlite_normal}", timers=False) as normal,
-            DurableRunner(f"sqlite+aiosqlite:///{sqlite_full}?synchronous=full",
-                          timers=False) as full,  # fmt: skip
-            DurableRunner(pg_ours.replace("postgresql://", "postgresql+asyncpg://", 1),
-                          timers=False) as postgres,  # fmt: skip
+            DurableRunner(
+                f"sqlite+aiosqlite:///{sqlite_full}?synchronous=full", timers=False
+            ) as full,  # fmt: skip
+            DurableRunner(
+                pg_ours.replace("postgresql://", "postgresql+asyncpg://", 1), timers=False
+            ) as postgres,  # fmt: skip
         ):
             for r in range(-1, args.repeat):  # one warm-up round
                 print(f"round {r + 1}" if r >= 0 else "warm-up", flush=True)
@@ -329,8 +332,10 @@ def main() -> None:
     try:
         with private_postgres("on") as pg:
             samples = anyio.run(measure, args, tmp, pg, backend="asyncio")
-            with sa.create_engine(pg.replace("postgresql://", "postgresql+psycopg://")).connect() as c:
-                version = c.exec_driver_sql("SHOW server_version").scalar()
+            engine = sa.create_engine(pg.replace("postgresql://", "postgresql+psycopg://"))
+            with engine.connect() as c:
+                version = str(c.exec_driver_sql("SHOW server_version").scalar()).split()[0]
+            engine.dispose()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -360,15 +365,16 @@ def main() -> None:
         print(f"{label:<46} {min(v):>10,.1f} {statistics.median(v):>10,.1f}")
     print()
     ratios = [
-        ("ours / DBOS steps/s, SQLite NORMAL", paired(samples, "ours_sqlite", "dbos_sqlite"), 10, ">="),
-        ("ours / DBOS steps/s, SQLite FULL", paired(samples, "ours_sqlite_full", "dbos_sqlite"), None, ""),
-        ("ours / DBOS steps/s, PostgreSQL", paired(samples, "ours_pg", "dbos_pg"), 10, ">="),
-        ("checkpoint / raw commit, SQLite NORMAL", paired(samples, "ckpt_sqlite", "raw_sqlite"), 3, "<="),
-        ("checkpoint / raw commit, SQLite FULL", paired(samples, "ckpt_sqlite_full", "raw_sqlite_full"), 3, "<="),
-        ("checkpoint / raw commit, PostgreSQL", paired(samples, "ckpt_pg", "raw_pg"), 3, "<="),
-    ]  # fmt: skip
+        ("ours / DBOS steps/s, SQLite NORMAL", "ours_sqlite", "dbos_sqlite", 10, ">="),
+        ("ours / DBOS steps/s, SQLite FULL", "ours_sqlite_full", "dbos_sqlite", None, ""),
+        ("ours / DBOS steps/s, PostgreSQL", "ours_pg", "dbos_pg", 10, ">="),
+        ("checkpoint / raw commit, SQLite NORMAL", "ckpt_sqlite", "raw_sqlite", 3, "<="),
+        ("checkpoint / raw commit, SQLite FULL", "ckpt_sqlite_full", "raw_sqlite_full", 3, "<="),
+        ("checkpoint / raw commit, PostgreSQL", "ckpt_pg", "raw_pg", 3, "<="),
+    ]
     print(f"{'ratio (paired median)':<46} {'measured':>10}   goal")
-    for name, value, goal, op in ratios:
+    for name, a, b, goal, op in ratios:
+        value = paired(samples, a, b)
         if goal is None:
             print(f"{name:<46} {value:>10.2f}")
             continue
