@@ -30,7 +30,10 @@ async def started(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 async def suspended(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     """The run once its first step is over (read from its event stream)."""
     async with events(client, run_id) as stream:
-        event = await stream.until(lambda e: e.data.get("run", {}).get("status") != "running")
+        # Run-carrying events only: a `tasks` event may come first.
+        event = await stream.until(
+            lambda e: "run" in e.data and e.data["run"]["status"] != "running"
+        )
     run: dict[str, Any] = event.data["run"]
     return run
 
