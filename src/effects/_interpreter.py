@@ -96,10 +96,36 @@ class _Scope:
 
     def __init__(self, handlers: list[Handler]) -> None:
         self.handlers = handlers
-        # Only handlers that override a hook are called on exit / suspension.
-        self.outputs = [h for h in handlers if type(h).output is not Handler.output]
-        self.cleanups = [h for h in handlers if type(h).cleanup is not Handler.cleanup]
-        self.decorators = [h for h in handlers if type(h).decorate is not Handler.decorate]
+        # Only handlers that override a hook are called on exit / suspension (most override
+        # none: one dict lookup each, no list built).
+        outputs: tuple[Handler, ...] = ()
+        cleanups: tuple[Handler, ...] = ()
+        decorators: tuple[Handler, ...] = ()
+        for h in handlers:
+            t = type(h)
+            try:
+                hooks = _hooks[t]
+            except KeyError:
+                hooks = (
+                    t.output is not Handler.output,
+                    t.cleanup is not Handler.cleanup,
+                    t.decorate is not Handler.decorate,
+                )
+                _hooks[t] = hooks = _NO_HOOKS if hooks == _NO_HOOKS else hooks
+            if hooks is not _NO_HOOKS:
+                if hooks[0]:
+                    outputs += (h,)
+                if hooks[1]:
+                    cleanups += (h,)
+                if hooks[2]:
+                    decorators += (h,)
+        self.outputs = outputs
+        self.cleanups = cleanups
+        self.decorators = decorators
+
+
+_NO_HOOKS = (False, False, False)
+_hooks: dict[type, tuple[bool, bool, bool]] = {}
 
 
 class Tables:

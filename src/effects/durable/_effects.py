@@ -89,6 +89,9 @@ def at_most_once(target: T) -> T:
     """
     target.at_most_once = True  # type: ignore[union-attr]
     _outside.clear()
+    from ._serialize import _infos  # (imported here: _serialize imports this module)
+
+    _infos.clear()  # they hold `needs_outside` too
     return target
 
 

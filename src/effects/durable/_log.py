@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NotRequired
 
 import pydantic
@@ -226,3 +226,50 @@ def make_log(
     _set_extra(log, None)
     _set_private(log, None)
     return log
+
+
+# An effect completed with a plain result, as the logger keeps it until the log is read
+# (building a `LogEntry` and its fingerprint per effect cost more than the rest of recording):
+# (seq, effect name, args, result as JSON, started_at, ended_at).
+Recorded = tuple[int, str, dict[str, Any], Any, float, float]
+
+
+def build_recorded(
+    entries: list[Any], start: int, fingerprint: Callable[[dict[str, Any]], str]
+) -> None:
+    """Replace the `Recorded` tuples in `entries[start:]` by their `LogEntry`s (`done`), in
+    place; `fingerprint` computes each one's fingerprint from its args."""
+    # `make_entry` inlined: this runs once per recorded effect.
+    new, entry_type, set_dict, set_fields, set_extra, set_private = (
+        _new,
+        LogEntry,
+        _set_dict,
+        _set_fields,
+        _set_extra,
+        _set_private,
+    )
+    fields = _ENTRY_FIELDS
+    for i in range(start, len(entries)):
+        r = entries[i]
+        if type(r) is not tuple:
+            continue
+        seq, name, args, result, started_at, ended_at = r
+        e = new(entry_type)
+        set_dict(
+            e,
+            {
+                "seq": seq,
+                "effect": name,
+                "fingerprint": fingerprint(args),
+                "args": args,
+                "status": "done",
+                "result": result,
+                "error": None,
+                "started_at": started_at,
+                "ended_at": ended_at,
+            },
+        )
+        set_fields(e, fields)
+        set_extra(e, None)
+        set_private(e, None)
+        entries[i] = e

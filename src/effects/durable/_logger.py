@@ -32,12 +32,10 @@ from ._effects import (
     Checkpoint,
     StartTimer,
     _idempotency_key,
-    _outside,
     is_at_most_once,
-    needs_outside,
 )
 from ._identity import type_name
-from ._log import Log, LogEntry, check_log, make_entry, make_log
+from ._log import Log, LogEntry, Recorded, build_recorded, check_log, make_entry, make_log
 from ._loop import LoopHandle, LoopState, NextIteration
 from ._serialize import (
     EffectInfo,
@@ -143,18 +141,10 @@ def _deliver(value: Any) -> Any:
     return value
 
 
-# An effect recorded on the fast path (an in-memory handler's plain result), kept in this form
-# until the log is read: building a `LogEntry` (and the fingerprint) per effect cost more than
-# the rest of recording. `_entry` turns it into one; `_seq_of` reads its position either way.
-# (seq, effect name, args, result as JSON, started_at, ended_at)
-_Recorded = tuple[int, str, dict[str, Any], Any, float, float]
-_Kept = LogEntry | _Recorded
-
-
-def _entry(r: _Recorded) -> LogEntry:
-    seq, name, args, result, started_at, ended_at = r
-    fp = fingerprint(args)
-    return make_entry(seq, name, fp, args, "done", result, None, started_at, ended_at)
+# What the logger keeps per entry: a `LogEntry`, or for an effect recorded on the fast path
+# (an in-memory handler's plain result) a `Recorded` tuple, built into its `LogEntry` when the
+# log is read (`_materialized`). `_seq_of` reads the position of either.
+_Kept = LogEntry | Recorded
 
 
 def _raised(result: Any) -> Any:
@@ -373,18 +363,17 @@ class EffectLogger(Handler):
         """The entries, as `LogEntry`s (built in place, once each)."""
         entries = self._entries
         n = len(entries)
-        for i in range(self._built, n):
-            e = entries[i]
-            if type(e) is tuple:
-                entries[i] = _entry(e)
-        self._built = n
+        if self._built < n:
+            build_recorded(entries, self._built, fingerprint)
+            self._built = n
         return list(entries)  # type: ignore[arg-type]
 
     def _entry_at(self, i: int) -> LogEntry:
-        e = self._entries[i]
-        if type(e) is tuple:
-            e = self._entries[i] = _entry(e)
-        return e  # type: ignore[return-value]
+        entries = self._entries
+        if self._built < len(entries):
+            build_recorded(entries, self._built, fingerprint)
+            self._built = len(entries)
+        return entries[i]  # type: ignore[return-value]
 
     def _truncate(self, n: int) -> None:
         del self._entries[n:]
@@ -497,7 +486,6 @@ class EffectLogger(Handler):
             home: Any = home,
             entries: list[_Kept] = self._entries,
             infos: dict[type, EffectInfo] = _infos,
-            outside: dict[type, bool] = _outside,
             now: Callable[[], float] = _now,
         ) -> Any:
             if self._cursor < self._n_old:
@@ -508,11 +496,7 @@ class EffectLogger(Handler):
                 info = infos[t]
             except KeyError:
                 info = effect_info(t)
-            try:
-                elsewhere = outside[t]
-            except KeyError:
-                elsewhere = needs_outside(t)
-            if elsewhere:
+            if info.outside:
                 return classify(self._live(effect, False, False), effect)
             args = info.dump_args(effect)  # a SerializationError goes to the computation
             seq = self._next_seq

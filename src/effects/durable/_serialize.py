@@ -26,6 +26,7 @@ from .._effect import result_type
 from .._exceptions import EffectsError, SerializationError
 from .._std.call import Call
 from .._std.control import Yield
+from ._effects import needs_outside
 from ._identity import encode, legacy_encode, sort_sets, type_name
 from ._log import ErrorInfo
 
@@ -437,10 +438,12 @@ class EffectInfo:
     keeps unchanged: `int` for `Effect[int]`, any JSON scalar but a float for an undeclared
     one); `text`: whether ASCII text is, too (other text is checked for lone surrogates)."""
 
-    __slots__ = ("codec", "dump_args", "name", "raw", "text", "where")
+    __slots__ = ("codec", "dump_args", "name", "outside", "raw", "text", "where")
 
     def __init__(self, effect_type: type) -> None:
         self.name = effect_name(effect_type)
+        # Whether the logger runs it outside itself (a Yield, an at-most-once effect).
+        self.outside = needs_outside(effect_type)
         self.where = f"{self.name}: result"
         self.dump_args = _dumper(effect_type)
         # None: the result type depends on the instance (Yield's input, Call's function).
