@@ -23,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Load this checkout's pytest plugin (docs/guides/testing.md) when the installed package
     did not already (its entry point is read from the installed metadata, which may predate
     the plugin): the docs' test files use its marker."""
-    import effects.pytest_plugin as plugin
+    import effects.durable.pytest_plugin as plugin
 
     if not config.pluginmanager.is_registered(plugin):
         config.pluginmanager.register(plugin, "effects")

@@ -1,6 +1,7 @@
-"""The pytest plugin `effects` (src/effects/pytest_plugin.py), as a user's test suite sees it:
-each test here runs pytest on a small project of its own (`pytester`, in a subprocess) with
-warnings as errors, anyio's plugin and `--strict-markers`, as this repository does."""
+"""The pytest plugin `effects` (src/effects/durable/pytest_plugin.py), as a user's test suite
+sees it: each test here runs pytest on a small project of its own (`pytester`, in a
+subprocess) with warnings as errors, anyio's plugin and `--strict-markers`, as this repository
+does."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     package loads it (its entry point), or by name while this checkout is not installed."""
     pytester.makeini(CONFIG)
     installed = any(
-        ep.value == "effects.pytest_plugin"
+        ep.value == "effects.durable.pytest_plugin"
         for ep in importlib.metadata.entry_points(group="pytest11")
     )
-    plugin = () if installed else ("-p", "effects.pytest_plugin")
+    plugin = () if installed else ("-p", "effects.durable.pytest_plugin")
     return pytester.runpytest_subprocess(*plugin, *args, timeout=120)
 
 
@@ -36,7 +37,7 @@ def test_entry_point_is_declared() -> None:
     """pyproject.toml registers the plugin for pytest (group `pytest11`)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     points = project["project"]["entry-points"]["pytest11"]
-    assert points == {"effects": "effects.pytest_plugin"}
+    assert points == {"effects": "effects.durable.pytest_plugin"}
 
 
 def test_durable_runner_and_scripted(pytester: pytest.Pytester) -> None:

@@ -102,7 +102,7 @@ async def test_the_wizard_completed_while_every_request_hits_another_process(
     path = "/" + page.url.split("/", 3)[3]
     await answer(page, "Name", "Ada", email_step("Ada"))
     await answer(page, "Email", "ada@example.com", PLAN_STEP)
-    await page.get_by_role("radio", name="pro").check()
+    await page.get_by_role("radio", name="Pro Unlimited projects").check()
     await page.get_by_role("button", name="Create my account").click()
     await heading(page, "Welcome aboard, Ada!")
     await expect(page.get_by_role("status")).to_have_text("Finished.")
