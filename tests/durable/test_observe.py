@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from effects import Effect, Yield, computation, handler
+from effects import Effect, MissingHandlerError, Yield, computation, handler
 from effects.durable import DurableRunner, RunStatus, _observe
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +200,41 @@ def test_nothing_is_installed_when_nobody_listens(caplog: pytest.LogCaptureFixtu
     assert _observe.begin_step(None, Row(), "start") is None
     caplog.set_level(logging.DEBUG, logger="effects.durable.effects")
     assert len(_observe.effect_observers(None, object())) == 1
+
+
+async def test_a_step_stopped_by_an_error_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process without a handler the run needs: its step is stopped (the run is not
+    failed, another process may run it) and the record says by what."""
+    caplog.set_level(logging.INFO, logger="effects.durable")
+    async with DurableRunner(url(tmp_path), handlers=HANDLERS[1:]) as runner:
+        with pytest.raises(MissingHandlerError):
+            await runner.start(order(3), run_id="no-shop")
+        assert (await runner.get("no-shop")).status != RunStatus.FAILED
+    stopped = records(caplog, "effects.durable.runs")[-1]
+    assert stopped.levelno == logging.WARNING
+    assert stopped.run_id == "no-shop"  # type: ignore[attr-defined]
+    assert stopped.error == "MissingHandlerError"  # type: ignore[attr-defined]
+    assert "start step stopped by MissingHandlerError" in stopped.getMessage()
+
+
+async def test_a_live_app_traces_its_runs(tmp_path: Path, live_client: Any) -> None:
+    """`wizard_app(..., tracing=provider)` opens its runner with it: the steps the pages drive
+    are traced (served by real uvicorn, through the package's own `live_client` fixture)."""
+    from bridges.live import wizard_app
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = wizard_app(
+        order(7), secret="s" * 32, url=url(tmp_path), handlers=HANDLERS, tracing=provider
+    )
+    async with live_client(app) as client:
+        path = await client.start()
+        page = await client.answer(path, {"value": "true"})
+        assert "c-7" in page
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names.count("effects.step observe.order") == 2
+    assert "effects.effect Reserve" in names
+    assert "effects.effect Charge" in names

@@ -750,6 +750,7 @@ def run_app(
     owner: str | None = None,
     lease: float = 30.0,
     queue: str | Queue | None = None,
+    tracing: Any = None,
     **options: Any,
 ) -> LiveApp:
     """A `LiveApp` serving `computation` as durable runs: `/` starts and lists runs,
@@ -775,6 +776,8 @@ def run_app(
     - `runner`: a runner you opened yourself instead. It keeps the runs' task trees; pass it
       `on_tasks=hub.publish` and that `hub` here so that the start page's progress bars and
       `hub.latest` follow this process's runs at every change (run pages read the runner).
+    - `tracing`: the opened runner's `tracing` (OpenTelemetry spans per step and external
+      effect; see docs/durable/observability.md).
     - `shared=False`: a run is visible only to the session that started it (404 for others).
       `shared=True`: every session sees every run; only its owner — or a session that
       `authorize(session, run)` accepts — may answer or cancel it.
@@ -813,7 +816,12 @@ def run_app(
         stack = Stack(*_as_list(handlers))
         try:
             async with DurableRunner(
-                url, handlers=stack, owner=owner, lease=lease, on_tasks=hub.publish
+                url,
+                handlers=stack,
+                owner=owner,
+                lease=lease,
+                on_tasks=hub.publish,
+                tracing=tracing,
             ) as opened:
                 config.runner = opened
                 async with anyio.create_task_group() as tg:
