@@ -41,8 +41,9 @@ def test_entry_point_is_declared() -> None:
 
 
 def test_durable_runner_and_scripted(pytester: pytest.Pytester) -> None:
-    """`durable_runner` runs a workflow on a SQLite file with the marker's handlers; a script
-    left unfinished fails a passing test, and does not pile onto a failing one."""
+    """`durable_runner` runs a workflow on a SQLite file with the marker's handlers (and says
+    what to do on trio); a script left unfinished fails a passing test, and does not pile onto
+    a failing one. (`live_client` runs in `test_testing_guide_runs`, on asyncio and trio.)"""
     pytester.makepyfile(
         test_workflow="""
         import pytest
@@ -96,59 +97,6 @@ def test_durable_runner_and_scripted(pytester: pytest.Pytester) -> None:
             assert 1 == 2
         """
     )
-    result = run_inner(pytester, "-v")
-    result.assert_outcomes(passed=4, failed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*test_script_left_unfinished ERROR*",
-            "*test_failing_test_keeps_its_own_error FAILED*",
-        ]
-    )
-    assert result.stdout.str().count("ScriptMismatch") >= 1
-    # The failing test reports its assertion only, not also the unperformed script.
-    assert "ERROR at teardown of test_failing_test_keeps_its_own_error" not in result.stdout.str()
-
-
-def test_live_client_drives_a_wizard(pytester: pytest.Pytester) -> None:
-    """`live_client(app)` serves a wizard with uvicorn on 127.0.0.1 and walks it like a
-    browser without JavaScript, on asyncio and on trio."""
-    pytester.makepyfile(
-        test_live="""
-        import pytest
-        from pydantic import BaseModel
-
-        from bridges.live import wizard_app
-        from effects import Yield, computation
-
-        class Name(BaseModel):
-            name: str
-
-        @computation(name="hello")
-        def hello():
-            who = yield Yield("Your name?", input=Name)
-            return f"Hello {who.name}"
-
-        @pytest.fixture(params=["asyncio", "trio"])
-        def anyio_backend(request):
-            return request.param
-
-        @pytest.mark.anyio
-        async def test_wizard(live_client, effects_db_url):
-            app = wizard_app(hello, secret="s" * 32, url=effects_db_url)
-            async with live_client(app) as client:
-                path = await client.start()
-                assert "Your name?" in await client.get(path)
-                page = await client.answer(path, {"name": "Ada"})
-                assert "Hello Ada" in page
-                assert path in await client.get("/")
-        """
-    )
-    result = run_inner(pytester, "-v")
-    result.assert_outcomes(passed=2)
-
-
-def test_durable_runner_on_trio_says_how_to_fix_it(pytester: pytest.Pytester) -> None:
-    """Where anyio also runs tests on trio, `durable_runner` names the fixture to define."""
     pytester.makepyfile(
         test_trio="""
         import pytest
@@ -158,13 +106,24 @@ def test_durable_runner_on_trio_says_how_to_fix_it(pytester: pytest.Pytester) ->
             return "trio"
 
         @pytest.mark.anyio
-        async def test_runner(durable_runner):
+        async def test_runner_on_trio(durable_runner):
             pass
         """
     )
-    result = run_inner(pytester)
-    result.assert_outcomes(errors=1)
+    result = run_inner(pytester, "-v")
+    result.assert_outcomes(passed=4, failed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_runner_on_trio ERROR*",
+            "*test_script_left_unfinished ERROR*",
+            "*test_failing_test_keeps_its_own_error FAILED*",
+        ]
+    )
+    # Where anyio also runs tests on trio, `durable_runner` names the fixture to define.
     result.stdout.fnmatch_lines(["*durable_runner needs the asyncio backend, not 'trio'*"])
+    assert result.stdout.str().count("ScriptMismatch") >= 1
+    # The failing test reports its assertion only, not also the unperformed script.
+    assert "ERROR at teardown of test_failing_test_keeps_its_own_error" not in result.stdout.str()
 
 
 def test_plugin_is_inert_for_other_tests(pytester: pytest.Pytester) -> None:
