@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -52,6 +52,8 @@ _MAX_REASON = 500
 # What the page says after each action (the redirect names the action, never the text).
 _MESSAGES = {
     "cancel": "The run was cancelled.",
+    "cancel-requested": "Cancel requested: the process running the run cancels it at its next"
+    " checkpoint.",
     "resume": "The answer was accepted; the run continues.",
     "fork": "This run was forked from another one.",
     "retry": "This run retries a failed run.",
@@ -296,7 +298,7 @@ class _Dashboard:
         if session is None or not self.sessions.check_csrf(session, fields.get("csrf")):
             return PlainTextResponse("missing or invalid CSRF token", status_code=403)
         try:
-            target = await self._do(action, run_id, fields)
+            target, said = await self._do(action, run_id, fields)
         except RunNotFound:
             return self._not_found(request, run_id)
         except _Refused as refused:
@@ -307,35 +309,37 @@ class _Dashboard:
                 )  # fmt: skip
             except RunNotFound:
                 return self._not_found(request, run_id)
-        return RedirectResponse(f"{_base(request)}/runs/{target}?done={action}", status_code=303)
+        location = f"{_base(request)}/runs/{quote(target, safe='')}?done={said}"
+        return RedirectResponse(location, status_code=303)
 
-    async def _do(self, action: str, run_id: str, fields: Mapping[str, str]) -> str:
-        """Perform `action` on `run_id`; returns the id of the run to show next."""
+    async def _do(self, action: str, run_id: str, fields: Mapping[str, str]) -> tuple[str, str]:
+        """Perform `action` on `run_id`; returns the id of the run to show next and what to
+        say there (a key of `_MESSAGES`)."""
         runner = self._runner()
         try:
             if action == "cancel":
-                reason = (fields.get("reason") or "").strip()[
-                    :_MAX_REASON
-                ] or "cancelled by an operator"
-                await runner.cancel(run_id, reason)
-                return run_id
+                reason = (fields.get("reason") or "").strip()[:_MAX_REASON]
+                run = await runner.cancel(run_id, reason or "cancelled by an operator")
+                if run.status is RunStatus.RUNNING:
+                    return run_id, "cancel-requested"  # its step runs in another process
+                return run_id, action
             if action == "unpark":
                 await runner.unpark(run_id)
-                return run_id
+                return run_id, action
             if action == "resume":
                 revision = _whole(fields.get("revision"), None)
                 value = _json_field(fields.get("value"), "the answer")
                 if value is NOT_GIVEN:
                     raise _Refused(400, "the answer is empty: write it as JSON")
                 await runner.resume(run_id, value, revision=revision, wait=False)
-                return run_id
+                return run_id, action
             if action == "fork":
                 at = _whole(fields.get("at"), None)
                 if at is None:
                     raise _Refused(400, "choose the step to fork at")
                 answer = _json_field(fields.get("answer"), "the answer")
                 forked = await runner.fork(run_id, at=at, answer=answer, wait=False)
-                return forked.id
+                return forked.id, action
             # retry: a new run from the failed step (performed again), the failed run kept.
             run = await runner.get(run_id)
             if run.status is not RunStatus.FAILED:
@@ -344,7 +348,7 @@ class _Dashboard:
                 )
             log = await runner.get_log(run_id)
             forked = await runner.fork(run_id, at=_retry_step(run, log) or 0, wait=False)
-            return forked.id
+            return forked.id, action
         except InvalidInput as err:
             raise _Refused(400, _one_line(f"invalid answer: {err}")) from None
         except (ConflictError, ResumeError) as err:
