@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from live_client import SECRET, LiveServer, Visitor, form_key, region
 from live_flows import signup
+from playwright.async_api import Browser, expect
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
@@ -121,3 +122,35 @@ async def test_unstarted_mount_says_how_to_fix_it(serve: Serve, db_url: str) -> 
         response = await ada.http.get("/signup/")
         assert response.status_code == 500
         assert "mounted_lifespans" in response.text
+
+
+async def test_mounted_wizard_in_chromium(serve: Serve, db_url: str, browser: Browser) -> None:
+    """In a browser, the mounted page's script (served under the prefix) connects its stream
+    under the prefix and answers through it: the next step arrives live, with no failed
+    request and the tab's title following."""
+    server = serve(fastapi_app(db_url, lifespan=mounted_lifespans))
+    page = await browser.new_page()
+    failed: list[str] = []
+    # (Leaving a page aborts its stream: requests that fail are counted on the run page only.)
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    await page.goto(f"{server.url}/signup/")
+    await page.wait_for_selector("body[aria-busy]", state="attached")
+    await page.get_by_role("button", name="Start").click()
+    await expect(page.get_by_role("heading", name="Who are you?")).to_be_visible()
+    assert "/signup/runs/" in page.url
+    await page.wait_for_selector("body[aria-busy]", state="attached")
+    loads = 0
+
+    def count_load(_: object) -> None:
+        nonlocal loads
+        loads += 1
+
+    page.on("load", count_load)
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    await page.get_by_role("textbox", name="Name").fill("Ada")
+    await page.get_by_role("spinbutton", name="Age").fill("36")
+    await page.get_by_role("button", name="Continue").click()
+    await expect(page.get_by_role("heading", name="Choose a plan")).to_be_visible()
+    await expect(page).to_have_title("Choose a plan — Signup")
+    assert loads == 0  # answered by the script and patched in over the stream
+    assert failed == []
