@@ -9,6 +9,7 @@ first `Yield`), GET the run page, open the run page's SSE stream and read its sn
     python bench/live.py --sessions 200     # quicker
     python bench/live.py --json live.json
     python bench/live.py --trace --sessions 300 --sequential 10   # what each phase allocates
+    python bench/live.py --no-gc-tuning     # the server without GcTuning (the default GC)
 
 1. Memory per live session: the server's RSS (`VmRSS` of /proc/PID/status) after a warm-up,
    then after each phase of setting up the N sessions (start page, run started, run page,
@@ -20,7 +21,10 @@ first `Yield`), GET the run page, open the run page's SSE stream and read its sn
    sessions answer at `--rate` answers per second (Poisson arrivals, whatever the server's
    speed: many users answering at their own pace).
 
-Goals: <= 50 KB per live session, p99 <= 50 ms.
+The server runs with `GcTuning()` (`--no-gc-tuning`: without), under a wrapper that times
+every garbage collection; the collections of each phase are printed with the results.
+
+Goals: <= 30 KB per live session, p99 <= 50 ms in every run.
 """
 
 from __future__ import annotations
@@ -74,23 +78,45 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-# `--trace`: the server runs under tracemalloc; on SIGUSR1 it writes the allocations that grew
-# since the previous signal, by file and by line, to $BENCH_TRACE.<n>.
-TRACED = r"""
-import os, runpy, signal, sys, tracemalloc
-tracemalloc.start()
-out, state = os.environ["BENCH_TRACE"], {"last": None, "n": 0}
-def dump(signum, frame):
-    snap = tracemalloc.take_snapshot()
-    snap = snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-    with open(f"{out}.{state['n']}.tmp", "w") as f:
-        for kind in ("filename", "lineno") if state["last"] is not None else ():
-            for stat in snap.compare_to(state["last"], kind)[:25]:
-                f.write(f"{kind}\t{stat.size_diff}\t{stat.count_diff}\t{stat.traceback}\n")
-    os.replace(f"{out}.{state['n']}.tmp", f"{out}.{state['n']}")
-    print(f"traced {state['n']}", flush=True)
-    state["last"], state["n"] = snap, state["n"] + 1
-signal.signal(signal.SIGUSR1, dump)
+# The server runs under this wrapper. It times every garbage collection (a `gc.callbacks`
+# hook) and, on SIGUSR2, prints the pauses since the previous SIGUSR2 as one JSON line
+# (`gc-pauses {...}`). With `--trace` it also runs tracemalloc: on SIGUSR1 it writes the
+# allocations that grew since the previous signal, by file and by line, to $BENCH_TRACE.<n>.
+WRAPPER = r"""
+import gc, json, os, runpy, signal, sys, time
+pauses, started = [], {}
+def timed(phase, info):
+    if phase == "start":
+        started["t"] = time.perf_counter()
+    elif "t" in started:
+        pauses.append((info["generation"], time.perf_counter() - started.pop("t")))
+gc.callbacks.append(timed)
+def report(signum, frame):
+    by_gen = {}
+    for gen, took in pauses:
+        by_gen.setdefault(gen, []).append(took * 1000)
+    summary = {str(g): {"n": len(ms), "max_ms": round(max(ms), 1), "total_ms": round(sum(ms), 1)}
+               for g, ms in sorted(by_gen.items())}
+    summary["tracked"] = len(gc.get_objects())
+    summary["frozen"] = gc.get_freeze_count()
+    print("gc-pauses " + json.dumps(summary), flush=True)
+    pauses.clear()
+signal.signal(signal.SIGUSR2, report)
+if os.environ.get("BENCH_TRACE"):
+    import tracemalloc
+    tracemalloc.start()
+    out, state = os.environ["BENCH_TRACE"], {"last": None, "n": 0}
+    def dump(signum, frame):
+        snap = tracemalloc.take_snapshot()
+        snap = snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        with open(f"{out}.{state['n']}.tmp", "w") as f:
+            for kind in ("filename", "lineno") if state["last"] is not None else ():
+                for stat in snap.compare_to(state["last"], kind)[:25]:
+                    f.write(f"{kind}\t{stat.size_diff}\t{stat.count_diff}\t{stat.traceback}\n")
+        os.replace(f"{out}.{state['n']}.tmp", f"{out}.{state['n']}")
+        print(f"traced {state['n']}", flush=True)
+        state["last"], state["n"] = snap, state["n"] + 1
+    signal.signal(signal.SIGUSR1, dump)
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -101,11 +127,14 @@ class Server:
     """The example's process, and a thread that reads what it prints (so that its pipe never
     fills up) and lets the benchmark wait for a line."""
 
-    def __init__(self, port: int, db: Path, trace: Path | None = None) -> None:
-        command = [sys.executable, str(APP), "--port", str(port), "--db", str(db)]
+    def __init__(
+        self, port: int, db: Path, trace: Path | None = None, gc_tuning: bool = True
+    ) -> None:
+        command = [sys.executable, "-c", WRAPPER, str(APP), "--port", str(port), "--db", str(db)]
+        if not gc_tuning:
+            command.append("--no-gc-tuning")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if trace is not None:
-            command[1:1] = ["-c", TRACED]
             env["BENCH_TRACE"] = str(trace)
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
@@ -133,6 +162,25 @@ class Server:
         with self._seen:
             if not self._seen.wait_for(lambda: any(needle in x for x in self.lines), timeout):
                 raise RuntimeError(f"the server never printed {needle!r}:\n{''.join(self.lines)}")
+
+    async def gc_pauses(self) -> dict[str, Any]:
+        """The server's garbage collections since the previous call: per generation, how
+        many, the longest and the total pause (ms); and the objects tracked and frozen."""
+        number = sum("gc-pauses " in line for line in self.lines)
+        self.process.send_signal(signal.SIGUSR2)
+
+        def printed() -> bool:
+            return sum("gc-pauses " in line for line in self.lines) > number
+
+        await anyio.to_thread.run_sync(lambda: self._wait(printed))
+        last = [line for line in self.lines if line.startswith("gc-pauses ")][-1]
+        result: dict[str, Any] = json.loads(last.split(" ", 1)[1])
+        return result
+
+    def _wait(self, predicate: Callable[[], bool]) -> None:
+        with self._seen:
+            if not self._seen.wait_for(predicate, 60):
+                raise RuntimeError("the server did not report its collections")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -316,13 +364,19 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def bench(
-    n: int, warmup: int, sequential: int, rate: float, concurrency: int, trace: bool
+    n: int,
+    warmup: int,
+    sequential: int,
+    rate: float,
+    concurrency: int,
+    trace: bool,
+    gc_tuning: bool = True,
 ) -> Any:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         traces = Path(tmp) / "trace" if trace else None
-        server = Server(port, Path(tmp) / "runs.db", traces)
+        server = Server(port, Path(tmp) / "runs.db", traces, gc_tuning)
         try:
             return await _measure(
                 server, port, base, n, warmup, sequential, rate, concurrency, traces
@@ -380,6 +434,7 @@ async def _measure(
             await answer(http, s, "warm")
 
         sessions = [Session() for _ in range(n)]
+        gc_pauses = {"warm-up": await server.gc_pauses()}
         rss = [("base", rss_kib(pid))]
         seconds = {}
         allocations: dict[str, list[str]] = {}
@@ -402,11 +457,13 @@ async def _measure(
             name: round((kib - rss[i][1]) / n, 1) for i, (name, kib) in enumerate(rss[1:])
         }
         results["kib_per_session"]["total"] = round((rss[-1][1] - rss[0][1]) / n, 1)
+        gc_pauses["set-up"] = await server.gc_pauses()
 
         # Latency with every stream open: one answer at a time...
         first = sessions[:sequential]
         seq = [await answer(http, s, f"user {i}") for i, s in enumerate(first)]
         results["latency_sequential"] = summary(seq)
+        gc_pauses["sequential"] = await server.gc_pauses()
         # ... then answers arriving at `rate` per second (open loop: Poisson arrivals, whatever
         # the server's speed), as many users answering at their own pace.
         paced: list[float] = []
@@ -427,6 +484,8 @@ async def _measure(
                 "offered_per_s": rate,
                 "answered_per_s": round(len(paced) / elapsed, 1),
             }
+        gc_pauses["paced"] = await server.gc_pauses()
+        results["gc_pauses"] = gc_pauses
         results["rss_kib"]["after answers"] = rss_kib(pid)
         results["open_streams"] = sum(s.stream is not None for s in warm + sessions)
         for s in warm + sessions:
@@ -445,6 +504,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="sessions set up at a time")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument(
+        "--no-gc-tuning",
+        action="store_true",
+        help="run the server with the interpreter's default garbage collector settings "
+        "(the example's --no-gc-tuning) instead of GcTuning()",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="run the server under tracemalloc and show what each phase allocates per session "
@@ -459,18 +524,25 @@ def main() -> None:
         args.rate,
         args.concurrency,
         args.trace,
+        not args.no_gc_tuning,
         backend="asyncio",
     )
+    results["gc_tuning"] = not args.no_gc_tuning
+    results["load_average_after"] = os.getloadavg()
     results["machine"] = (
         f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
     )
     kib = results["kib_per_session"]
     print(f"{results['sessions']} live sessions; seconds per phase {results['phase_seconds']}")
     print(f"server RSS (KiB) after each phase: {results['rss_kib']}")
-    print(f"memory per live session: {kib['total']} KiB, by phase {kib}; goal <= 50 KB")
+    print(f"memory per live session: {kib['total']} KiB, by phase {kib}; goal <= 30 KB")
     for name in ("latency_sequential", "latency_paced"):
         if name in results:
             print(f"{name}: {results[name]}; goal p99 <= 50 ms")
+    print(f"gc tuning: {results['gc_tuning']}; collections (ms) by phase:")
+    for phase, pauses in results["gc_pauses"].items():
+        print(f"  {phase}: {pauses}")
+    print(f"load average after the run: {results['load_average_after']}")
     for phase, lines in results.get("allocations", {}).items():
         print(f"\nallocations per session, phase {phase!r}:")
         print("\n".join(lines))

@@ -23,7 +23,7 @@ import uvicorn
 from onboarding import onboarding, users
 from starlette.applications import Starlette
 
-from bridges.live import persistent_secret, wizard_app
+from bridges.live import GcTuning, persistent_secret, wizard_app
 from effects import EventAccumulator
 
 HERE = Path(__file__).resolve().parent
@@ -34,9 +34,17 @@ def announce(event: object) -> None:
     print(f"event: {event}", flush=True)
 
 
-def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.0) -> Starlette:
+def build(
+    url: str,
+    secret: str,
+    *,
+    owner: str | None = None,
+    lease: float = 30.0,
+    gc: GcTuning | None = None,
+) -> Starlette:
     """The wizard app, with its runs and users in the database at `url` (SQLAlchemy async).
-    `owner` names this process for run leases (default: unique per process)."""
+    `owner` names this process for run leases (default: unique per process); `gc` tunes the
+    garbage collector for many live sessions (`main` passes `GcTuning()`)."""
     return wizard_app(
         onboarding,
         secret=secret,
@@ -47,6 +55,7 @@ def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.
         templates={"index": "start.html", "done": "welcome.html"},
         owner=owner,
         lease=lease,
+        gc=gc,
     )
 
 
@@ -69,6 +78,12 @@ def main() -> None:
         default=30.0,
         help="seconds before a dead process's runs are taken over by another (default 30)",
     )
+    parser.add_argument(
+        "--no-gc-tuning",
+        action="store_true",
+        help="leave the garbage collector at the interpreter's defaults (the server freezes "
+        "what start-up created and raises the collection thresholds otherwise)",
+    )
     args = parser.parse_args()
     if args.url:
         url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
@@ -80,7 +95,8 @@ def main() -> None:
         # One server per SQLite file: a stable owner lets a restart take back at once the runs
         # a killed server left mid-step (a second live server on the file refuses to start).
         owner = args.owner or f"onboarding:{db}"
-    app = build(url, persistent_secret(secret_file), owner=owner, lease=args.lease)
+    gc = None if args.no_gc_tuning else GcTuning()
+    app = build(url, persistent_secret(secret_file), owner=owner, lease=args.lease, gc=gc)
     print(f"Onboarding wizard: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
     # Live streams never end by themselves: bound the graceful shutdown, clients reconnect.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)

@@ -212,6 +212,7 @@ class RawStream:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
         self.status = 0
+        self.head: dict[str, str] = {}  # the response's headers, lower-case names
         self._raw = bytearray()
         self._text = ""
 
@@ -251,7 +252,11 @@ class RawStream:
             await self._fill()
         head = bytes(self._raw[:end])
         del self._raw[: end + 4]
-        self.status = int(head.split(b" ", 2)[1])
+        status, *lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status.split(" ", 2)[1])
+        for line in lines:
+            name, _, value = line.partition(":")
+            self.head[name.strip().lower()] = value.strip()
 
     async def _read_chunk(self) -> None:
         while (eol := self._raw.find(b"\r\n")) < 0:

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from bridges.live import Projection, Region
-from bridges.live._stream import Connection, sse
+from bridges.live._stream import CLOSED, PING, Connection, Wake, sse
 
 
 def test_first_update_stamps_every_region() -> None:
@@ -141,6 +141,12 @@ def test_sse_event_format() -> None:
     assert not sse("ping", {}).decode().startswith("id:")
 
 
+async def never() -> dict[str, str]:
+    """A client that says nothing: `receive()` waits forever."""
+    await anyio.sleep_forever()
+    raise AssertionError
+
+
 @pytest.mark.anyio
 async def test_connection_coalesces_changes() -> None:
     """Marks made while nobody reads collapse into one set of region ids."""
@@ -149,39 +155,72 @@ async def test_connection_coalesces_changes() -> None:
         conn.mark(["a"])
     conn.mark(["b"])
     with anyio.fail_after(5):
-        assert await conn.changes(10) == {"a", "b"}
+        got = await conn.next(never, 10)
+    assert isinstance(got, Wake)
+    assert got.ids == {"a", "b"}
 
 
 @pytest.mark.anyio
 async def test_connection_wakes_a_waiting_sender() -> None:
-    """A sender waiting for changes wakes when a region is marked."""
+    """A sender waiting for the client wakes when a region is marked."""
     conn = Connection()
-    got: list[set[str] | None] = []
+    got: list[object] = []
 
     async def sender() -> None:
-        got.append(await conn.changes(30))
+        got.append(await conn.next(never, 30))
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender)
             await anyio.wait_all_tasks_blocked()
             conn.mark(["main"])
-    assert got == [{"main"}]
+    assert len(got) == 1
+    assert isinstance(got[0], Wake)
+    assert got[0].ids == {"main"}
+
+
+@pytest.mark.anyio
+async def test_connection_returns_what_the_client_sent() -> None:
+    """A message from the client (a frame, a disconnect) is returned as is, and one that is
+    ready as the connection is woken is not lost: the next wait returns it."""
+    conn = Connection()
+    inbox: list[dict[str, str]] = [{"type": "http.disconnect"}]
+    ready = anyio.Event()
+
+    async def receive() -> dict[str, str]:
+        await ready.wait()
+        return inbox.pop(0)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            results: list[object] = []
+
+            async def sender() -> None:
+                results.append(await conn.next(receive, 30))
+                results.append(await conn.next(receive, 30))
+
+            tg.start_soon(sender)
+            await anyio.wait_all_tasks_blocked()
+            ready.set()  # the message is ready...
+            conn.mark(["main"])  # ...and a change wakes the sender at the same moment
+    assert {"type": "http.disconnect"} in results
+    assert any(isinstance(r, Wake) and r.ids == {"main"} for r in results)
+    assert inbox == []
 
 
 @pytest.mark.anyio
 async def test_connection_times_out_for_a_heartbeat() -> None:
-    """Without changes, `changes` returns None after the idle time (a ping is due)."""
+    """Without changes, `next` returns PING after the idle time (a heartbeat is due)."""
     conn = Connection()
     with anyio.fail_after(5):
-        assert await conn.changes(0.01) is None
+        assert await conn.next(never, 0.01) is PING
 
 
 @pytest.mark.anyio
 async def test_closed_connection_returns_at_once() -> None:
-    """Closing wakes the sender, which sees `closed`."""
+    """Closing wakes the sender, which gets CLOSED."""
     conn = Connection()
     conn.close()
     with anyio.fail_after(5):
-        assert await conn.changes(30) is None
+        assert await conn.next(never, 30) is CLOSED
     assert conn.closed

@@ -18,12 +18,14 @@ idempotency key. See docs/live/protocol.md for the wire format.
   (list and filter runs, read their logs, cancel / resume / fork / retry), closed without an
   authorize hook.
 - `Limits`: how many pages the server keeps, for how long, and how many runs a session may
-  start per minute (docs/live/limits.md).
+  start per minute (docs/live/limits.md); `GcTuning`: the garbage collector set for a
+  server holding many live sessions.
 """
 
 from ._app import LiveApp
 from ._dashboard import runs_dashboard
 from ._forms import Form, FormField, Option, build_form, parse_form
+from ._gc import GcTuning
 from ._limits import Limits, RateLimit
 from ._model import model_app, model_live_app, serve_model
 from ._mount import mounted_lifespans
@@ -66,6 +68,7 @@ __all__ = (
     "LiveApp",
     "LiveView",
     "Limits",
+    "GcTuning",
     "Page",
     "Event",
     "Reply",

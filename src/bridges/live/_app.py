@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import jinja2
@@ -34,18 +34,19 @@ from starlette.responses import (
     JSONResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ._blocks import render_block
+from ._gc import GcTuning
 from ._limits import Clock, Limits, retry_after
 from ._messages import BadMessage, json_errors, parse_command
 from ._page import Page, Pages
 from ._session import Session, Sessions, same_origin
-from ._stream import sse
+from ._stream import CLOSED, PING, Wake, sse
 from ._view import Event, LiveView, NotFound, Reply
 
 log = logging.getLogger("bridges.live")
@@ -102,8 +103,10 @@ class LiveApp:
     and how fast a session may start runs; `clock` is the monotonic clock they are measured
     with), `allowed_origins` (other origins trusted for WebSockets and POSTs), `https_only` (secure
     cookie), `websocket` (serve `P/_live/ws`), `csp` (the Content-Security-Policy of pages;
-    None sends none) and `lifespan`: `lifespan(live_app)`, an async context manager entered
-    at start-up (before any page) and left at shutdown (after every page).
+    None sends none), `gc` (a `GcTuning`: freeze what start-up created and raise the
+    collector's thresholds while the app runs, for servers holding many live sessions; off by
+    default) and `lifespan`: `lifespan(live_app)`, an async context manager entered at
+    start-up (before any page) and left at shutdown (after every page).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class LiveApp:
         websocket: bool = True,
         lifespan: Lifespan | None = None,
         csp: str | None = DEFAULT_CSP,
+        gc: GcTuning | None = None,
         debug: bool = False,
     ) -> None:
         self.sessions = Sessions(secret, https_only=https_only)
@@ -136,6 +140,7 @@ class LiveApp:
         self.clock = clock
         self.allowed_origins = frozenset(allowed_origins)
         self.websocket = websocket
+        self.gc = gc
         self.debug = debug
         self.headers = {
             "Cache-Control": "no-store",
@@ -147,6 +152,7 @@ class LiveApp:
         self.state: dict[str, Any] = {}
         self._lifespans: list[Lifespan] = [lifespan] if lifespan is not None else []
         self._routes: list[BaseRoute] = []
+        self._streams: list[tuple[Route, ViewFactory]] = []
         self._tg: TaskGroup | None = None
 
     # -- configuration ----------------------------------------------------------------------
@@ -157,7 +163,9 @@ class LiveApp:
         self._routes.append(
             Route(path, self._page_endpoint(view), methods=["GET", "POST"], name=None)
         )
-        self._routes.append(Route(base + SSE_SUFFIX, self._sse_endpoint(view)))
+        stream = Route(base + SSE_SUFFIX, self._sse_endpoint(view))
+        self._routes.append(stream)
+        self._streams.append((stream, view))
         if self.websocket:
             self._routes.append(WebSocketRoute(base + WS_SUFFIX, self._ws_endpoint(view)))
 
@@ -190,7 +198,9 @@ class LiveApp:
             Mount("/_live/static", StaticFiles(directory=HERE / "static"), name="live-static"),
             *self._routes,
         ]
-        return Starlette(debug=self.debug, routes=routes, lifespan=self._lifespan)
+        app = _LiveStarlette(debug=self.debug, routes=routes, lifespan=self._lifespan)
+        app.live = self
+        return app
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -202,9 +212,13 @@ class LiveApp:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._janitor)
+                if self.gc is not None:
+                    self.gc.apply()  # start-up is over: what it made lives as long as we do
                 try:
                     yield
                 finally:
+                    if self.gc is not None:
+                        self.gc.restore()
                     self.pages.close_all()
                     tg.cancel_scope.cancel()
                     self._tg = None
@@ -281,6 +295,10 @@ class LiveApp:
             with anyio.move_on_after(self.settle):
                 await reply.settle.wait()
         await page.flush()
+        if page.left and not page.connections:
+            # The browser goes elsewhere and no stream shows this page: nobody will look at
+            # it again (a back button or a reload mounts it anew).
+            self.pages.drop(page)
         return reply
 
     def _reply_envelope(self, page: Page, reply: Reply) -> dict[str, Any]:
@@ -323,36 +341,31 @@ class LiveApp:
         return {"type": "ping", "epoch": proj.epoch, "revision": proj.revision}
 
     def _sse_endpoint(self, view: ViewFactory) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
+        async def endpoint(request: Request) -> _EventStream:
             page, last = await self._open_stream(request, view, SSE_SUFFIX)
-            conn = page.connect()
-
-            async def events() -> AsyncIterator[bytes]:
-                try:
-                    yield b"retry: 1000\n\n"
-                    snapshot = self._snapshot(page, last)
-                    yield sse("snapshot", snapshot, page.projection.event_id)
-                    while not conn.closed:
-                        ids = await conn.changes(self.heartbeat)
-                        if conn.closed:
-                            break
-                        if ids is None:
-                            yield sse("ping", self._ping(page))
-                            continue
-                        proj = page.projection
-                        ids_now = [i for i in ids if i in proj]
-                        patch = proj.envelope("patch", ids_now, busy=page.busy)
-                        yield sse("patch", patch, proj.event_id)
-                finally:
-                    page.disconnect(conn)
-
-            return StreamingResponse(
-                events(),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            )
+            return _EventStream(self, page, last)
 
         return endpoint
+
+    async def _serve_stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve an SSE request directly if one of the pages' stream routes matches it; False
+        if none does, or the stream cannot be opened (Starlette's stack then answers)."""
+        for route, view in self._streams:
+            match, child = route.matches(scope)
+            if match is not Match.FULL:
+                continue
+            scope.update(child)
+            try:
+                page, last = await self._open_stream(Request(scope, receive), view, SSE_SUFFIX)
+            except HTTPException:
+                return False  # the 404, as the app's exception handlers answer it
+            await _EventStream(self, page, last)(scope, receive, send)
+            return True
+        return False
+
+    def _patch(self, page: Page, ids: set[str]) -> dict[str, Any]:
+        proj = page.projection
+        return proj.envelope("patch", [i for i in ids if i in proj], busy=page.busy)
 
     def _ws_endpoint(self, view: ViewFactory) -> Callable[[WebSocket], Any]:
         async def endpoint(websocket: WebSocket) -> None:
@@ -372,48 +385,35 @@ class LiveApp:
                 return
             await websocket.accept()
             conn = page.connect()
-            send_lock = anyio.Lock()
 
             async def send(data: dict[str, Any]) -> None:
-                async with send_lock:
-                    await websocket.send_text(json.dumps(data, separators=(",", ":")))
+                await websocket.send_text(json.dumps(data, separators=(",", ":")))
 
-            async def sender() -> None:
-                await send(self._snapshot(page, last))
-                while not conn.closed:
-                    ids = await conn.changes(self.heartbeat)
-                    if conn.closed:
-                        break
-                    proj = page.projection
-                    if ids is None:
-                        await send(self._ping(page))
-                    else:
-                        ids_now = [i for i in ids if i in proj]
-                        await send(proj.envelope("patch", ids_now, busy=page.busy))
-
-            async def receiver() -> None:
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] != "websocket.receive":
-                        return  # websocket.disconnect
-                    frame = message.get("text")
-                    if frame is None:
-                        frame = message.get("bytes")
-                    await send(await self._ws_command(page, session, frame))
-
-            async def sender_then_close() -> None:
-                await sender()
-                # The page closed or started a new epoch: the client must reconnect (to a
-                # new page, or to a full snapshot) instead of waiting on a silent socket.
-                with anyio.CancelScope(shield=True), suppress(RuntimeError, WebSocketDisconnect):
-                    await websocket.close(code=1012)  # already gone: nothing to tell it
-                tg.cancel_scope.cancel()
-
+            # One task serves the socket: it waits for a frame or a disconnect, and a change
+            # of the page wakes it (`Connection.next`). A command is answered before the
+            # changes it made are sent; the client takes both in any order.
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(sender_then_close)
-                    await receiver()
-                    tg.cancel_scope.cancel()
+                await send(self._snapshot(page, last))
+                while True:
+                    got = await conn.next(websocket.receive, self.heartbeat)
+                    if got is CLOSED:
+                        # The page closed or started a new epoch: the client must reconnect
+                        # (to a new page, or to a full snapshot) instead of waiting on a
+                        # silent socket.
+                        with suppress(RuntimeError, WebSocketDisconnect):
+                            await websocket.close(code=1012)  # already gone: nothing to tell it
+                        return
+                    if got is PING:
+                        await send(self._ping(page))
+                    elif isinstance(got, Wake):
+                        await send(self._patch(page, got.ids or set()))
+                    elif got["type"] != "websocket.receive":
+                        return  # websocket.disconnect
+                    else:
+                        frame = got.get("text")
+                        if frame is None:
+                            frame = got.get("bytes")
+                        await send(await self._ws_command(page, session, frame))
             except WebSocketDisconnect:
                 pass
             finally:
@@ -450,3 +450,80 @@ def _event_from_form(form: FormData) -> Event:
         params,
         key if isinstance(key, str) else "",
     )
+
+
+class _EventStream:
+    """The Server-Sent Events response of a page: a snapshot, then patches and pings, served
+    by the request's own task (Starlette's `StreamingResponse` adds a task group with two more
+    tasks per stream to listen for the disconnect). The wait for the client's disconnect and
+    for the page's changes is one wait (`Connection.next`)."""
+
+    __slots__ = ("last", "live", "page")
+
+    headers: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-store"),
+        (b"x-accel-buffering", b"no"),
+    ]
+
+    def __init__(self, live: LiveApp, page: Page, last: str | None) -> None:
+        self.live = live
+        self.page = page
+        self.last = last
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        live, page = self.live, self.page
+        conn = page.connect()
+        # What is sent is built in `_event` and dropped once sent: the loop's frame holds no
+        # chunk while the stream idles (a snapshot is a few KiB, kept per open stream).
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            await send(self._event(b"retry: 1000\n\n", "snapshot"))
+            self.last = None
+            while True:
+                got = await conn.next(receive, live.heartbeat)
+                if got is CLOSED:
+                    break
+                if isinstance(got, Wake):
+                    await send(self._event(b"", "ping" if got is PING else "patch", got.ids))
+                elif got["type"] == "http.disconnect":
+                    return
+                # else: the request's (empty) body: nothing to do
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client is gone (servers of ASGI 2.4 raise it from send)
+        finally:
+            page.disconnect(conn)
+
+    def _event(self, head: bytes, kind: str, ids: set[str] | None = None) -> Message:
+        live, page = self.live, self.page
+        if kind == "snapshot":
+            data = head + sse(kind, live._snapshot(page, self.last), page.projection.event_id)
+        elif kind == "ping":
+            data = sse(kind, live._ping(page))
+        else:
+            data = sse(kind, live._patch(page, ids or set()), page.projection.event_id)
+        return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+class _LiveStarlette(Starlette):
+    """The app `LiveApp.build()` returns: a `Starlette` that serves its pages' SSE streams
+    without going through its middleware stack and router when it has no middleware of the
+    user's (`add_middleware`). An open stream then holds two coroutine frames instead of a
+    dozen (the error and exception middlewares, the router, the route, the request wrapper and
+    its exception handling): about 5 KiB per open stream (bench/README.md, "live"). Every other
+    request, a stream that cannot be opened (404), and every request of an app with user
+    middleware take the ordinary path."""
+
+    live: LiveApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].endswith(SSE_SUFFIX)
+            and not self.user_middleware
+        ):
+            scope["app"] = self
+            if await self.live._serve_stream(scope, receive, send):
+                return
+        await super().__call__(scope, receive, send)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,7 +74,8 @@ class RateLimit:
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+        # A list per key, not a deque: limits are small, and an empty deque costs ~0.6 KiB.
+        self._events: OrderedDict[str, list[float]] = OrderedDict()
 
     def take(self, key: str) -> float | None:
         """Count one event for `key` if the limit allows it (returns None), or return how many
@@ -85,9 +86,11 @@ class RateLimit:
         self._forget(now - self.window)
         times = self._events.get(key)
         if times is None:
-            times = self._events[key] = deque()
-        while times and times[0] <= now - self.window:
-            times.popleft()
+            times = self._events[key] = []
+        expired = 0
+        while expired < len(times) and times[expired] <= now - self.window:
+            expired += 1
+        del times[:expired]
         if len(times) >= self.limit:
             return max(times[0] + self.window - now, 0.001)
         times.append(now)

@@ -6,17 +6,21 @@ to every connection. Messages sent with `send_info` wait in a coalescing mailbox
 with a `key` replaces the pending one with the same key), and the page renders at most once per
 `throttle` interval while messages keep coming — always once more after the last one, so the
 final state is never lost.
+
+A page holds no task of its own: a mailbox with messages waiting is delivered by a short task
+in the app's task group that ends once the mailbox is empty, and a page's streams are served by
+their requests' own tasks (`_stream.Connection`). An idle page is plain objects: its view, its
+regions and a few attributes (docs/live/limits.md has the measured cost).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
 from markupsafe import Markup, escape
 
 from ._regions import Projection
@@ -32,12 +36,57 @@ log = logging.getLogger("bridges.live")
 _KEYS_REMEMBERED = 256  # accepted idempotency keys kept per page
 
 
+class _Mutex:
+    """A FIFO lock that allocates nothing until two tasks contend for it (anyio's `Lock`
+    keeps a deque per lock: ~0.6 KiB per page, for a lock that is almost never contended)."""
+
+    __slots__ = ("_locked", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: deque[anyio.Event] | None = None
+
+    def locked(self) -> bool:
+        """Whether a task holds the lock."""
+        return self._locked
+
+    async def __aenter__(self) -> None:
+        if not self._locked:
+            self._locked = True
+            return
+        if self._waiters is None:
+            self._waiters = deque()
+        turn = anyio.Event()
+        self._waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self._release()  # handed the lock as it was cancelled: pass it on
+            else:
+                self._waiters.remove(turn)
+            raise
+        # Handed over by `_release`: still locked, now ours.
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            waiters.popleft().set()
+            if not waiters:
+                self._waiters = None
+        else:
+            self._locked = False
+
+
 class Page:
     """The server side of one page (one session, one URL), handed to every view method.
 
     What a view uses: `params` (path parameters), `query`, `session`, `app`, `send_info`,
-    `spawn`, `render_template`, `hidden` (the CSRF/event/key fields of a form) and `action`
-    (the URL forms post to).
+    `spawn`, `on_close`, `render_template`, `hidden` (the CSRF/event/key fields of a form) and
+    `action` (the URL forms post to).
     """
 
     def __init__(
@@ -59,19 +108,27 @@ class Page:
         self.root_path = root_path
         self.projection = Projection()
         self.connections: set[Connection] = set()
-        self.lock = anyio.Lock()
+        self.lock = _Mutex()
         self.closed = False
         self.last_seen = app.clock()
         # A page is kept only briefly until a stream connects to it or a command arrives:
         # what a real browser does, and what a script that only GETs pages does not.
         self.confirmed = False
-        self.ready = anyio.Event()
+        # Set when a command sent the browser to another URL: once no stream shows the page
+        # any more, the user has left it and it is dropped (a start page, after its start).
+        self.left = False
+        # Set while the page is being mounted (requests for it wait), then None.
+        self.mounting: anyio.Event | None = anyio.Event()
         self.failure: BaseException | None = None
-        self._inbox: dict[object, Any] = {}
-        self._wake = anyio.Event()
-        self._hurry = anyio.Event()
-        self._tg: TaskGroup | None = None
-        self._accepted: OrderedDict[str, Reply] = OrderedDict()
+        # Allocated on first use: most pages never get a message, a task or a keyed command.
+        self._inbox: dict[object, Any] | None = None
+        self._delivering = False
+        self._urgent = False
+        self._nap: anyio.CancelScope | None = None
+        self._quiet_until = 0.0
+        self._tasks: set[anyio.CancelScope] | None = None
+        self._on_close: list[Callable[[], None]] | None = None
+        self._accepted: OrderedDict[str, Reply] | None = None
 
     # -- what views use ----------------------------------------------------------------------
 
@@ -111,23 +168,78 @@ class Page:
             return
         if key is None:
             key = object()
-        self._inbox.pop(key, None)
-        self._inbox[key] = message
-        self._wake.set()
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = {}
+        inbox.pop(key, None)
+        inbox[key] = message
         if urgent:
-            self._hurry.set()
+            self._urgent = True
+            if self._nap is not None:
+                self._nap.cancel()
+        if not self._delivering:
+            self._delivering = True
+            self.app.task_group.start_soon(self._deliver)
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run `fn(*args)` in the background for as long as the page lives."""
-        if self._tg is None:
-            raise RuntimeError("the page is not running")
-        self._tg.start_soon(self._guard, fn, *args)
+        """Run `fn(*args)` in the background for as long as the page lives (it is cancelled
+        when the page is closed)."""
+        if self.closed:
+            return
+        self.app.task_group.start_soon(self._guard, fn, *args)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` when the page is closed (dropped, or the app stops): stop
+        following what the view follows. Runs at once if the page is closed already."""
+        if self.closed:
+            self._call(callback)
+            return
+        if self._on_close is None:
+            self._on_close = []
+        self._on_close.append(callback)
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("an on_close callback of page %s failed", self.path)
 
     async def _guard(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self.closed:
+            return
+        with anyio.CancelScope() as scope:
+            if self._tasks is None:
+                self._tasks = set()
+            self._tasks.add(scope)
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("a task of page %s failed", self.path)
+            finally:
+                self._tasks.discard(scope)
+
+    async def _deliver(self) -> None:
+        # The mailbox's short task: it lives while messages wait, then ends. The first message
+        # after a quiet spell is handled at once; later ones wait out the throttle interval
+        # since the last render (an urgent one cuts the wait short).
         try:
-            await fn(*args)
-        except Exception:
-            log.exception("a task of page %s failed", self.path)
+            while self._inbox and not self.closed:
+                if not self._urgent and anyio.current_time() < self._quiet_until:
+                    with anyio.CancelScope(deadline=self._quiet_until) as nap:
+                        self._nap = nap
+                        await anyio.sleep_forever()
+                    self._nap = None
+                    continue
+                self._urgent = False
+                try:
+                    await self.flush()
+                except Exception:
+                    # A view that fails to render must not take the app's task group down.
+                    log.exception("page %s failed to render", self.path)
+                self._quiet_until = anyio.current_time() + self.app.throttle
+        finally:
+            self._nap = None
+            self._delivering = False
 
     # -- what the bridge uses ----------------------------------------------------------------
 
@@ -146,32 +258,11 @@ class Page:
         self.last_seen = self.app.clock()
         self.app.pages.seen(self)
 
-    async def main(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The page's life: its mailbox worker and the tasks it spawns."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._worker)
-            task_status.started()
-
     async def mount(self) -> None:
         """Mount the view and render it the first time."""
         async with self.lock:
             await self.view.mount(self)
             self._publish()
-
-    async def _worker(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            try:
-                await self.flush()
-            except Exception:
-                # A view that fails to render must not take the app's task group down.
-                log.exception("page %s failed to render", self.path)
-            if self.app.throttle > 0 and not self._hurry.is_set():
-                with anyio.move_on_after(self.app.throttle):
-                    await self._hurry.wait()
-            self._hurry = anyio.Event()
 
     async def flush(self) -> None:
         """Handle every waiting message now, then render."""
@@ -181,6 +272,7 @@ class Page:
 
     async def reload(self) -> None:
         """A full-page GET of a mounted page: the view refreshes, then everything renders."""
+        self.left = False  # back on the page (the back button, another tab)
         self.touch()
         async with self.lock:
             await self._drain()
@@ -189,7 +281,7 @@ class Page:
 
     async def _drain(self) -> None:
         while self._inbox:
-            inbox, self._inbox = self._inbox, {}
+            inbox, self._inbox = self._inbox, None
             for message in inbox.values():
                 try:
                     await self.view.handle_info(message, self)
@@ -214,16 +306,21 @@ class Page:
         self.touch()
         async with self.lock:
             await self._drain()
-            first = self._accepted.get(event.key) if event.key else None
+            accepted = self._accepted
+            first = accepted.get(event.key) if accepted is not None and event.key else None
             if first is not None:
                 # Answer a duplicate as the original was answered, without doing it again.
                 reply = Reply(duplicate=True, redirect=first.redirect)
             else:
                 reply = await self.view.handle_event(event, self) or Reply()
                 if reply.ok and event.key and not reply.duplicate:
-                    self._accepted[event.key] = reply
-                    if len(self._accepted) > _KEYS_REMEMBERED:
-                        self._accepted.popitem(last=False)
+                    if accepted is None:
+                        accepted = self._accepted = OrderedDict()
+                    accepted[event.key] = reply
+                    if len(accepted) > _KEYS_REMEMBERED:
+                        accepted.popitem(last=False)
+            if reply.redirect is not None and reply.redirect != self.action:
+                self.left = True
             self._publish()
         return reply
 
@@ -236,15 +333,20 @@ class Page:
             conn.close()
             return conn
         self.confirmed = True
+        self.left = False  # a stream shows it: whoever opened it is on the page
         self.connections.add(conn)
         self.touch()
         return conn
 
     def disconnect(self, conn: Connection) -> None:
-        """Close a connection."""
+        """Close a connection. The last one of a page its user left drops the page."""
         conn.close()
         self.connections.discard(conn)
-        if not self.closed:
+        if self.closed:
+            return
+        if self.left and not self.connections:
+            self.app.pages.drop(self)
+        else:
             self.touch()
 
     def document(self) -> str:
@@ -262,12 +364,21 @@ class Page:
         )
 
     def close(self) -> None:
-        """Stop the page: its tasks are cancelled and its connections closed."""
+        """Stop the page: its tasks are cancelled, its connections closed and its `on_close`
+        callbacks called."""
+        if self.closed:
+            return
         self.closed = True
+        self._inbox = None
         for conn in list(self.connections):
             conn.close()
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
+        if self._nap is not None:
+            self._nap.cancel()
+        for scope in list(self._tasks or ()):
+            scope.cancel()
+        callbacks, self._on_close = self._on_close or [], None
+        for callback in callbacks:
+            self._call(callback)
 
 
 class Pages:
@@ -306,7 +417,8 @@ class Pages:
         """The page for `session` at `path`, mounted now if it does not exist yet."""
         key = (session.id, path)
         while (page := self._pages.get(key)) is not None:
-            await page.ready.wait()
+            if page.mounting is not None:
+                await page.mounting.wait()
             if page.failure is not None:
                 raise page.failure
             if not page.closed:
@@ -320,8 +432,8 @@ class Pages:
         self._pages[key] = page
         self._sessions.setdefault(session.id, OrderedDict())[path] = page
         self.seen(page)
+        mounting = page.mounting
         try:
-            await self.app.task_group.start(page.main)
             await page.mount()
         except BaseException as err:
             page.failure = err if isinstance(err, NotFound) else NotFound(str(err))
@@ -329,7 +441,9 @@ class Pages:
             self._forget(page)
             raise
         finally:
-            page.ready.set()
+            page.mounting = None
+            if mounting is not None:
+                mounting.set()
         return page
 
     def seen(self, page: Page) -> None:
@@ -386,6 +500,10 @@ class Pages:
         while len(self._pages) >= limits.max_pages:
             order = self._unconfirmed or self._idle or self._connected
             self._drop(next(iter(order.values())))
+
+    def drop(self, page: Page) -> None:
+        """Close `page` and forget it (its next request mounts it anew)."""
+        self._drop(page)
 
     def _drop(self, page: Page) -> None:
         page.close()

@@ -34,7 +34,7 @@ from effects import (
     RunNotFound,
     Stack,
 )
-from effects.durable import DurableRunner, Queue, Run
+from effects.durable import DurableRunner, Queue, Run, RunWatch, TaskWatch
 from effects.tasks import TaskSnapshot
 
 from ._app import LiveApp
@@ -226,8 +226,28 @@ class RunView(LiveView):
         run_id = str(page.params.get("run_id", ""))
         if not run_id or (not self.config.shared and not page.session.owns(run_id)):
             raise NotFound(run_id)
+        runner = self.config.the_runner()
+        # Followed with callbacks, not tasks (a page holds none): registered before the run
+        # and its tree are read, so that nothing committed in between is missed.
+        status: list[str | None] = [None]
+
+        def on_run(run: Run) -> None:
+            # A step that ends shows at once; checkpoints while it runs are throttled.
+            page.send_info(RunChanged(run), key="run", urgent=run.status != status[0])
+            status[0] = run.status
+
+        def on_tree(tree: TaskSnapshot) -> None:
+            page.send_info(TasksChanged(run_id, tree), key="tasks")
+
+        # The runner's trees come from whichever process runs the run (PostgreSQL NOTIFY);
+        # trees published to the hub by a `TaskTree` of your own (a runner passed with
+        # `runner=` that has `hub.handler()` installed) arrive through the hub.
+        watch = runner.watch(run_id, on_run)
+        page.on_close(watch.close)
+        page.on_close(runner.watch_tasks(run_id, on_tree).close)
+        page.on_close(self.config.hub.listen(run_id, lambda _rid, tree: on_tree(tree)))
         try:
-            run = await self.config.the_runner().get(run_id)
+            run = await runner.get(run_id)
         except RunNotFound:
             raise NotFound(run_id) from None
         if run.name != self.config.name:
@@ -235,35 +255,12 @@ class RunView(LiveView):
         self.allowed = await self.config.allowed(page.session, run)
         # The runner's tree: live if a step of the run runs here, else its stored copy (a run
         # running in another process, or finished before a restart).
-        self.tasks = await self.config.the_runner().task_tree(run_id)
+        self.tasks = await runner.task_tree(run_id)
         if self.tasks is None:
             self.tasks = self.config.hub.latest(run_id)
+        status[0] = run.status
         self._take(run)
-        page.spawn(self._follow, page, run_id)
-        page.spawn(self._follow_tasks, page, run_id)
-
-    async def _follow(self, page: Page, run_id: str) -> None:
-        # Trees published to the hub by a `TaskTree` of your own (a runner passed with
-        # `runner=` that has `hub.handler()` installed) arrive here.
-        stop = self.config.hub.listen(
-            run_id, lambda rid, snap: page.send_info(TasksChanged(rid, snap), key="tasks")
-        )
-        try:
-            async with self.config.the_runner().subscribe(run_id) as runs:
-                status = None
-                async for run in runs:
-                    # A step that ends shows at once; checkpoints while it runs are throttled.
-                    page.send_info(RunChanged(run), key="run", urgent=run.status != status)
-                    status = run.status
-            await anyio.sleep_forever()  # finished: only task snapshots may still come
-        finally:
-            stop()
-
-    async def _follow_tasks(self, page: Page, run_id: str) -> None:
-        # The runner's trees, whichever process runs the run (PostgreSQL NOTIFY), to the end.
-        async with self.config.the_runner().subscribe_tasks(run_id) as trees:
-            async for tree in trees:
-                page.send_info(TasksChanged(run_id, tree), key="tasks")
+        watch.offer(run)
 
     async def refresh(self, page: Page) -> None:
         assert self.run is not None
@@ -557,26 +554,25 @@ class IndexView(LiveView):
         self.errors: list[dict[str, Any]] = []
         self.start_key = _start_key()
         self.trees: dict[str, TaskSnapshot] = {}
-        self._following: set[str] = set()
+        self._following: dict[str, tuple[RunWatch | TaskWatch, ...]] = {}
         self._unknown: set[str] = set()
 
     async def mount(self, page: Page) -> None:
-        await self._list(page)
         session = page.session
 
         def on_tasks(run_id: str, snapshot: TaskSnapshot) -> None:
             if self.config.shared or session.owns(run_id):
                 page.send_info(TasksChanged(run_id, snapshot), key=("tasks", run_id))
 
-        stop = self.config.hub.listen(None, on_tasks)
+        page.on_close(self.config.hub.listen(None, on_tasks))
+        page.on_close(self._unfollow)
+        await self._list(page)
 
-        async def hold() -> None:
-            try:
-                await anyio.sleep_forever()
-            finally:
-                stop()
-
-        page.spawn(hold)
+    def _unfollow(self) -> None:
+        following, self._following = self._following, {}
+        for watches in following.values():
+            for watch in watches:
+                watch.close()
 
     async def refresh(self, page: Page) -> None:
         await self._list(page)
@@ -598,29 +594,30 @@ class IndexView(LiveView):
             self._follow(page, run)
 
     def _follow(self, page: Page, run: Run) -> None:
-        # Statuses come from the runner's subscriptions (one per unfinished run listed),
-        # progress from the hub: nothing polls the store.
-        if run.finished or run.id in self._following:
+        # Statuses come from the runner's watches (one per unfinished run listed), progress
+        # from the hub and, for runs running in other processes, the runner's tree watches:
+        # nothing polls the store, and no task is held per run.
+        if run.finished or run.id in self._following or page.closed:
             return
-        self._following.add(run.id)
         runner = self.config.the_runner()
+        run_id = run.id
 
-        async def follow() -> None:
-            try:
-                async with runner.subscribe(run.id) as runs:
-                    async for snapshot in runs:
-                        page.send_info(RunChanged(snapshot), key=("run", run.id))
-            finally:
-                self._following.discard(run.id)
+        def on_run(snapshot: Run) -> None:
+            page.send_info(RunChanged(snapshot), key=("run", run_id))
+            if snapshot.finished:
+                watches = self._following.pop(run_id, ())
+                for watch in watches:
+                    watch.close()
 
-        async def follow_tasks() -> None:
-            # Progress of runs running in other processes (this process's come from the hub).
-            async with runner.subscribe_tasks(run.id) as trees:
-                async for tree in trees:
-                    page.send_info(TasksChanged(run.id, tree), key=("tasks", run.id))
+        def on_tree(tree: TaskSnapshot) -> None:
+            page.send_info(TasksChanged(run_id, tree), key=("tasks", run_id))
 
-        page.spawn(follow)
-        page.spawn(follow_tasks)
+        watch = runner.watch(run_id, on_run)
+        self._following[run_id] = (watch, runner.watch_tasks(run_id, on_tree))
+        watch.offer(run)
+        # `run` may have been read before the watch was registered: one more read (a short
+        # task) catches a change committed in between.
+        page.spawn(_reread, runner, watch)
 
     async def handle_info(self, message: Any, page: Page) -> None:
         if isinstance(message, RunChanged):
@@ -686,9 +683,7 @@ class IndexView(LiveView):
         self.start_key = _start_key()
         self.runs.insert(0, run)
         self._follow(page, run)
-        settle = anyio.Event()
-        page.spawn(_settle, runner, run_id, settle)
-        return Reply(redirect=page.url(f"/runs/{run_id}"), settle=settle)
+        return Reply(redirect=page.url(f"/runs/{run_id}"), settle=_settle(page, runner, run))
 
     def render(self, page: Page) -> Mapping[str, str]:
         model = self.config.start_input
@@ -717,16 +712,29 @@ def _start_key() -> str:
     return f"start:{secrets.token_urlsafe(12)}"
 
 
-async def _settle(runner: DurableRunner, run_id: str, done: anyio.Event) -> None:
-    """Set `done` once the run's first step is over (it suspended or ended)."""
-    try:
-        with anyio.move_on_after(60):
-            async with runner.subscribe(run_id) as runs:
-                async for run in runs:
-                    if run.status != "running":
-                        break
-    finally:
+async def _reread(runner: DurableRunner, watch: RunWatch) -> None:
+    if not watch.closed:
+        watch.offer(await runner.get(watch.run_id))
+
+
+def _settle(page: Page, runner: DurableRunner, run: Run) -> anyio.Event:
+    """An event set once the run's first step is over (it suspended or ended), or when the
+    page closes."""
+    done = anyio.Event()
+    if run.status != "running":
         done.set()
+        return done
+
+    def on_run(snapshot: Run) -> None:
+        if snapshot.status != "running":
+            done.set()
+            watch.close()
+
+    watch = runner.watch(run.id, on_run)
+    page.on_close(done.set)
+    page.on_close(watch.close)
+    watch.offer(run)
+    return done
 
 
 # -- the apps -------------------------------------------------------------------------------

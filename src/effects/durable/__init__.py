@@ -14,6 +14,7 @@ recorded by its older version; `Checkpoint`, `StartTimer`, `AwaitTimer`, `idempo
 timer: its wake-up time is recorded before it waits. A runner keeps a copy of each run's task
 tree in the store (`DurableRunner.task_tree`, `subscribe_tasks`, `TaskSubscription`).
 `replay` checks a stored log against the code deployed now, performing nothing (a CI step).
+`DurableRunner.watch` and `watch_tasks` follow a run with a callback instead of a task.
 """
 
 from ._effects import AwaitTimer, Checkpoint, StartTimer, at_most_once, idempotency_key
@@ -27,6 +28,7 @@ from ._runner import DurableRunner, current_run_id
 from ._serialize import ReplayedError
 from ._tasks import TaskSubscription
 from ._versioning import Patched, patched
+from ._watch import RunWatch, TaskWatch
 from ._worker import Worker
 
 __all__ = (
@@ -37,6 +39,8 @@ __all__ = (
     "RunStatus",
     "Subscription",
     "TaskSubscription",
+    "RunWatch",
+    "TaskWatch",
     "current_run_id",
     "EffectLogger",
     "Log",

@@ -65,6 +65,7 @@ from ._store import NOTIFY_CHANNEL, LogRows, RunRow, Store
 from ._task_store import TASKS_CHANNEL, TaskTrees, encode_tree, error_text
 from ._tasks import StepTasks, StepTaskTree, TaskSubscription
 from ._timers import Timers
+from ._watch import RunWatch, TaskWatch
 
 logger = logging.getLogger("effects.durable")
 
@@ -844,6 +845,22 @@ class DurableRunner:
         """
         self.store  # noqa: B018 - fails clearly outside `async with`
         return TaskSubscription(self, run_id)
+
+    def watch(self, run_id: str, on_run: Callable[[Run], None]) -> RunWatch:
+        """Follow a run without a task: `on_run(run)` is called with each newer snapshot
+        committed by this process (and, on PostgreSQL, by others), until it finishes or the
+        watch is closed. Unlike `subscribe` it does not read the current run: read it after
+        registering and hand it to `RunWatch.offer`, so that no change is missed between the
+        read and the registration. See `RunWatch`."""
+        self.store  # noqa: B018 - fails clearly outside `async with`
+        return RunWatch(self, run_id, on_run)
+
+    def watch_tasks(self, run_id: str, on_tree: Callable[[TaskSnapshot], None]) -> TaskWatch:
+        """Follow a run's task tree without a task: `on_tree(tree)` is called with each newer
+        tree (see `subscribe_tasks` for where they come from), until the run's final tree or
+        `close()`. It does not read the current tree: call `task_tree` after registering."""
+        self.store  # noqa: B018 - fails clearly outside `async with`
+        return TaskWatch(self, run_id, on_tree)
 
     async def _current_tree(self, run_id: str) -> tuple[TaskSnapshot | None, int | None, bool]:
         """The newest tree of a run (live here, or stored), its stored version (None when
