@@ -8,6 +8,15 @@
  * (re)connection starts with a snapshot; the reconnect uses a jittered exponential backoff and
  * waits while the tab is hidden.
  *
+ * Configured for the WebSocket (window.LIVE_TRANSPORT = "ws", or data-live-transport="ws"),
+ * the client falls back to the SSE stream when the socket cannot be used: a socket that fails
+ * before it opens (a proxy that does not pass the upgrade on answers the handshake with a
+ * plain HTTP response), or sockets that keep closing before their snapshot. The stream
+ * resumes from the revision the page shows, and commands go over HTTP; a command that was
+ * in flight on the failed socket is sent again over HTTP (its idempotency key makes that
+ * safe). The choice is kept for the tab's session (sessionStorage), so the next pages do not
+ * try the socket again.
+ *
  * Without this file the page still works: forms post, the server answers 303, and a busy page
  * refreshes itself through <noscript>.
  */
@@ -20,14 +29,22 @@
   var lastRevision = revision(body.getAttribute("data-live-revision")) || 0;
   var csrfMeta = document.querySelector('meta[name="live-csrf"]');
   var csrf = csrfMeta ? csrfMeta.getAttribute("content") : "";
+  var FALLBACK = "bridges.live.transport";
+  var SOCKET_TRIES = 3;   // sockets closing before their snapshot, in a row, before falling back
   var transport = body.getAttribute("data-live-transport") || window.LIVE_TRANSPORT || "sse";
+  if (transport === "ws" && remembered() === "sse") transport = "sse";
   var source = null;      // EventSource or WebSocket
   var attempt = 0;        // reconnect attempts since the last snapshot
+  var socketFailures = 0; // sockets that ended without a snapshot, in a row
   var timer = null;       // pending reconnect
   var watchdog = null;    // no message for too long: reconnect
   var heartbeat = 15000;
   var pending = {};       // WebSocket command replies by ref
   var refs = 0;
+
+  function remembered() {
+    try { return window.sessionStorage.getItem(FALLBACK); } catch (e) { return null; }
+  }
 
   // A revision is a non-negative integer exact in a double; anything else (a string, a
   // number past 2^53 that would compare equal to its neighbours) is not one: null.
@@ -143,7 +160,7 @@
 
   function onEnvelope(envelope) {
     alive();
-    if (envelope.type === "snapshot") attempt = 0;
+    if (envelope.type === "snapshot") { attempt = 0; socketFailures = 0; }
     var answer = envelope.type === "reply" || envelope.type === "error";
     if (answer && typeof envelope.ref === "string" && pending.hasOwnProperty(envelope.ref)) {
       pending[envelope.ref](envelope);
@@ -159,13 +176,29 @@
     var url = base + "?last_event_id=" + encodeURIComponent(epoch + "." + lastRevision);
     if (transport === "ws") {
       var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      var ws = new WebSocket(scheme + location.host + url);
+      var ws;
+      try { ws = new WebSocket(scheme + location.host + url); } catch (e) { fallBack(); return; }
       source = ws;
+      var opened = false;
+      var snapshots = 0;
+      ws.onopen = function () { opened = true; };
       ws.onmessage = function (m) {
-        try { onEnvelope(JSON.parse(m.data)); } catch (e) { /* ignore a bad frame */ }
+        try {
+          var envelope = JSON.parse(m.data);
+          if (envelope && envelope.type === "snapshot") snapshots += 1;
+          onEnvelope(envelope);
+        } catch (e) { /* ignore a bad frame */ }
       };
-      ws.onclose = function () { if (source === ws) reconnect(); };
-      ws.onerror = function () { if (source === ws) reconnect(); };
+      var ended = function () {
+        if (source !== ws) return;
+        failPending();
+        // Refused before it opened (the upgrade did not reach the server), or closing again
+        // and again before its snapshot: this way in does not work here.
+        if (!opened || (snapshots === 0 && ++socketFailures >= SOCKET_TRIES)) { fallBack(); return; }
+        reconnect();
+      };
+      ws.onclose = ended;
+      ws.onerror = ended;
     } else {
       var es = new EventSource(url);
       source = es;
@@ -186,6 +219,17 @@
     source = null;
     if (s) { try { s.close(); } catch (e) { /* already closed */ } }
     clearTimeout(watchdog);
+  }
+
+  // The SSE stream instead of the socket, at once (another way in, not a retry), for the
+  // rest of the tab's session.
+  function fallBack() {
+    close();
+    transport = "sse";
+    try { window.sessionStorage.setItem(FALLBACK, "sse"); } catch (e) { /* not kept: fine */ }
+    clearTimeout(timer);
+    timer = null;
+    connect();
   }
 
   function reconnect() {
@@ -253,11 +297,19 @@
     });
   }
 
+  // Commands in flight on a socket that ended: their callers send them again over HTTP.
+  function failPending() {
+    var waiting = pending;
+    pending = {};
+    Object.keys(waiting).forEach(function (ref) { waiting[ref](null); });
+  }
+
   function sendSocket(data) {
     return new Promise(function (resolve, reject) {
       refs += 1;
       var ref = "r" + refs;
       pending[ref] = function (envelope) {
+        if (envelope === null) { reject(new Error("the socket closed")); return; }
         // The server refused the frame (a stale CSRF token, say): as after a 403, reload.
         if (envelope.type === "error") { location.reload(); resolve(null); return; }
         resolve(envelope);
@@ -281,7 +333,10 @@
     if (ev.submitter && ev.submitter.name) data.append(ev.submitter.name, ev.submitter.value);
     setBusy(form, true);
     var useSocket = transport === "ws" && source && source.readyState === 1;
-    (useSocket ? sendSocket(data) : sendHttp(form, data, 2)).then(function (reply) {
+    var sent = useSocket
+      ? sendSocket(data).catch(function () { return sendHttp(form, data, 2); })
+      : sendHttp(form, data, 2);
+    sent.then(function (reply) {
       if (reply) afterReply(form, reply);
     }, function () {
       setBusy(form, false);
