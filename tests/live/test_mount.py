@@ -97,9 +97,7 @@ async def test_mounted_next_to_an_own_lifespan(serve: Serve, db_url: str) -> Non
             Route("/", home),
             Mount(
                 "/signup",
-                routes=[
-                    Mount("/", wizard_app(signup, secret=SECRET, url=db_url, title="Signup"))
-                ],
+                routes=[Mount("/", wizard_app(signup, secret=SECRET, url=db_url, title="Signup"))],
             ),
         ],
         lifespan=lifespan,

@@ -427,6 +427,9 @@ class Pages:
             # Dropped while it was being mounted: mount it anew (unless another request
             # already does).
             self._forget(page)
+        # Pages need the running app (their messages are delivered in its task group): an app
+        # whose lifespan never started says how to fix that, before any view is mounted.
+        self.app.task_group  # noqa: B018
         self._make_room(session.id)
         page = Page(self.app, session, path, params, query, factory(), root_path)
         self._pages[key] = page

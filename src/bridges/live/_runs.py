@@ -94,7 +94,7 @@ class Prompt:
 
     @property
     def progress(self) -> str:
-        """"Step 2 of 3" (or "Step 2"), or "" when the prompt does not say."""
+        """ "Step 2 of 3" (or "Step 2"), or "" when the prompt does not say."""
         if self.step is None:
             return ""
         return f"Step {self.step} of {self.steps}" if self.steps else f"Step {self.step}"
