@@ -35,7 +35,10 @@ LONG = 400_000  # effects of the loop whose lateness is measured (~0.3 s of work
 ENDLESS = 20_000_000  # effects of a loop that only ends by cancellation (~15 s of work)
 TICK = 0.01
 MAX_LATENESS = 0.1
-CANCEL_LATENCY = 0.3
+# A bound, not a measurement: without the driver's pauses a cancel waited for the whole
+# ENDLESS step (~15 s) and reported Done. The latency itself (0.1-0.25 ms idle) is measured in
+# bench/; a tight bound here failed under the load of a full parallel test run.
+CANCEL_LATENCY = 2.0
 
 
 class Work(Effect[int]):
@@ -142,8 +145,9 @@ async def test_a_long_arun_lets_other_tasks_run() -> None:
 
 
 async def test_cancel_of_a_long_step_takes_effect_promptly() -> None:
-    """A cancel sent while a step computes (no await) is Cancelled within 300 ms, with
-    cleanup that still performs effects; it used to wait for the step and report Done."""
+    """A cancel sent while a step computes (no await) is Cancelled promptly (well before the
+    step could end), with cleanup that still performs effects; it used to wait for the step
+    and report Done."""
     cleanup: list[int] = []
 
     def comp(started: Callable[[], None]) -> Generator[Any, Any, int]:
@@ -231,7 +235,7 @@ class TestDurable:
     async def test_cancel_of_a_long_durable_step_takes_effect_promptly(
         self, tmp_path: Path
     ) -> None:
-        """`DurableRunner.cancel` of a step that never awaits: cancelled within 300 ms."""
+        """`DurableRunner.cancel` of a step that never awaits: cancelled promptly."""
         url = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
         started = anyio.Event()
         STARTED.append(started.set)
