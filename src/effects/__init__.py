@@ -34,6 +34,7 @@ from ._runners import arun, astart, run, start
 from ._std.call import Call, Retry
 from ._std.control import Err, Ok, Yield, bracket, catch, try_catch
 from ._std.parallel import Branching, Parallel, current_branch
+from ._std.receive import Receive
 from ._std.state import EventAccumulator, Reader, State, Writer
 from ._std.transaction import Transactional, transaction
 from ._std.world import Clock, Fresh, Random
@@ -79,6 +80,7 @@ __all__ = (
     "Message",
     # standard effects
     "Yield",
+    "Receive",
     "catch",
     "try_catch",
     "Ok",

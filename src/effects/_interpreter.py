@@ -338,6 +338,12 @@ def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Sco
     return Tables(fast, meta, frozenset(derived)), _Scope(installed)
 
 
+def extend(tables: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Scope]:
+    """Package-internal: `tables` with `handlers` installed inside them (first innermost), as
+    `with_handler` would, and the scope they make."""
+    return _install(tables, handlers)
+
+
 class Run:
     """The state of one run: its frame stack. Driven by `drive` / `adrive`."""
 

@@ -22,7 +22,7 @@ from .._computation import Computation
 from .._effect import Effect
 from .._exceptions import Cancellation, ConfigurationError, UnhandledSuspension
 from .._handler import Handler
-from .._interpreter import Run, ScopeEffect, Tables, _install, running_async
+from .._interpreter import Run, ScopeEffect, Tables, extend, running_async
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw
 
 T = TypeVar("T")
@@ -253,7 +253,7 @@ class _Branches(ScopeEffect):
                 path = f"{parent}.{i}" if parent else str(i)
                 fresh = [(o, o.branch(path, group_token)) for o in owners.values()]
                 if fresh:
-                    child_tables, scope = _install(tables, tuple(h for _, h in fresh))
+                    child_tables, scope = extend(tables, tuple(h for _, h in fresh))
                     # Pair each branching handler with the instance actually installed.
                     copies = list(zip((o for o, _ in fresh), scope.handlers, strict=True))
                 else:

@@ -41,6 +41,10 @@ class LogEntry(BaseModel):
       epoch seconds (`time.time()`); `ended_at` is None while pending. Both are None in
       entries written before they were recorded. A replayed entry keeps the times of the run
       that recorded it.
+    - `branch`: the `Parallel` branch that performed the effect (`"{position}.{index}"`, the
+      log position where the Parallel started and the branch's index; `"a/b"` for branch `b`
+      of a Parallel inside branch `a`), None for the run's own effects. Replay hands each
+      branch its own entries, in order.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +58,7 @@ class LogEntry(BaseModel):
     error: ErrorInfo | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    branch: str | None = None
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -190,6 +195,7 @@ def make_entry(
     error: ErrorInfo | None = None,
     started_at: float | None = None,
     ended_at: float | None = None,
+    branch: str | None = None,
 ) -> LogEntry:
     """A `LogEntry` from trusted values, without validation."""
     e = _new(LogEntry)
@@ -205,6 +211,7 @@ def make_entry(
             "error": error,
             "started_at": started_at,
             "ended_at": ended_at,
+            "branch": branch,
         },
     )
     _set_fields(e, _ENTRY_FIELDS)
@@ -267,9 +274,26 @@ def build_recorded(
                 "error": None,
                 "started_at": started_at,
                 "ended_at": ended_at,
+                "branch": None,
             },
         )
         set_fields(e, fields)
         set_extra(e, None)
         set_private(e, None)
         entries[i] = e
+
+
+def moved(e: LogEntry, seq: int, branch: str | None) -> LogEntry:
+    """`e` at another position and branch (how a `Parallel` branch's entries join a log)."""
+    return make_entry(
+        seq,
+        e.effect,
+        e.fingerprint,
+        e.args,
+        e.status,
+        e.result,
+        e.error,
+        e.started_at,
+        e.ended_at,
+        branch,
+    )

@@ -328,7 +328,14 @@ class EffectLogger(Handler):
 
     def _reset(self) -> None:
         given = self._given
-        self._old: list[LogEntry] = list(given.entries) if given is not None else []
+        old = list(given.entries) if given is not None else []
+        # The entries of `Parallel` branches are replayed by the branches' own loggers.
+        self._branch_old = [e for e in old if e.branch is not None]
+        if self._branch_old:
+            old = [e for e in old if e.branch is None]
+        self._old: list[LogEntry] = old
+        self._groups: dict[object, int] = {}
+        self._originals: Table = {}
         self._n_old = len(self._old)
         self._cursor = 0
         self._entries: list[_Kept] = []
@@ -387,10 +394,10 @@ class EffectLogger(Handler):
     def install(self) -> EffectLogger:
         if self._fresh:
             # The first installation uses the logger itself (its state is as `_reset` left
-            # it); later ones get a copy each.
+            # it); later ones get a copy each (of the same class: a branch's logger too).
             self._fresh = False
             return self
-        inst = _new(EffectLogger)
+        inst = _new(type(self))
         inst.__dict__.update(self.__dict__)
         inst._reset()
         inst._installed = None
@@ -421,9 +428,23 @@ class EffectLogger(Handler):
             if kind is _THROW:  # raising an error is deterministic
                 continue
             table[t] = (self._wrapper(fn, home, owner, kind is _SLEEP), DIRECT, owner)
+            self._originals[t] = (fn, home, owner)  # for the loggers of Parallel branches
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[EffectLogger] = self._snapshot()
+
+    # -- Parallel branches (see `_branches`) ------------------------------------------------
+
+    def branch(self, path: str, group: object) -> Handler:
+        """The logger of a `Parallel` branch run in this logger's scope: it records the
+        branch's effects in a log of its own, merged into this one with the branch's id."""
+        from ._branches import start_branch
+
+        return start_branch(self, path, group)
+
+    def joined(self, branch: Handler) -> list[Any]:
+        """Nothing to perform after the branches: each merged its entries when it ended."""
+        return []
 
     def output(self, value: Any) -> Any:
         if self._diverged is not None:

@@ -50,7 +50,8 @@ class Run:
     `max_recovery_attempts` attempts without progress; `recovery_attempts` counts the attempts
     since the run's last checkpoint. `DurableRunner.unpark` lets recovery try again.
     A `sleeping` run has no outcome; `wake_at` says when its `Clock.sleep` is over (by the
-    database's clock): then any runner's timer loop continues it.
+    database's clock): then any runner's timer loop continues it. On a `suspended` run waiting
+    at a `Receive` with a timeout, `wake_at` is when that timeout is due.
     `queue`, `priority` and `dedup_id` are set on runs made by `DurableRunner.enqueue`.
     """
 

@@ -24,11 +24,11 @@ import secrets
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -50,9 +50,10 @@ from .._exceptions import (
 from .._handler import Handler, Stack, flatten, handles, with_handler
 from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
+from .._std.receive import receive_topic
 from .._std.world import uuid7
 from ..tasks import TaskSnapshot
-from . import _fork, _observe, _owners, _retention
+from . import _fork, _messages, _observe, _owners, _retention
 from ._codec import Signature, dumps, input_schema, loose_json, signature
 from ._effects import Checkpoint
 from ._fork import NOT_GIVEN
@@ -68,6 +69,7 @@ from ._timers import Timers
 from ._watch import RunWatch, TaskWatch
 
 logger = logging.getLogger("effects.durable")
+T = TypeVar("T")
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///runs.db"
 
@@ -1356,6 +1358,8 @@ class DurableRunner:
                 status=RunStatus.SUSPENDED.value,
                 prompt=_display_json(outcome.value),
                 input_schema=dumps(schema) if schema is not None else None,
+                # When a Receive's timeout is due (an earlier sleep's time no longer is).
+                wake_at=_messages.deadline(log.entries if log is not None else ()),
             )
         elif type(outcome) is Done:
             try:
@@ -1380,6 +1384,11 @@ class DurableRunner:
             await self._close_tasks(step, changes["status"], changes.get("error"))
         await self._commit(step, changes, log)
         step.leased = False
+        if type(outcome) is Suspend and receive_topic(outcome.value) is not None:
+            # Messages sent before the run got here are waiting for it.
+            self._deliver_soon(step.row.id)
+            if changes["wake_at"] is not None:
+                self._timer_changed.set()  # a new deadline for the timer loop
         return self._to_run(step.row, live)
 
     async def _release_sleeping(self, step: _Step) -> Run:
@@ -1473,7 +1482,8 @@ class DurableRunner:
             recovery_attempts=row.recovery_attempts,
             wake_at=(
                 _stamp(row.wake_at)
-                if status is RunStatus.SLEEPING and row.wake_at is not None
+                # (a suspended run's: when its Receive times out)
+                if status in (RunStatus.SLEEPING, RunStatus.SUSPENDED) and row.wake_at is not None
                 else None
             ),
             queue=row.queue,
@@ -1512,6 +1522,9 @@ class DurableRunner:
     async def _wake_due(self, row: RunRow, reserved: _Step) -> None:
         if self._steps.get(row.id) is reserved:
             del self._steps[row.id]
+        if row.status == RunStatus.SUSPENDED.value:
+            await _messages.time_out(self, row)  # a Receive's timeout is due
+            return
         await self._wake_isolated(row)
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -1701,6 +1714,46 @@ class DurableRunner:
         batch: a crash leaves each batch fully purged or untouched.
         """
         return await _retention.purge(self, older_than, status, batch, dry_run)
+
+    def _deliver_soon(self, run_id: str) -> None:
+        async def delivering() -> None:
+            try:
+                await _messages.deliver(self, run_id)
+            except Exception:
+                logger.exception("durable run %s: delivering its messages failed", run_id)
+
+        if self._tg is not None:
+            self._tg.start_soon(delivering)
+
+    async def send(self, run_id: str, topic: str, value: Any) -> Run:
+        """Send `value` to the run on `topic`; returns the run as it is after delivery.
+
+        The message is stored first (`RunNotFound` for no such run, `ResumeError` for a
+        finished one). If the run waits at a `Receive(topic)`, it is resumed with the oldest
+        message of that topic it has not consumed (validated against the `Receive`'s `input`:
+        `InvalidInput` leaves run and message as they were), and so on while it reaches
+        another `Receive` with a message waiting. Messages sent before the run waits are
+        kept, in order. Each is delivered exactly once: a run has consumed as many messages of
+        a topic as its checkpointed log records `Receive`s of it. A run busy in a step (here
+        or in another process) is left alone: it takes its messages when it reaches its next
+        `Receive` (`deliver`).
+        """
+        return await _messages.send(self, run_id, topic, value)
+
+    async def deliver(self, run_id: str) -> Run:
+        """Deliver the waiting messages a suspended run's `Receive` is due (what `send` does
+        after storing its message; runs reaching a `Receive` call it themselves)."""
+        return await _messages.deliver(self, run_id)
+
+    async def query(self, run_id: str, fn: Callable[[Mapping[Any, Any]], T]) -> T:
+        """Evaluate `fn` over a suspended run's state without resuming it: the run is replayed
+        in memory to its suspension (no handler called, nothing written, no lease taken) and
+        `fn` gets a read-only view of what the handlers in scope show there, `Suspend.data`:
+        `view[State]` the State's value, `view[Writer]` its items, `view[EventAccumulator]` the
+        events, `view[EffectLogger]` the log. A run that is not suspended raises as `resume`
+        would (`ConflictError` while a step runs, `ResumeError` once finished).
+        """
+        return await _messages.query(self, run_id, fn)
 
 
 # Errors of a recovery that say the code deployed here cannot run the run (an unknown

@@ -141,6 +141,27 @@ task_trees = sa.Table(
 """The newest task tree of each run that reported one (throttled copy of the live tree)."""
 
 
+messages = sa.Table(
+    "effects_messages",
+    metadata,
+    # The order messages were sent in (per run and topic: the order they are delivered in).
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "run_id",
+        sa.String(255),
+        sa.ForeignKey("effects_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("topic", sa.String(255), nullable=False),
+    # The message as JSON (the library's own encoding, as the other JSON columns).
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("sent_at", sa.Double, nullable=False),
+    sa.Index("effects_messages_run", "run_id", "topic", "id"),
+)
+"""Messages sent to runs (`DurableRunner.send`). A run has consumed as many messages of a topic
+as its log records `Receive`s of that topic: the log, checkpointed, is what consumes one."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change: applied in a transaction to databases older than `version`."""
@@ -202,6 +223,10 @@ def _task_trees(conn: sa.Connection) -> None:
     task_trees.create(conn, checkfirst=True)
 
 
+def _messages(conn: sa.Connection) -> None:
+    messages.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and effect log", _initial),
     Migration(2, "recovery attempts and parked runs", _recovery_attempts),
@@ -209,6 +234,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "durable timers: sleeping runs and their wake-up time", _timers),
     Migration(5, "durable queues: queue, priority, deduplication id, claim time", _queues),
     Migration(6, "task trees: the newest tree and output of each run", _task_trees),
+    Migration(7, "messages sent to runs", _messages),
 )
 """Every schema change in order; the last one's version is `SCHEMA_VERSION`."""
 

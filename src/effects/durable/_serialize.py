@@ -424,10 +424,11 @@ def result_codec(effect: Any) -> Codec:
     """The codec for an effect's result: its declared type, or the instance's own for `Yield`
     (`input`) and `Call` (the function's return annotation)."""
     t = type(effect)
-    if t is Yield:
-        return codec(effect._input) if effect._input is not None else _declared_codec(t)
     if t is Call:
         return _call_codec(effect._fn)
+    if isinstance(effect, Yield):  # a `Receive` too
+        wanted = effect.input
+        return codec(wanted) if wanted is not None else _declared_codec(t)
     return _declared_codec(t)
 
 
@@ -448,7 +449,9 @@ class EffectInfo:
         self.dump_args = _dumper(effect_type)
         # None: the result type depends on the instance (Yield's input, Call's function).
         self.codec: Codec | None = (
-            None if effect_type is Yield or effect_type is Call else _declared_codec(effect_type)
+            None
+            if effect_type is Call or issubclass(effect_type, Yield)
+            else _declared_codec(effect_type)
         )
         c = self.codec
         self.raw: frozenset[type] = frozenset()

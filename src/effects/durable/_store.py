@@ -1314,12 +1314,18 @@ class Store:
 
     async def due(self, now: float, limit: int = 100) -> builtins.list[RunRow]:
         """Sleeping runs whose wake-up time has come by `now` (or whose cancel was requested
-        while their last step released them), earliest first."""
+        while their last step released them), and suspended runs whose `Receive` timed out,
+        earliest first."""
         query = (
             sa.select(S.runs)
             .where(
-                S.runs.c.status == "sleeping",
-                sa.or_(S.runs.c.wake_at <= now, S.runs.c.cancel_requested),
+                sa.or_(
+                    sa.and_(
+                        S.runs.c.status == "sleeping",
+                        sa.or_(S.runs.c.wake_at <= now, S.runs.c.cancel_requested),
+                    ),
+                    sa.and_(S.runs.c.status == "suspended", S.runs.c.wake_at <= now),
+                )
             )
             .order_by(S.runs.c.wake_at, S.runs.c.id)
             .limit(limit)
@@ -1328,9 +1334,10 @@ class Store:
             return [RunRow.from_row(r) for r in await conn.execute(query)]
 
     async def next_wake(self, after: float) -> float | None:
-        """The earliest wake-up time of a sleeping run later than `after`, if any."""
+        """The earliest wake-up time of a sleeping run (or a suspended run's `Receive`
+        timeout) later than `after`, if any."""
         query = sa.select(sa.func.min(S.runs.c.wake_at)).where(
-            S.runs.c.status == "sleeping", S.runs.c.wake_at > after
+            S.runs.c.status.in_(("sleeping", "suspended")), S.runs.c.wake_at > after
         )
         async with self._reader.connect() as conn:
             value = await conn.scalar(query)

@@ -29,7 +29,17 @@ from typing import Any
 
 import anyio
 
-from effects import Call, Clock, Effect, Fresh, Yield, computation, handler
+from effects import (
+    Call,
+    Clock,
+    Effect,
+    Fresh,
+    Parallel,
+    Receive,
+    Yield,
+    computation,
+    handler,
+)
 from effects.durable import DurableRunner, Queue, RunStatus, at_most_once, idempotency_key
 
 KILL_AT: str | None = None
@@ -307,6 +317,44 @@ def check_queued_effects(counter: str, runs: list[str]) -> list[tuple[str, str, 
     assert set(by_run) == {(run, i) for run in runs for i in (0, 1)}
     assert max(Counter(key for key, *_ in rows).values()) <= 2
     return rows
+
+
+async def side_effect_async(counter: str, i: int, token: str) -> int:
+    """`side_effect` after giving the other tasks a turn (so branches interleave)."""
+    await anyio.lowlevel.checkpoint()
+    return side_effect(counter, i, token)
+
+
+PARALLEL_BRANCHES = 3
+PARALLEL_EXPECTED = sum(range(2 * PARALLEL_BRANCHES)) + 2 * PARALLEL_BRANCHES
+
+
+@computation(name="crash.parallel", version=1)
+def parallel_flow(counter: str) -> Generator[Any, Any, int]:
+    """Three Parallel branches, each two external effects (numbers 2b and 2b + 1, each after
+    a fresh uuid), then one more external effect (number 6) after the branches."""
+
+    def branch(b: int) -> Generator[Any, Any, int]:
+        total = 0
+        for k in range(2):
+            token = yield Fresh.uuid()
+            total += yield Call(side_effect_async, counter, 2 * b + k, str(token))
+        return total
+
+    results = yield from Parallel.all(*(branch(b) for b in range(PARALLEL_BRANCHES)))
+    last: int = yield Call(side_effect, counter, 2 * PARALLEL_BRANCHES, "after")
+    return sum(results) + last
+
+
+@computation(name="crash.messages", version=1)
+def messages_flow(counter: str) -> Generator[Any, Any, list[str]]:
+    """Two messages on topic "t", each followed by an external effect (numbers 0 and 1)."""
+    got: list[str] = []
+    for i in range(2):
+        message: str = yield Receive("t", input=str)
+        yield Call(side_effect, counter, i, message)
+        got.append(message)
+    return got
 
 
 HANDLERS = (Fresh(), charges, Clock())

@@ -5,7 +5,8 @@
 ACTION is start, resume, recover, cancel (at the first prompt), cancel-running (while the
 step waits in a slow effect), enqueue (a `queued_flow` run on `--queue`, with `--dedup-id`) or
 work (serve `--queue`, limited to `--queue-concurrency` runs at once, until killed) or group
-(`--runs` runs of `group_flow` at once, ids `RUN_ID-0`..., their checkpoints committed in groups).
+(`--runs` runs of `group_flow` at once, ids `RUN_ID-0`..., their checkpoints committed in groups)
+or send (the JSON `--answer` as a message on `--topic` to `--run-id`).
 
 `--kill-at` makes the process SIGKILL itself at that point (see crash_flows), so a test can
 stop it at an exact place without any timing. `run(argv)` is the same as a function, for
@@ -122,6 +123,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     comp = crash_flows.blocking_flow(args.counter)
                 elif args.flow == "timer":
                     comp = crash_flows.timer_flow(args.counter)
+                elif args.flow == "parallel":
+                    comp = crash_flows.parallel_flow(args.counter)
+                elif args.flow == "messages":
+                    comp = crash_flows.messages_flow(args.counter)
                 else:
                     comp = crash_flows.flow(args.steps, args.counter)
                 if args.action == "cancel-running":
@@ -136,6 +141,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     run = await runner.cancel(run.id, "stop")
                 elif args.answer is not None and run.status == "suspended":
                     run = await runner.resume(run.id, json.loads(args.answer))
+            elif args.action == "send":
+                run = await runner.send(args.run_id, args.topic, json.loads(args.answer))
             elif args.action == "resume":
                 if args.ready:
                     # Tell the parent we are up, then wait for its go: both workers then
@@ -170,11 +177,14 @@ def run(argv: list[str]) -> dict[str, Any]:
             "enqueue",
             "work",
             "group",
+            "send",
         ],
         required=True,
     )
     parser.add_argument(
-        "--flow", choices=["flow", "charge", "cleanup", "blocking", "timer"], default="flow"
+        "--flow",
+        choices=["flow", "charge", "cleanup", "blocking", "timer", "parallel", "messages"],
+        default="flow",
     )
     parser.add_argument("--counter", default="")
     parser.add_argument("--steps", type=int, default=10)
@@ -189,6 +199,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--queue-concurrency", type=int)
     parser.add_argument("--dedup-id")
     parser.add_argument("--ready", action="store_true")
+    parser.add_argument("--topic", default="t")
     options = parser.parse_args(argv)
     crash_flows.KILL_AT = options.kill_at
     report: dict[str, Any] = anyio.run(main, options, backend="asyncio")
