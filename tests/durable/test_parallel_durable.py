@@ -336,3 +336,45 @@ async def test_recovery_after_sigkill_while_branches_run(
     when, _, point = kill_at.partition(":")
     if when == "after":
         assert int(point) in repeated  # done but not checkpointed: run again, same key
+
+
+async def test_a_loser_cancelled_between_effects_does_not_go_live_on_replay() -> None:
+    """A race's loser whose cancellation left no entry (cancelled between two effects; made
+    here by dropping its recorded cancellation from the log): on replay the run went on after
+    the race, so the loser is cancelled where its entries end instead of performing more."""
+
+    def loser() -> Generator[Any, Any, str]:
+        yield Work("first")
+        return (yield Work("second"))
+
+    def comp() -> Generator[Any, Any, Any]:
+        winner = yield from Parallel.race(loser(), Work("fast"))
+        return winner, (yield Work("after"))
+
+    gates = Gates()
+    logger = EffectLogger()
+
+    async def main() -> None:
+        await arun(with_handler(comp(), logger), gates.handler)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(main)
+        for name in ("first", "fast", "after"):
+            while name not in gates.calls:
+                await anyio.lowlevel.checkpoint()
+            gates.open(name)
+    log = round_trip(logger.log)
+    assert {e.args["name"]: e.status for e in log.entries} == {
+        "first": "done",
+        "second": "error",  # cancelled in flight: recorded
+        "fast": "done",
+        "after": "done",
+    }
+    data = log.model_dump()
+    data["entries"] = [e for e in data["entries"] if e["args"]["name"] != "second"]
+    cut = Log.model_validate(data)
+    again = Gates()
+    again.open("second")
+    replayed = await arun(with_handler(comp(), EffectLogger(cut)), again.handler)
+    assert replayed == ("FAST", "AFTER")
+    assert again.calls == []

@@ -26,12 +26,16 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import ConfigurationError, LogError
+from .._exceptions import Cancellation, ConfigurationError, LogError
 from .._handler import Handler, Table, handles
 from .._interpreter import InScope, Run, ScopeEffect, Tables, extend
 from ._effects import Checkpoint, is_at_most_once
 from ._log import LogEntry, make_log, moved
 from ._logger import EffectLogger
+
+ENDED_BEFORE = "the Parallel ended before this branch"
+"""The reason a replayed branch is cancelled with when the run's log shows the Parallel ended
+before the branch did (it was cancelled between two effects, which leaves no entry)."""
 
 
 class _Family:
@@ -182,6 +186,13 @@ class BranchLogger(EffectLogger):
                 f"{type(effect).__qualname__} is at-most-once: it cannot run inside a "
                 "Parallel branch"
             )
+        parent = self._parent
+        if parent._cursor < parent._n_old:
+            # The run went on after this Parallel (its log holds more than the branches), so
+            # the Parallel ended with this branch unfinished: it was cancelled here, between
+            # two effects (an effect in flight would have recorded the cancellation). It must
+            # not go on live with effects the run never performed: it is cancelled again.
+            return Cancellation(ENDED_BEFORE)
         return self._outside(super()._live(effect, external, amo))
 
     def _replay(self, effect: Any, external: bool, amo: bool) -> Any:
