@@ -16,6 +16,7 @@ import pydantic
 import pytest
 
 from effects import (
+    AsyncComputation,
     Call,
     ConflictError,
     Done,
@@ -99,6 +100,22 @@ def test_receive_suspends_like_a_yield_tagged_with_its_topic() -> None:
     with pytest.raises(InvalidInput):
         outcome.resume({"by": "x"})
     assert outcome.resume({"by": "ada", "ok": True}) == Done(Approval(by="ada", ok=True))
+
+
+async def test_async_computation_suspends_at_a_receive_with_its_topic() -> None:
+    """AsyncComputation reports a Receive as a Suspend tagged with its topic (and timeout);
+    its owner resumes it with the message."""
+
+    def comp() -> Generator[Any, Any, Any]:
+        return (yield Receive("approval", input=Approval, timeout=5))
+
+    async with anyio.create_task_group() as tg:
+        runner, first = await AsyncComputation.start_sync(comp(), task_group=tg, tag="r")
+        assert type(first) is Suspend
+        assert first.value == {"receive": "approval", "timeout": 5}
+        assert await runner.resume_sync({"by": "cy", "ok": True}) == Done(
+            Approval(by="cy", ok=True)
+        )
 
 
 async def test_a_message_for_the_waiting_topic_resumes_the_run(db: str) -> None:

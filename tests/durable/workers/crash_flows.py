@@ -36,9 +36,13 @@ from effects import (
     Fresh,
     Parallel,
     Receive,
+    State,
     Yield,
     computation,
     handler,
+    transaction,
+    try_catch,
+    with_handler,
 )
 from effects.durable import DurableRunner, Queue, RunStatus, at_most_once, idempotency_key
 
@@ -355,6 +359,26 @@ def messages_flow(counter: str) -> Generator[Any, Any, list[str]]:
         yield Call(side_effect, counter, i, message)
         got.append(message)
     return got
+
+
+@computation(name="crash.transaction", version=1)
+def transaction_flow(counter: str) -> Generator[Any, Any, list[str]]:
+    """A transaction that changes State, performs external effect 0 and fails (its State change
+    rolled back), then external effect 1; returns the State's items."""
+
+    def attempt() -> Generator[Any, Any, None]:
+        yield State.modify(lambda items: [*items, "in the transaction"])
+        yield Call(side_effect, counter, 0, "t")
+        raise ValueError("the transaction fails")
+
+    def body() -> Generator[Any, Any, list[str]]:
+        yield State.modify(lambda items: [*items, "before"])
+        yield from try_catch(transaction(attempt()))
+        yield Call(side_effect, counter, 1, "t")
+        items: list[str] = yield State.get()
+        return items
+
+    return (yield from with_handler(body(), State([])))
 
 
 HANDLERS = (Fresh(), charges, Clock())

@@ -127,6 +127,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     comp = crash_flows.parallel_flow(args.counter)
                 elif args.flow == "messages":
                     comp = crash_flows.messages_flow(args.counter)
+                elif args.flow == "transaction":
+                    comp = crash_flows.transaction_flow(args.counter)
                 else:
                     comp = crash_flows.flow(args.steps, args.counter)
                 if args.action == "cancel-running":
@@ -183,7 +185,16 @@ def run(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument(
         "--flow",
-        choices=["flow", "charge", "cleanup", "blocking", "timer", "parallel", "messages"],
+        choices=[
+            "flow",
+            "charge",
+            "cleanup",
+            "blocking",
+            "timer",
+            "parallel",
+            "messages",
+            "transaction",
+        ],
         default="flow",
     )
     parser.add_argument("--counter", default="")
