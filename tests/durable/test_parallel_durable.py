@@ -16,6 +16,7 @@ import pytest
 from effects import (
     Call,
     ConfigurationError,
+    DivergenceError,
     Effect,
     Fresh,
     Parallel,
@@ -24,6 +25,7 @@ from effects import (
     arun,
     computation,
     handler,
+    run,
     with_handler,
 )
 from effects.durable import DurableRunner, EffectLogger, Log, RunStatus, at_most_once
@@ -378,3 +380,49 @@ async def test_a_loser_cancelled_between_effects_does_not_go_live_on_replay() ->
     replayed = await arun(with_handler(comp(), EffectLogger(cut)), again.handler)
     assert replayed == ("FAST", "AFTER")
     assert again.calls == []
+
+
+DOUBLED: list[int] = []
+
+
+def double(x: int) -> int:
+    DOUBLED.append(x)
+    return 2 * x
+
+
+def test_the_sync_runner_records_and_replays_branches_too() -> None:
+    """Under the sync runner the branches run one after another; their entries are recorded
+    under their ids and a replay calls no handler."""
+    DOUBLED.clear()
+
+    def branch(i: int) -> Generator[Any, Any, int]:
+        value: int = yield Call(double, i)
+        yield Fresh.uuid()
+        return value
+
+    def comp() -> Generator[Any, Any, Any]:
+        both = yield from Parallel.all(branch(1), branch(2))
+        first = yield from Parallel.race(branch(3), branch(4))
+        return both, first
+
+    logger = EffectLogger()
+    assert run(with_handler(comp(), logger), Fresh()) == ([2, 4], 6)
+    log = round_trip(logger.log)
+    assert [e.branch for e in log.entries] == ["0.0", "0.0", "0.1", "0.1", "4.0", "4.0"]
+    DOUBLED.clear()
+    assert run(with_handler(comp(), EffectLogger(log)), Fresh()) == ([2, 4], 6)
+    assert DOUBLED == []
+
+
+def test_a_branch_that_changed_diverges_with_the_branch_position() -> None:
+    """Replay is strict inside a branch too: a branch that now performs something else raises
+    DivergenceError (at its own position), not any other error."""
+
+    def comp(x: int) -> Generator[Any, Any, Any]:
+        return (yield from Parallel.all(Call(double, 1), Call(double, x)))
+
+    logger = EffectLogger()
+    assert run(with_handler(comp(2), logger)) == [2, 4]
+    log = round_trip(logger.log)
+    with pytest.raises(DivergenceError, match="position 0"):
+        run(with_handler(comp(3), EffectLogger(log)))
