@@ -111,7 +111,7 @@ def import_rows(lines: list[str]) -> Generator[Any, Any, tuple[int, int]]:
 
 def validate(lines: list[str]) -> Generator[Any, Any, list[tuple[int, str, str]]]:
     yield Progress(0, len(lines))
-    valid = []
+    valid: list[tuple[int, str, str]] = []
     for line in lines:
         row_id, name, email = line.split(",", 2)
         if "@" in email:

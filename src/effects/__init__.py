@@ -27,7 +27,15 @@ from ._exceptions import (
     UnhandledSuspension,
     YieldDuringCancellation,
 )
-from ._handler import Handler, Stack, WithHandler, handler, handles, with_handler
+from ._handler import (
+    Handler,
+    PairedOutput,
+    Stack,
+    WithHandler,
+    handler,
+    handles,
+    with_handler,
+)
 from ._interpreter import InScope, running_async
 from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
 from ._runners import arun, astart, run, start
@@ -63,6 +71,7 @@ __all__ = (
     "with_handler",
     "WithHandler",
     "Stack",
+    "PairedOutput",
     "InScope",
     # outcomes
     "Outcome",

@@ -19,10 +19,11 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, cast
 
 import anyio
 import anyio.lowlevel
+from typing_extensions import TypeVar
 
 from ._exceptions import (
     Cancellation,
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from ._computation import Computation
 
 __all__ = ("AsyncComputation", "Message")
+
+# The computation's result type (a bare `AsyncComputation` is `AsyncComputation[Any]`).
+R = TypeVar("R", default=Any)
+T = TypeVar("T")
 
 #: The reason reported when the runner's task group is cancelled (the interpreter uses the
 #: same words for the `Cancellation` it delivers in that case).
@@ -64,7 +69,7 @@ _NO_CANCEL: Final = _NoCancel()
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(Generic[R]):
     """One outcome of a runner, as reported to its owner: `Message(tag, outcome)`.
 
     `outcome` is `Done`, `Suspend`, `Throw` or `Cancelled`. A reported `Suspend` carries the
@@ -74,7 +79,7 @@ class Message:
     """
 
     tag: Any
-    outcome: Outcome
+    outcome: Outcome[R]
     seq: int = field(default=0, compare=False)
 
 
@@ -85,7 +90,7 @@ class _Step:
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
-        self.outcome: Outcome | None = None
+        self.outcome: Outcome[Any] | None = None
         self.event: anyio.Event | None = None  # created only when somebody waits
 
 
@@ -96,14 +101,14 @@ class _Home:
 
     def __init__(self, task_group: TaskGroup) -> None:
         self.task_group = task_group
-        self.runners: set[AsyncComputation] = set()
+        self.runners: set[AsyncComputation[Any]] = set()
         self.idle = anyio.Event()
 
 
 _homes: weakref.WeakKeyDictionary[TaskGroup, _Home] = weakref.WeakKeyDictionary()
 
 # Unlinked runners by id, while they are not finished.
-_registry: dict[str, AsyncComputation] = {}
+_registry: dict[str, AsyncComputation[Any]] = {}
 
 
 def _home_for(task_group: TaskGroup) -> _Home:
@@ -130,8 +135,11 @@ async def _guard(home: _Home) -> None:
         raise
 
 
-class AsyncComputation:
+class AsyncComputation(Generic[R]):
     """A computation running in an anyio task group, driven by its owner step by step.
+
+    `R` is the computation's result type: `AsyncComputation.start(comp)` of a
+    `Computation[R]` gives an `AsyncComputation[R]`, whose outcomes are `Outcome[R]`.
 
     Start one with `await AsyncComputation.start(comp, task_group=tg)` (or `start_sync`, which
     also returns the first outcome). Each outcome is reported once as a `Message(tag, outcome)`:
@@ -172,7 +180,7 @@ class AsyncComputation:
         tag: Any,
         run_id: str,
         linked: bool,
-        on_message: Callable[[Message], object] | None,
+        on_message: Callable[[Message[R]], object] | None,
         messages: bool,
     ) -> None:
         """Internal: use `AsyncComputation.start` or `start_sync`."""
@@ -181,13 +189,13 @@ class AsyncComputation:
         self.linked = linked
         self.on_message = on_message
         self._state: RunnerState = _RUNNING
-        self._suspend: Suspend | None = None
+        self._suspend: Suspend[R] | None = None
         self._step: _Step | None = None
         self._scope: anyio.CancelScope | None = None
         self._cancel_reason: Any = _NO_CANCEL
         self._cont: Any = None
-        self._last: Message | None = None
-        self._inbox: list[Message] | None = [] if messages else None
+        self._last: Message[R] | None = None
+        self._inbox: list[Message[R]] | None = [] if messages else None
         self._reader: anyio.Event | None = None
         self._home: _Home | None = None
 
@@ -196,16 +204,16 @@ class AsyncComputation:
     @classmethod
     async def start(
         cls,
-        comp: Computation[Any],
+        comp: Computation[T],
         *,
         task_group: TaskGroup,
         tag: Any = None,
         handlers: Handler | Stack | Iterable[Handler | Stack] = (),
-        on_message: Callable[[Message], object] | None = None,
+        on_message: Callable[[Message[T]], object] | None = None,
         messages: bool | None = None,
         linked: bool = True,
         run_id: str | None = None,
-    ) -> AsyncComputation:
+    ) -> AsyncComputation[T]:
         """Start `comp` with `handlers` (first listed innermost) in `task_group`; return the
         runner at once, while its first step runs.
 
@@ -225,7 +233,9 @@ class AsyncComputation:
             raise ConflictError(f"an unlinked runner with id {run_id!r} is already running")
         if messages is None:
             messages = on_message is None
-        runner = cls(tag, run_id, linked, on_message, messages)
+        # `cls` is the class as written (`AsyncComputation[Any]` to a checker): same type, new R.
+        runner = cast("AsyncComputation[T]", cls(tag, run_id, linked, None, messages))
+        runner.on_message = on_message
         try:
             home = _home_for(task_group)
         except BaseException:
@@ -241,18 +251,18 @@ class AsyncComputation:
     @classmethod
     async def start_sync(
         cls,
-        comp: Computation[Any],
+        comp: Computation[T],
         *,
         task_group: TaskGroup,
         tag: Any = None,
         handlers: Handler | Stack | Iterable[Handler | Stack] = (),
-        on_message: Callable[[Message], object] | None = None,
+        on_message: Callable[[Message[T]], object] | None = None,
         messages: bool | None = None,
         linked: bool = True,
         run_id: str | None = None,
         # The spec'd API: the wait has its own deadline and error (carrying the runner).
         timeout: float | None = 5,  # noqa: ASYNC109
-    ) -> tuple[AsyncComputation, Outcome]:
+    ) -> tuple[AsyncComputation[T], Outcome[T]]:
         """`start`, then wait up to `timeout` seconds for the first outcome; returns
         `(runner, outcome)`. On timeout raises `effects.TimeoutError` whose `runner` is the
         started runner (it goes on running)."""
@@ -272,8 +282,8 @@ class AsyncComputation:
 
     @classmethod
     def attach(
-        cls, run_id: str, *, on_message: Callable[[Message], object] | None = None
-    ) -> AsyncComputation:
+        cls, run_id: str, *, on_message: Callable[[Message[Any]], object] | None = None
+    ) -> AsyncComputation[Any]:
         """The unlinked runner registered as `run_id`, for an owner that comes back (a page
         reconnecting). `on_message`, if given, replaces the previous owner's callback.
         `runner.outcome` is the latest outcome to show. Raises `RunNotFound` when no unlinked
@@ -294,7 +304,7 @@ class AsyncComputation:
         return self._state
 
     @property
-    def outcome(self) -> Outcome | None:
+    def outcome(self) -> Outcome[R] | None:
         """The latest reported outcome (`None` until the first step reports)."""
         return None if self._last is None else self._last.outcome
 
@@ -322,7 +332,7 @@ class AsyncComputation:
         value: Any = None,
         *,
         timeout: float | None = 5,  # noqa: ASYNC109 - the spec'd API (see start_sync)
-    ) -> Outcome:
+    ) -> Outcome[R]:
         """`resume`, then wait up to `timeout` seconds for the outcome of *this* step and
         return it. On timeout raises `effects.TimeoutError`; the step goes on."""
         return await self._wait(self._resume(value), timeout, "the next outcome")
@@ -339,7 +349,7 @@ class AsyncComputation:
         reason: Any = None,
         *,
         timeout: float | None = 5,  # noqa: ASYNC109 - the spec'd API (see start_sync)
-    ) -> Outcome:
+    ) -> Outcome[R]:
         """`cancel`, then wait up to `timeout` seconds for the final outcome and return it:
         `Cancelled(reason)`, or whatever the run ended with if it finished first (also when it
         had finished before the call)."""
@@ -351,12 +361,12 @@ class AsyncComputation:
 
     # -- messages -------------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncComputation:
+    def __aiter__(self) -> AsyncComputation[R]:
         """`async for message in runner`: the messages not yet read, ending after the final
         one. Each message goes to one reader."""
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Message[R]:
         """The next unread message; the iteration ends after the final one."""
         inbox = self._inbox
         if inbox is None:
@@ -420,7 +430,7 @@ class AsyncComputation:
         if exc is None and self._cancel_reason is not _NO_CANCEL:
             # Cancelled before this task got to run: do not start the step at all.
             value, exc = None, Cancellation(self._cancel_reason)
-        out: Outcome | None = None
+        out: Outcome[Any] | None = None
         self._scope = scope = anyio.CancelScope()
         try:
             with scope:
@@ -464,7 +474,7 @@ class AsyncComputation:
         self._state = _RUNNING
         self._report(step, await suspend.acancel(GROUP_CANCELLED))
 
-    def _report(self, step: _Step, out: Outcome) -> None:
+    def _report(self, step: _Step, out: Outcome[Any]) -> None:
         if type(out) is Suspend:
             self._suspend = out
             out = out.report()
@@ -497,7 +507,7 @@ class AsyncComputation:
                 if _homes.get(home.task_group) is home:
                     del _homes[home.task_group]
 
-    async def _wait(self, step: _Step, limit: float | None, what: str) -> Outcome:
+    async def _wait(self, step: _Step, limit: float | None, what: str) -> Outcome[Any]:
         if step.outcome is None:
             if step.event is None:
                 step.event = anyio.Event()

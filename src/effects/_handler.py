@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeAlias, overload
 
+from typing_extensions import TypeVar
+
+from ._computation import Computation
 from ._effect import Effect
 
 if TYPE_CHECKING:
     from typing import Self
 
-R = TypeVar("R")
+R = TypeVar("R", default=Any)
+S = TypeVar("S")
+T = TypeVar("T")
+P = ParamSpec("P")
 F = TypeVar("F", bound=Callable[..., Any])
+
+HandlerResult: TypeAlias = T | Awaitable[T] | Computation[T] | BaseException
+"""What a handler of an `Effect[T]` may return: the result, an awaitable of it (async runners),
+a computation returning it (run outside the handler), or an exception to throw at the `yield`."""
 
 HandlerFn = Callable[[Any], Any]
 # A handler table maps an effect type to (function, home, owner). `home` is where a
@@ -23,8 +33,20 @@ Entry = tuple[HandlerFn, Any, "Handler"]
 Table = dict[type, Entry]
 
 
+@overload
+def handles(
+    effect_type: type[Effect[T]], /
+) -> Callable[[Callable[P, HandlerResult[T]]], Callable[P, HandlerResult[T]]]: ...
+@overload
+def handles(*effect_types: type[Effect[Any]]) -> Callable[[F], F]: ...
 def handles(*effect_types: type[Effect[Any]]) -> Callable[[F], F]:
-    """Mark a `Handler` method as the handler of the given effect types."""
+    """Mark a `Handler` method as the handler of the given effect types.
+
+    With one effect type, type checkers check the method's result against the effect's declared
+    result type (`@handles(GetUser)` on a method returning `str` when `GetUser` is an
+    `Effect[User]` is an error). The result may be the value, an awaitable of it, a computation
+    returning it, or an exception to throw (see `Handler`).
+    """
 
     def mark(fn: F) -> F:
         fn.__effects_handles__ = effect_types  # type: ignore[attr-defined]
@@ -175,7 +197,8 @@ class Stack:
     def __len__(self) -> int:
         return len(self.handlers)
 
-    def __call__(self, comp: Any) -> WithHandler[Any]:
+    def __call__(self, comp: Computation[T]) -> WithHandler[T]:
+        """`with_handler(comp, *self)`: run `comp` with this stack installed."""
         return WithHandler(comp, self.handlers)
 
     def __repr__(self) -> str:
@@ -190,7 +213,7 @@ class WithHandler(Generic[R]):
 
     __slots__ = ("comp", "handlers")
 
-    def __init__(self, comp: Any, handlers: tuple[Handler, ...]) -> None:
+    def __init__(self, comp: Computation[Any], handlers: tuple[Handler, ...]) -> None:
         self.comp = comp
         self.handlers = handlers
 
@@ -201,7 +224,37 @@ class WithHandler(Generic[R]):
         return f"with_handler({self.comp!r}, {', '.join(map(repr, self.handlers))})"
 
 
-def with_handler(comp: Any, *handlers: Handler | Stack) -> WithHandler[Any]:
+class PairedOutput(Handler, Generic[S]):
+    """A handler whose scope returns `(result, S)` instead of `result`, for type checkers.
+
+    `State(initial, output=True)`, `Writer()` and `EventAccumulator(output=True)` are typed as
+    one, so `run(comp, Writer())` is typed `tuple[R, list[Any]]`. Subclass it (and override
+    `output`) to have your own pairing handler typed the same way. `with_handler`, `run` and
+    `start` recognise one such handler among the first three passed. A handler whose `output`
+    changes the result in another way is not seen by the checkers: annotate its result.
+    """
+
+
+@overload
+def with_handler(
+    comp: Computation[T], h: PairedOutput[S], /, *handlers: Handler | Stack
+) -> WithHandler[tuple[T, S]]: ...
+@overload
+def with_handler(
+    comp: Computation[T], h1: Handler | Stack, h: PairedOutput[S], /, *handlers: Handler | Stack
+) -> WithHandler[tuple[T, S]]: ...
+@overload
+def with_handler(
+    comp: Computation[T],
+    h1: Handler | Stack,
+    h2: Handler | Stack,
+    h: PairedOutput[S],
+    /,
+    *handlers: Handler | Stack,
+) -> WithHandler[tuple[T, S]]: ...
+@overload
+def with_handler(comp: Computation[T], *handlers: Handler | Stack) -> WithHandler[T]: ...
+def with_handler(comp: Computation[Any], *handlers: Handler | Stack) -> WithHandler[Any]:
     """Run `comp` with `handlers` installed; the first listed is the innermost.
 
     `with_handler(comp, a, b)` is `with_handler(with_handler(comp, a), b)`. Inner installations

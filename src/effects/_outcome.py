@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol
 
 import pydantic
+from typing_extensions import TypeVar
 
 from ._effect import Effect
 from ._exceptions import Cancellation, InvalidInput, ResumeError
@@ -13,14 +14,18 @@ from ._exceptions import Cancellation, InvalidInput, ResumeError
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+# The result type of a run. Defaults to `Any`, so a bare `Done` or `Outcome` is `Done[Any]`.
+R = TypeVar("R", default=Any)
 
-class Done:
-    """The computation returned `value`."""
+
+class Done(Generic[R]):
+    """The computation returned `value` (typed: `start(comp)` of a `Computation[R]` may be a
+    `Done[R]`)."""
 
     __slots__ = ("value",)
     __match_args__ = ("value",)
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: R) -> None:
         self.value = value
 
     def __eq__(self, other: object) -> bool:
@@ -58,9 +63,9 @@ class Throw(Effect[NoReturn]):
 
 
 class _Continuation(Protocol):
-    def drive(self, value: Any, exc: BaseException | None) -> Outcome: ...
+    def drive(self, value: Any, exc: BaseException | None) -> Outcome[Any]: ...
 
-    async def adrive(self, value: Any, exc: BaseException | None) -> Outcome: ...
+    async def adrive(self, value: Any, exc: BaseException | None) -> Outcome[Any]: ...
 
     def discard(self) -> None: ...
 
@@ -83,8 +88,9 @@ def validate_input(input_type: Any, value: Any) -> Any:
         ) from None
 
 
-class Suspend:
-    """The computation is waiting at a `Yield(value, input=...)`.
+class Suspend(Generic[R]):
+    """The computation is waiting at a `Yield(value, input=...)`; `R` is the type of the run's
+    eventual result, so `resume` returns an `Outcome[R]`.
 
     `data` holds decorations added by the handlers in scope (for example the effect log under
     the key `EffectLogger`). `resume(answer)` continues it and returns the next outcome; it is
@@ -123,27 +129,27 @@ class Suspend:
         """Whether `resume`/`cancel` may still be called on this suspension."""
         return self._continuation is not None
 
-    def resume(self, value: Any = None) -> Outcome:
+    def resume(self, value: Any = None) -> Outcome[R]:
         """Continue the computation with `value` (sync runner); returns the next outcome."""
         cont, value = self._take(value)
         return cont.drive(value, None)
 
-    async def aresume(self, value: Any = None) -> Outcome:
+    async def aresume(self, value: Any = None) -> Outcome[R]:
         """Continue the computation with `value` (async runner); returns the next outcome."""
         cont, value = self._take(value)
         return await cont.adrive(value, None)
 
-    def cancel(self, reason: Any = None) -> Outcome:
+    def cancel(self, reason: Any = None) -> Outcome[R]:
         """Cancel at this suspension: cleanup runs innermost first, then `Cancelled(reason)`."""
         cont, _ = self._take(None, validate=False)
         return cont.drive(None, Cancellation(reason))
 
-    async def acancel(self, reason: Any = None) -> Outcome:
+    async def acancel(self, reason: Any = None) -> Outcome[R]:
         """Async twin of `cancel`."""
         cont, _ = self._take(None, validate=False)
         return await cont.adrive(None, Cancellation(reason))
 
-    def report(self) -> Suspend:
+    def report(self) -> Suspend[R]:
         """A copy carrying `value`, `data` and `input` but no way to resume."""
         return Suspend(self.value, self.data, self.input)
 
@@ -160,4 +166,6 @@ class Suspend:
         return f"Suspend({self.value!r}, data={self.data!r})"
 
 
-Outcome: TypeAlias = Done | Suspend | Throw | Cancelled
+Outcome: TypeAlias = Done[R] | Suspend[R] | Throw | Cancelled
+"""What a run is at: `Outcome[R]` for a computation returning `R` (`match` or `isinstance`
+narrows it; only a `Suspend` can be resumed)."""

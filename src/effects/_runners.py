@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._computation import Computation
 from ._exceptions import Cancellation, UnhandledSuspension
-from ._handler import Handler, Stack, flatten
+from ._handler import Handler, PairedOutput, Stack, flatten
 from ._interpreter import Run
 from ._outcome import Cancelled, Done, Outcome, Suspend, Throw
 
 T = TypeVar("T")
+S = TypeVar("S")
+H = Handler | Stack
+
+# Each runner has the overloads of `with_handler`: a `PairedOutput` handler (`Writer()`,
+# `State(x, output=True)`) among the first three makes the result `(value, S)`.
 
 
-def _value(outcome: Outcome) -> Any:
+def _value(outcome: Outcome[Any]) -> Any:
     if type(outcome) is Done:
         return outcome.value
     if type(outcome) is Throw:
@@ -36,21 +41,77 @@ def _value(outcome: Outcome) -> Any:
     raise Cancellation(outcome.reason)
 
 
-def start(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome:
+@overload
+def start(
+    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
+) -> Outcome[tuple[T, S]]: ...
+@overload
+def start(
+    comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
+) -> Outcome[tuple[T, S]]: ...
+@overload
+def start(
+    comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H
+) -> Outcome[tuple[T, S]]: ...
+@overload
+def start(comp: Computation[T], *handlers: H) -> Outcome[T]: ...
+def start(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome[Any]:
     """Run `comp` with `handlers` (first listed innermost) until it finishes or suspends."""
     return Run(comp, flatten(handlers)).drive(None, None)
 
 
-async def astart(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome:
+@overload
+async def astart(
+    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
+) -> Outcome[tuple[T, S]]: ...
+@overload
+async def astart(
+    comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
+) -> Outcome[tuple[T, S]]: ...
+@overload
+async def astart(
+    comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H
+) -> Outcome[tuple[T, S]]: ...
+@overload
+async def astart(comp: Computation[T], *handlers: H) -> Outcome[T]: ...
+async def astart(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome[Any]:
     """Async twin of `start`: awaits what async handlers return (asyncio or trio)."""
     return await Run(comp, flatten(handlers)).adrive(None, None)
 
 
-def run(comp: Computation[T], *handlers: Handler | Stack) -> T:
+@overload
+def run(
+    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
+) -> tuple[T, S]: ...
+@overload
+def run(
+    comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
+) -> tuple[T, S]: ...
+@overload
+def run(
+    comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H
+) -> tuple[T, S]: ...
+@overload
+def run(comp: Computation[T], *handlers: H) -> T: ...
+def run(comp: Computation[Any], *handlers: Handler | Stack) -> Any:
     """Run `comp` to its value; an uncaught exception is raised as itself."""
-    return _value(start(comp, *handlers))  # type: ignore[no-any-return]
+    return _value(start(comp, *handlers))
 
 
-async def arun(comp: Computation[T], *handlers: Handler | Stack) -> T:
+@overload
+async def arun(
+    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
+) -> tuple[T, S]: ...
+@overload
+async def arun(
+    comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
+) -> tuple[T, S]: ...
+@overload
+async def arun(
+    comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H
+) -> tuple[T, S]: ...
+@overload
+async def arun(comp: Computation[T], *handlers: H) -> T: ...
+async def arun(comp: Computation[Any], *handlers: Handler | Stack) -> Any:
     """Async twin of `run` (anyio: works on asyncio and trio)."""
-    return _value(await astart(comp, *handlers))  # type: ignore[no-any-return]
+    return _value(await astart(comp, *handlers))

@@ -7,9 +7,9 @@ import builtins
 import functools
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
@@ -20,6 +20,9 @@ from .._exceptions import AsyncHandlerError, ConfigurationError
 from .._exceptions import TimeoutError as EffectsTimeoutError
 from .._handler import Handler, handles
 from .._interpreter import close_awaitable, returning, running_async
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +46,17 @@ class Retry:
             yield min(self.backoff * self.factor**n, self.max_delay)
 
 
-class Call(Effect[Any]):
+class Call(Effect[T]):
     """Perform `fn(*args, **kwargs)` as an effect. `fn` may be a plain or an async function.
 
     Under the async runners a plain function runs in a worker thread (the event loop goes on
     meanwhile; a cancellation waits for the function to return), an async one on the loop.
     Options (keyword-only, not passed to `fn`): `retry=Retry(...)`, `timeout=seconds`.
     Durable runs record the result, so a completed call is never repeated on replay.
+
+    Typed from `fn`: `yield from Call(fetch, url)` is what `fetch` returns (awaited, for an
+    async function), and the arguments are checked against `fn`'s parameters. With `retry` or
+    `timeout` (which Python's typing cannot add to `fn`'s parameters) only the result is typed.
     """
 
     fn: Callable[..., Any]
@@ -58,7 +65,58 @@ class Call(Effect[Any]):
     retry: Retry | None
     timeout: float | None
 
+    # Overloads for type checkers; the order matters (an async function also matches the plain
+    # form, with the coroutine as its result).
+    @overload
     def __init__(
+        self: Call[T], fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Call[T], fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None: ...
+    @overload
+    def __init__(  # type: ignore[overload-cannot-match]
+        self: Call[T],
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        retry: Retry,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(  # type: ignore[overload-cannot-match]
+        self: Call[T],
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        timeout: float,
+        retry: Retry | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(  # type: ignore[overload-cannot-match]
+        self: Call[T],
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: Retry,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(  # type: ignore[overload-cannot-match]
+        self: Call[T],
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        timeout: float,
+        retry: Retry | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    # (mypy: P.kwargs might hold a `retry` or `timeout` for `fn`, which the options take.)
+    def __init__(  # type: ignore[misc]
         self,
         fn: Callable[..., Any],
         /,
@@ -91,7 +149,7 @@ class CallHandler(Handler):
         return self
 
     @handles(Call)
-    def _call(self, effect: Call) -> Any:
+    def _call(self, effect: Call[Any]) -> Any:
         if running_async():
             return self._acall(effect)
         if effect.timeout is not None:
@@ -118,7 +176,7 @@ class CallHandler(Handler):
                 )
             return returning(result)
 
-    async def _acall(self, effect: Call) -> Any:
+    async def _acall(self, effect: Call[Any]) -> Any:
         delays = effect.retry.delays() if effect.retry else iter(())
         retry_on = effect.retry.on if effect.retry else ()
         while True:
@@ -131,7 +189,7 @@ class CallHandler(Handler):
                 await anyio.sleep(delay)
 
 
-async def _invoke(effect: Call) -> Any:
+async def _invoke(effect: Call[Any]) -> Any:
     if effect.timeout is None:
         return await _perform(effect, abandon=False)
     try:
@@ -142,7 +200,7 @@ async def _invoke(effect: Call) -> Any:
         raise EffectsTimeoutError(f"{effect!r} timed out after {effect.timeout} s") from err
 
 
-async def _perform(effect: Call, *, abandon: bool) -> Any:
+async def _perform(effect: Call[Any], *, abandon: bool) -> Any:
     fn, args, kwargs = effect.fn, effect.args, effect.kwargs
     if _is_async(fn):
         return await fn(*args, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from types import GeneratorType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .._computation import Comp, Computation
 from .._effect import Effect
@@ -13,23 +13,33 @@ from .._interpreter import SUSPEND
 from .._outcome import Throw
 
 T = TypeVar("T")
+M = TypeVar("M")
 E = TypeVar("E", bound=BaseException)
 
 
-class Yield(Effect[Any]):
+class Yield(Effect[T]):
     """Suspend the run and hand `value` (the prompt) to whoever drives it; the answer comes back
     as the result. With `input=Model` the answer is validated by pydantic before the
-    computation sees it (a `dict` answer becomes a `Model`)."""
+    computation sees it (a `dict` answer becomes a `Model`), and type checkers see
+    `answer = yield from Yield(prompt, input=Model)` as a `Model`."""
 
     value: Any = None
     input: Any = None
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __init__(self: Yield[M], value: Any = None, *, input: type[M]) -> None: ...
+        @overload
+        def __init__(self: Yield[Any], value: Any = None, input: Any = None) -> None: ...
+        def __init__(self, value: Any = None, input: Any = None) -> None: ...
 
 
 class YieldHandler(Handler):
     """The runner default for `Yield`: stop the run and report `Suspend`."""
 
     @handles(Yield)
-    def _yield(self, effect: Yield) -> Any:
+    def _yield(self, effect: Yield[Any]) -> Any:
         return SUSPEND
 
 

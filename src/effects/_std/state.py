@@ -10,12 +10,17 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable, Generator
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
 
+from .._computation import Computation
 from .._effect import Effect, EffectMeta
-from .._handler import Handler, with_handler
+from .._handler import Handler, PairedOutput, with_handler
+
+if TYPE_CHECKING:
+    from typing import Self
 
 T = TypeVar("T")
+S = TypeVar("S")
 H = TypeVar("H", bound=Handler)
 
 
@@ -24,6 +29,12 @@ def _effect_class(family: str, op: str, fields: dict[str, Any]) -> type[Effect[A
     cls = cast("type[Effect[Any]]", EffectMeta(op, (Effect,), ns))
     cls.__module__ = "effects"
     return cls
+
+
+def _shared_instance(cls: type[Effect[Any]]) -> Callable[[], Effect[Any]]:
+    # A C-level callable returning the one instance of a field-less effect: `State.get()`
+    # costs no Python frame and no allocation.
+    return itertools.repeat(cls()).__next__
 
 
 def _tag(base: type[H], tag: str, ops: dict[str, dict[str, Any]]) -> type[H]:
@@ -44,21 +55,42 @@ class State(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
+    value: Any
+    with_output: bool
     # The operations are the effect classes themselves (or, for `get`, a C-level callable
-    # returning the one shared instance): building an effect costs no extra Python call.
-    get: ClassVar[Callable[[], Effect[Any]]]
-    put: ClassVar[Callable[[Any], Effect[None]]]
-    modify: ClassVar[Callable[[Callable[[Any], Any]], Effect[Any]]]
+    # returning the one shared instance): building an effect costs no extra Python call. Type
+    # checkers see them as static methods (set by `_bind_family`).
+    if TYPE_CHECKING:
 
-    def __init__(self, initial: Any = None, *, output: bool = False) -> None:
-        self.value = initial
-        self.with_output = output
+        @staticmethod
+        def get() -> Effect[Any]:
+            """The current value."""
+
+        @staticmethod
+        def put(value: Any) -> Effect[None]:
+            """Replace the value."""
+
+        @staticmethod
+        def modify(fn: Callable[[Any], Any]) -> Effect[Any]:
+            """Replace the value with `fn(value)`; returns the new value."""
+
+        @overload
+        def __new__(cls, initial: S, *, output: Literal[True]) -> _PairedState[S]: ...
+        @overload
+        def __new__(cls, initial: Any = None, *, output: bool = False) -> Self: ...
+        def __new__(cls, initial: Any = None, *, output: bool = False) -> Any: ...
+
+    else:  # hidden from mypy, which reads `__init__` instead of the overloads when both exist
+
+        def __init__(self, initial: Any = None, *, output: bool = False) -> None:
+            self.value = initial
+            self.with_output = output
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.get = itertools.repeat(classes["get"]()).__next__
-        cls.put = classes["put"]
-        cls.modify = classes["modify"]
+        setattr(cls, "get", _shared_instance(classes["get"]))  # noqa: B010 - a method to mypy
+        setattr(cls, "put", classes["put"])  # noqa: B010
+        setattr(cls, "modify", classes["modify"])  # noqa: B010
         cls._handled = {
             classes["get"]: "_get",
             classes["put"]: "_put",
@@ -105,6 +137,12 @@ class State(Handler):
         return []
 
 
+if TYPE_CHECKING:
+
+    class _PairedState(State, PairedOutput[S]):
+        """`State(initial, output=True)` to type checkers: the scope returns `(result, S)`."""
+
+
 _STATE_OPS: dict[str, dict[str, Any]] = {
     "get": {},
     "put": {"value": Any},
@@ -121,18 +159,23 @@ class Reader(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    ask: ClassVar[Callable[[], Effect[Any]]]
+
+    if TYPE_CHECKING:
+
+        @staticmethod
+        def ask() -> Effect[Any]:
+            """The value."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.ask = itertools.repeat(classes["ask"]()).__next__
+        setattr(cls, "ask", _shared_instance(classes["ask"]))  # noqa: B010 - a method to mypy
         cls._handled = {classes["ask"]: "_ask"}
 
     @classmethod
-    def local(cls, fn: Callable[[Any], Any], comp: Any) -> Generator[Any, Any, Any]:
+    def local(cls, fn: Callable[[Any], Any], comp: Computation[T]) -> Generator[Any, Any, T]:
         """Run `comp` with the value replaced by `fn(value)` for its extent."""
         current = yield cls.ask()
         return (yield from with_handler(comp, cls(fn(current))))
@@ -162,15 +205,30 @@ class Writer(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    tell: ClassVar[Callable[[Any], Effect[None]]]
+    with_output: bool
+    items: list[Any]
 
-    def __init__(self, *, output: bool = True) -> None:
-        self.with_output = output
-        self.items: list[Any] = []
+    if TYPE_CHECKING:
+
+        @staticmethod
+        def tell(item: Any) -> Effect[None]:
+            """Collect `item`."""
+
+        @overload
+        def __new__(cls, *, output: Literal[True] = True) -> _PairedWriter: ...
+        @overload
+        def __new__(cls, *, output: bool) -> Self: ...
+        def __new__(cls, *, output: bool = True) -> Any: ...
+
+    else:  # hidden from mypy (see State)
+
+        def __init__(self, *, output: bool = True) -> None:
+            self.with_output = output
+            self.items = []
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.tell = classes["tell"]
+        setattr(cls, "tell", classes["tell"])  # noqa: B010 - a method to mypy
         cls._handled = {classes["tell"]: "_tell"}
 
     @classmethod
@@ -212,6 +270,12 @@ class Writer(Handler):
         data[type(self)] = list(self.items)
 
 
+if TYPE_CHECKING:
+
+    class _PairedWriter(Writer, PairedOutput[list[Any]]):
+        """`Writer()` to type checkers: the scope returns `(result, items)`."""
+
+
 Writer._bind_family({"tell": _effect_class("Writer", "tell", {"item": Any})})
 
 
@@ -226,18 +290,40 @@ class EventAccumulator(Handler):
     pure = True
     replayable = True
     tag: ClassVar[str | None] = None
-    emit: ClassVar[Callable[[Any], Effect[None]]]
+    with_output: bool
+    on_event: Callable[[Any], None] | None
+    events: list[Any]
 
-    def __init__(
-        self, *, output: bool = False, on_event: Callable[[Any], None] | None = None
-    ) -> None:
-        self.with_output = output
-        self.on_event = on_event
-        self.events: list[Any] = []
+    if TYPE_CHECKING:
+
+        @staticmethod
+        def emit(event: Any) -> Effect[None]:
+            """Record `event`."""
+
+        @overload
+        def __new__(
+            cls, *, output: Literal[True], on_event: Callable[[Any], None] | None = None
+        ) -> _PairedEvents: ...
+        @overload
+        def __new__(
+            cls, *, output: bool = False, on_event: Callable[[Any], None] | None = None
+        ) -> Self: ...
+        def __new__(
+            cls, *, output: bool = False, on_event: Callable[[Any], None] | None = None
+        ) -> Any: ...
+
+    else:  # hidden from mypy (see State)
+
+        def __init__(
+            self, *, output: bool = False, on_event: Callable[[Any], None] | None = None
+        ) -> None:
+            self.with_output = output
+            self.on_event = on_event
+            self.events = []
 
     @classmethod
     def _bind_family(cls, classes: dict[str, type[Effect[Any]]]) -> None:
-        cls.emit = classes["emit"]
+        setattr(cls, "emit", classes["emit"])  # noqa: B010 - a method to mypy
         cls._handled = {classes["emit"]: "_emit"}
 
     @classmethod
@@ -286,6 +372,13 @@ class EventAccumulator(Handler):
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[type(self)] = list(self.events)
+
+
+if TYPE_CHECKING:
+
+    class _PairedEvents(EventAccumulator, PairedOutput[list[Any]]):
+        """`EventAccumulator(output=True)` to type checkers: the scope returns
+        `(result, events)`."""
 
 
 EventAccumulator._bind_family({"emit": _effect_class("EventAccumulator", "emit", {"event": Any})})

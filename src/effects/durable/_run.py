@@ -6,14 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic
 
 import anyio
+from typing_extensions import TypeVar
 
 from .._outcome import Outcome, Suspend
 
 if TYPE_CHECKING:
     from ._runner import DurableRunner
+
+# The computation's result type (a bare `Run` is `Run[Any]`).
+R = TypeVar("R", default=Any)
 
 
 class RunStatus(StrEnum):
@@ -35,8 +39,9 @@ FINAL_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.C
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
-    """A snapshot of a durable run, as committed to the store.
+class Run(Generic[R]):
+    """A snapshot of a durable run, as committed to the store; `R` is the computation's result
+    type (`Run[R]` when the runner method was given a `Comp[R]`, else `Run[Any]`).
 
     `outcome` is what the run is at: a `Suspend` report while it waits for input (`value` is the
     prompt as JSON, `input` the JSON schema of the expected answer or `None`; resume through
@@ -59,7 +64,7 @@ class Run:
     name: str
     version: int
     status: RunStatus
-    outcome: Outcome | None
+    outcome: Outcome[R] | None
     revision: int
     created_at: datetime
     updated_at: datetime

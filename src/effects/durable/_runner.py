@@ -73,6 +73,8 @@ T = TypeVar("T")
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///runs.db"
 
+_R = TypeVar("_R")  # a computation's result type: `start(comp)` of a `Comp[R]` is a `Run[R]`
+
 # Backoff of the LISTEN connection after it was lost (seconds).
 _LISTEN_RETRY_FIRST: Final = 0.1
 _LISTEN_RETRY_MAX: Final = 5.0
@@ -437,7 +439,9 @@ class DurableRunner:
 
     # -- public API -------------------------------------------------------------------------
 
-    async def start(self, comp: Comp[Any], *, run_id: str | None = None, wait: bool = True) -> Run:
+    async def start(
+        self, comp: Comp[_R], *, run_id: str | None = None, wait: bool = True
+    ) -> Run[_R]:
         """Start a durable run of `comp` (a call of a `@computation` function).
 
         Runs the first step (to the first `Yield`, the end, or an error) and returns the
@@ -498,13 +502,13 @@ class DurableRunner:
 
     async def enqueue(
         self,
-        comp: Comp[Any],
+        comp: Comp[_R],
         *,
         queue: str | Queue,
         dedup_id: str | None = None,
         priority: int = 0,
         run_id: str | None = None,
-    ) -> Run:
+    ) -> Run[_R]:
         """Put a run of `comp` on `queue`, for a worker (`work()`, `python -m effects worker`)
         to run; returns the `queued` run at once. Nothing of the computation runs here.
 
