@@ -21,6 +21,7 @@ import anyio
 from importer import contacts, import_contacts
 
 from bridges.terminal import Style, TerminalView
+from effects import Done
 from effects.durable import DurableRunner, RunStatus
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 async def main(rows: int, speed: int, db: Path, style: Style) -> int:
     url = f"sqlite+aiosqlite:///{db}"
+    run = None
     with TerminalView(style=style) as view:
         async with DurableRunner(
             url,
@@ -39,7 +41,8 @@ async def main(rows: int, speed: int, db: Path, style: Style) -> int:
             for run in await runner.recover():
                 view.write(f"continued the interrupted import {run.id}: {run.status.value}")
             run = await runner.start(import_contacts(rows, speed))
-    if run.status is RunStatus.DONE:
+    assert run is not None  # (only an exception leaves the block without it)
+    if run.status is RunStatus.DONE and isinstance(run.outcome, Done):
         print(run.outcome.value)
         return 0
     print(f"import {run.id} {run.status.value}: {run.outcome}", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import sqlalchemy as sa
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, JsonValue
 from pydantic_core import PydanticCustomError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -54,7 +54,7 @@ class Contact(BaseModel):
     )
 
 
-PLANS = {
+PLANS: dict[str, JsonValue] = {
     "free": {"label": "Free", "description": "One project, community support."},
     "pro": {"label": "Pro", "description": "Unlimited projects and email support; 12 € a month."},
     "enterprise": {

@@ -9,11 +9,12 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, overload
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+from typing_extensions import TypeVar
 
 from .._effect import Effect
 from .._exceptions import AsyncHandlerError, ConfigurationError
@@ -21,7 +22,8 @@ from .._exceptions import TimeoutError as EffectsTimeoutError
 from .._handler import Handler, handles
 from .._interpreter import close_awaitable, returning, running_async
 
-T = TypeVar("T")
+# The function's result type: a bare `Call` is `Call[Any]`.
+T = TypeVar("T", default=Any)
 P = ParamSpec("P")
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable, Generator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from typing_extensions import TypeVar as TypeVar_
+
 from .._computation import Comp, Computation
 from .._effect import Effect
 from .._handler import Handler, WithHandler, handles
@@ -15,9 +17,11 @@ from .._outcome import Throw
 T = TypeVar("T")
 M = TypeVar("M")
 E = TypeVar("E", bound=BaseException)
+# The answer's type: a bare `Yield` is `Yield[Any]`.
+A = TypeVar_("A", default=Any)
 
 
-class Yield(Effect[T]):
+class Yield(Effect[A]):
     """Suspend the run and hand `value` (the prompt) to whoever drives it; the answer comes back
     as the result. With `input=Model` the answer is validated by pydantic before the
     computation sees it (a `dict` answer becomes a `Model`), and type checkers see
