@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import anyio
 import pytest
@@ -315,3 +316,26 @@ def test_worker_json(store: tuple[str, list[Run]]) -> None:
             process.communicate()
     assert process.returncode == 0, err
     assert json.loads(out) == {"worker": "w-json", "stopped": True}
+
+
+def test_runner_list_filters(store: tuple[str, list[Run]], flows: ModuleType) -> None:
+    """`DurableRunner.list`: newest first, created since, by id prefix (LIKE wildcards taken
+    literally), paged with limit and offset."""
+    db, [_, paid] = store
+
+    async def listed() -> None:
+        async with DurableRunner(db, handlers=flows.HANDLERS) as runner:
+            await runner.start(flows.name_flow(), run_id="wa%t")
+
+            async def ids(**options: Any) -> list[str]:
+                return [r.id for r in await runner.list(**options)]
+
+            assert await ids() == ["waiting", "paid", "wa%t"]
+            assert await ids(newest_first=True) == ["wa%t", "paid", "waiting"]
+            assert await ids(since=paid.created_at) == ["paid", "wa%t"]
+            assert await ids(since=paid.created_at.timestamp() + 3600) == []
+            assert await ids(id_prefix="wa") == ["waiting", "wa%t"]
+            assert await ids(id_prefix="wa%") == ["wa%t"]
+            assert await ids(newest_first=True, limit=1, offset=1) == ["paid"]
+
+    anyio.run(listed, backend="asyncio")

@@ -25,13 +25,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from effects import ConflictError, EffectsError, InvalidInput, ResumeError, RunNotFound
-from effects._exceptions import ConfigurationError
-from effects._handler import Handler, Stack
-from effects._outcome import Done, Suspend
+from effects import (
+    ConfigurationError,
+    ConflictError,
+    Done,
+    EffectsError,
+    Handler,
+    InvalidInput,
+    ResumeError,
+    RunNotFound,
+    Stack,
+    Suspend,
+)
 from effects.durable import DurableRunner, Log, LogEntry, Run, RunStatus
-from effects.durable._fork import NOT_GIVEN
-from effects.durable._lookup import list_runs
 
 from ._app import make_templates
 from ._session import Session, Sessions, same_origin
@@ -60,6 +66,7 @@ _MESSAGES = {
     "unpark": "Recovery may continue the run again.",
 }
 _ACTIVE = ("queued", "running", "suspended", "sleeping")
+_EMPTY: Any = object()  # a form field left empty (`null` is an answer)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
@@ -199,18 +206,17 @@ class _Dashboard:
         runs: list[Run] = []
         more = False
         if error is None:
-            runner = self._runner()
-            rows = await list_runs(
-                runner.store,
-                status=statuses,
+            found = await self._runner().list(
+                statuses,
                 name=name,
                 since=since,
                 id_prefix=prefix or None,
                 limit=self.page_size + 1,
                 offset=page * self.page_size,
+                newest_first=True,
             )
-            more = len(rows) > self.page_size
-            runs = [runner._to_run(r) for r in rows[: self.page_size]]
+            more = len(found) > self.page_size
+            runs = found[: self.page_size]
         filters = {"status": statuses, "name": name or "", "since": since_text, "id": prefix}
 
         def page_link(n: int) -> str:
@@ -329,7 +335,7 @@ class _Dashboard:
             if action == "resume":
                 revision = _whole(fields.get("revision"), None)
                 value = _json_field(fields.get("value"), "the answer")
-                if value is NOT_GIVEN:
+                if value is _EMPTY:
                     raise _Refused(400, "the answer is empty: write it as JSON")
                 await runner.resume(run_id, value, revision=revision, wait=False)
                 return run_id, action
@@ -338,7 +344,10 @@ class _Dashboard:
                 if at is None:
                     raise _Refused(400, "choose the step to fork at")
                 answer = _json_field(fields.get("answer"), "the answer")
-                forked = await runner.fork(run_id, at=at, answer=answer, wait=False)
+                if answer is _EMPTY:  # no answer: the step is performed again
+                    forked = await runner.fork(run_id, at=at, wait=False)
+                else:
+                    forked = await runner.fork(run_id, at=at, answer=answer, wait=False)
                 return forked.id, action
             # retry: a new run from the failed step (performed again), the failed run kept.
             run = await runner.get(run_id)
@@ -400,9 +409,9 @@ def _whole(text: str | None, default: Any) -> Any:
 
 
 def _json_field(text: str | None, what: str) -> Any:
-    """A JSON form field: NOT_GIVEN when empty, the value otherwise."""
+    """A JSON form field: `_EMPTY` when empty, the value otherwise."""
     if text is None or not text.strip():
-        return NOT_GIVEN
+        return _EMPTY
     try:
         return json.loads(text)
     except ValueError:

@@ -59,6 +59,7 @@ from ._effects import Checkpoint
 from ._fork import NOT_GIVEN
 from ._log import Log, make_log
 from ._logger import EffectLogger, cancellation
+from ._lookup import list_runs
 from ._queues import QUEUE_CHANNEL, Queue, cancel_queued, check_priority, enqueue
 from ._run import FINAL_STATUSES, Run, RunStatus, Subscription
 from ._serialize import codec, dump_error, load_error, storable_text
@@ -688,16 +689,34 @@ class DurableRunner:
         name: str | None = None,
         limit: int | None = None,
         parked: bool | None = None,
+        since: datetime | float | None = None,
+        id_prefix: str | None = None,
+        newest_first: bool = False,
+        offset: int = 0,
     ) -> builtins.list[Run]:
-        """Runs in the store, oldest first, optionally by status (one or several), name, and
-        whether they are parked (`parked=True`: the runs `recover()` gave up on)."""
+        """Runs in the store, oldest first (`newest_first=True`: newest first), optionally by
+        status (one or several), name, whether they are parked (`parked=True`: the runs
+        `recover()` gave up on), creation time (`since`: created at or after it, a datetime
+        or UTC epoch seconds) and id prefix; `limit` and `offset` page through them."""
         if status is None:
             statuses: tuple[str, ...] = ()
         elif isinstance(status, str):
             statuses = (RunStatus(status).value,)
         else:
             statuses = tuple(RunStatus(s).value for s in status)
-        rows = await self.store.list(status=statuses, name=name, limit=limit, parked=parked)
+        rows = await list_runs(
+            self.store,
+            status=statuses,
+            name=name,
+            # A datetime holds microseconds, the store more: one read from a `Run` (rounded)
+            # must still include that run.
+            since=since.timestamp() - 1e-6 if isinstance(since, datetime) else since,
+            id_prefix=id_prefix,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+            parked=parked,
+        )
         return [self._to_run(r) for r in rows]
 
     async def recover(self, *, concurrency: int | None = None) -> builtins.list[Run]:
