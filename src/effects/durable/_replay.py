@@ -9,7 +9,9 @@ The replay performs nothing. Recorded effects return their logged results (as on
 resume); the replayable in-memory handlers (State, Reader, Writer, EventAccumulator, TaskTree)
 run again; and the first effect the log does not hold — where the run would go on live — ends
 the replay instead of reaching a handler. No Call, no user effect, no sleep, no checkpoint:
-nothing is written anywhere, whichever handlers are passed.
+nothing is written anywhere, whichever handlers are passed. (Handlers a computation installs
+*inside* itself are part of the computation and run on every replay, this one included, as
+they do on a cold resume.)
 """
 
 from __future__ import annotations
