@@ -457,6 +457,12 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
             future.set_result(result)
 
 
+def _wal_checkpoint(db: sqlite3.Connection) -> None:
+    # The PRAGMA returns a row: read it, or the statement stays in progress and the
+    # connection's next COMMIT fails ("SQL statements in progress").
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 _WAL_CHECKPOINT_BYTES = 4 << 20  # SQLite's own default: 1,000 pages of 4 KiB
 
 
@@ -595,7 +601,7 @@ class _SQLiteCheckpoints:
         except OSError:
             return
         if size > _WAL_CHECKPOINT_BYTES and self.thread is not None and self.db is not None:
-            await self.thread.run(self.db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+            await self.thread.run(_wal_checkpoint, self.db)
 
     def _commit(
         self, db: sqlite3.Connection, group: Sequence[_Write]
