@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Generator
+from types import GeneratorType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
+from . import _diagnostics
 from ._exceptions import ConfigurationError
 
 R = TypeVar("R")
@@ -34,7 +36,12 @@ class Comp(Generic[R]):
         self.kwargs = kwargs
 
     def __iter__(self) -> Generator[Any, Any, R]:
-        return self.function.fn(*self.args, **self.kwargs)
+        gen = self.function.fn(*self.args, **self.kwargs)
+        if type(gen) is not GeneratorType:
+            # Not a generator function: run what a wrapper returned, or say what is wrong (a
+            # plain function returning a value would fail later as "iter() returned non-iterator").
+            return _diagnostics.not_a_generator(self.function.fn, gen)
+        return gen
 
     @property
     def name(self) -> str:
@@ -65,6 +72,25 @@ class ComputationFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<computation {self.name} v{self.version}>"
+
+
+if _diagnostics.DEBUG:  # decided at import; without it a Comp costs one plain __init__
+
+    def _debug_init(
+        self: Comp[Any],
+        function: ComputationFunction[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.function, self.args, self.kwargs = function, args, kwargs
+        _diagnostics.note_created(self, 2)  # the caller of ComputationFunction.__call__
+
+    def _debug_del(self: Comp[Any]) -> None:
+        what = repr(self)
+        _diagnostics.check_dropped(self, what, f"yield from {what}")
+
+    Comp.__init__ = _debug_init  # type: ignore[method-assign]
+    Comp.__del__ = _debug_del  # type: ignore[attr-defined]
 
 
 _registry: dict[str, ComputationFunction[Any, Any]] = {}
@@ -106,6 +132,7 @@ def computation(
     """
 
     def wrap(f: Callable[P, Generator[Any, Any, R]]) -> ComputationFunction[P, R]:
+        _diagnostics.check_computation_function(f)
         cname = name or f"{f.__module__}.{f.__qualname__}"
         cf = ComputationFunction(f, cname, version)
         old = _registry.get(cname)

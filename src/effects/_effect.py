@@ -7,6 +7,8 @@ import typing
 from collections.abc import Generator
 from typing import Any, ClassVar, Generic, TypeVar, dataclass_transform, get_args, get_origin
 
+from . import _diagnostics
+
 R = TypeVar("R", covariant=True)
 
 _MISSING: Any = object()
@@ -70,6 +72,8 @@ class EffectMeta(type):
             setattr(cls, f, property(slot.__get__, doc=f"The effect's `{f}` field."))
         if new_fields:
             _install_methods(cls, fields, defaults, custom=set(ns))
+        elif _diagnostics.DEBUG and not fields:
+            _note_init(cls, custom=set(ns))
         cls.__effect_result__ = _result_type(cls, ns)
         return cls
 
@@ -79,12 +83,17 @@ def _install_methods(
 ) -> None:
     params = ", ".join(f"{f}=_d_{f}" if f in defaults else f for f in fields)
     body = "\n".join(f"    self._{f} = {f}" for f in fields)
+    if _diagnostics.DEBUG:  # decided at import: without it, `__init__` only stores the fields
+        body += "\n    _note(self, 1)"
     env: dict[str, Any] = {f"_d_{f}": v for f, v in defaults.items()}
+    env["_note"] = _diagnostics.note_created
     exec(f"def __init__(self, {params}):\n{body}\n", env)
     if "__init__" not in custom:
         init = env["__init__"]
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         cls.__init__ = init  # type: ignore[misc]
+    elif _diagnostics.DEBUG:
+        _note_custom_init(cls)
     attrs = ", ".join(f"self._{f}" for f in fields)
     others = ", ".join(f"other._{f}" for f in fields)
     env = {}
@@ -100,6 +109,32 @@ def _install_methods(
     for name in ("__eq__", "__hash__"):
         if name not in custom:
             setattr(cls, name, env[name])
+
+
+def _note_init(cls: type, custom: set[str]) -> None:
+    """Debug mode: a field-less effect records where it is created too."""
+    if "__init__" in custom:
+        _note_custom_init(cls)
+        return
+
+    def __init__(self: Any) -> None:
+        _diagnostics.note_created(self, 1)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = __init__  # type: ignore[misc]
+
+
+def _note_custom_init(cls: type) -> None:
+    """Debug mode: a hand-written `__init__` (like `Call`'s) also records where it is called."""
+    original = cls.__dict__["__init__"]
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _diagnostics.note_created(self, 1)
+
+    __init__.__qualname__ = original.__qualname__
+    __init__.__doc__ = original.__doc__
+    cls.__init__ = __init__  # type: ignore[misc]
 
 
 def _result_type(cls: type, ns: dict[str, Any]) -> Any:
@@ -155,6 +190,19 @@ class Effect(Generic[R], metaclass=EffectMeta):
     def fields(self) -> dict[str, Any]:
         """The effect's fields as a dict, in declaration order."""
         return {f: getattr(self, "_" + f) for f in type(self).__effect_fields__}
+
+    if _diagnostics.DEBUG:  # only then: a `__del__` costs every effect's deallocation
+
+        def __del__(self) -> None:
+            what = _describe(self)
+            _diagnostics.check_dropped(self, what, f"yield {what}")
+
+
+def _describe(effect: Effect[Any]) -> str:
+    try:
+        return repr(effect)
+    except Exception:
+        return type(effect).__qualname__
 
 
 def result_type(effect_type: type[Effect[Any]]) -> Any:

@@ -32,7 +32,9 @@ class EffectsError(Exception):
 
 
 class MissingHandlerError(EffectsError, LookupError):
-    """No handler in scope handles the effect; the message lists the handlers that are."""
+    """No handler in scope handles the effect. The message names the effect, lists the handlers
+    that are in scope and says how to install one (`with_handler(comp, handler({...}))`, or the
+    runner's handler arguments)."""
 
 
 class AsyncHandlerError(EffectsError, RuntimeError):
@@ -61,6 +63,9 @@ class InvalidInput(EffectsError, ValueError):
         super().__init__(message)
         self.errors = errors
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.errors))
+
 
 class TimeoutError(EffectsError, builtins.TimeoutError):
     """A `_sync` wait ran out of time. Only the waiting stopped: the run goes on.
@@ -71,6 +76,9 @@ class TimeoutError(EffectsError, builtins.TimeoutError):
     def __init__(self, message: str, runner: Any = None) -> None:
         super().__init__(message)
         self.runner = runner
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self),))  # the runner stays behind (a live object)
 
 
 class ConfigurationError(EffectsError, ValueError):
@@ -96,6 +104,9 @@ class DivergenceError(EffectsError, RuntimeError):
         self.position = position
         self.expected = expected
         self.got = got
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.position, self.expected, self.got))
 
 
 class ConflictError(EffectsError, RuntimeError):
@@ -124,3 +135,11 @@ class Cancellation(BaseException):
     def __init__(self, reason: Any = None) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+# Tracebacks and reprs name the public module (`effects.MissingHandlerError`), where users import
+# them from, rather than this private one; pickling finds them there too.
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, BaseException) and _cls.__module__ == __name__:
+        _cls.__module__ = "effects"
+del _cls

@@ -29,11 +29,11 @@ import anyio
 import anyio.lowlevel
 
 from ._computation import Comp
+from ._diagnostics import not_handled
 from ._effect import Effect
 from ._exceptions import (
     AsyncHandlerError,
     Cancellation,
-    MissingHandlerError,
     YieldDuringCancellation,
 )
 from ._handler import Handler, HandlerFn, Table, WithHandler
@@ -495,7 +495,7 @@ class Run:
                     tables.meta[etype] = entry
                     tables.derived = tables.derived | {etype}
                 return fn
-        return MissingHandlerError(_missing_message(eff, tables.meta))
+        return not_handled(eff, tables.meta)
 
     def _home(self, eff: Any, tables: Tables) -> Tables:
         """The home of the entry that answered `eff` (a subclass's is cached by `_resolve`)."""
@@ -684,18 +684,6 @@ def _exit_scope(
                 err.__context__ = exc
             value, exc = None, err
     return value, exc
-
-
-def _missing_message(eff: Any, table: Table) -> str:
-    owners: list[str] = []
-    for _, _, owner in table.values():
-        name = repr(owner)
-        if name not in owners:
-            owners.append(name)
-    return (
-        f"no handler for {eff!r} (effect type {type(eff).__qualname__}); "
-        f"handlers in scope: {', '.join(reversed(owners)) or 'none'}"
-    )
 
 
 _root: Tables | None = None

@@ -84,7 +84,9 @@ def add(a: int, b: int) -> Generator[Any, Any, int]:
 
 
 def test_computation_functions_and_state() -> None:
-    assert_type(add(1, 2), Comp[int])
+    comp = add(1, 2)
+    assert_type(comp, Comp[int])
+    assert run(comp, State(0), Reader(0)) == 3
     assert_type(run(add(1, 2), State(0), Reader(10)), int)
     assert run(add(1, 2), State(0), Reader(10)) == 13
     # `output=True` forms pair the result with the handler's own output.
@@ -96,7 +98,10 @@ def test_computation_functions_and_state() -> None:
     events = run(with_handler(add(1, 1), EventAccumulator(output=True), State(0), Reader(0)))
     assert_type(events, tuple[int, list[Any]])
     assert_type(run(add(1, 1), Writer(output=False), State(0), Reader(0)), int)
-    add("1", 2)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def wrong_arguments() -> Generator[Any, Any, int]:
+    return (yield from add("1", 2))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 class Person(pydantic.BaseModel):

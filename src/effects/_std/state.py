@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
 
+from .. import _diagnostics
 from .._computation import Computation
 from .._effect import Effect, EffectMeta
 from .._handler import Handler, PairedOutput, with_handler
@@ -33,7 +34,10 @@ def _effect_class(family: str, op: str, fields: dict[str, Any]) -> type[Effect[A
 
 def _shared_instance(cls: type[Effect[Any]]) -> Callable[[], Effect[Any]]:
     # A C-level callable returning the one instance of a field-less effect: `State.get()`
-    # costs no Python frame and no allocation.
+    # costs no Python frame and no allocation. The debug mode makes one per call instead, to
+    # notice a `State.get()` that is dropped without being yielded.
+    if _diagnostics.DEBUG:
+        return cls
     return itertools.repeat(cls()).__next__
 
 
