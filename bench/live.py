@@ -102,6 +102,15 @@ def report(signum, frame):
     print("gc-pauses " + json.dumps(summary), flush=True)
     pauses.clear()
 signal.signal(signal.SIGUSR2, report)
+if os.environ.get("BENCH_GC_THRESHOLDS"):
+    # --gc-thresholds: GcTuning() with other thresholds than its defaults.
+    from bridges.live import GcTuning
+    thresholds = tuple(int(x) for x in os.environ["BENCH_GC_THRESHOLDS"].split(","))
+    apply = GcTuning.apply
+    def tuned(self):
+        apply(self)
+        gc.set_threshold(*thresholds)
+    GcTuning.apply = tuned
 if os.environ.get("BENCH_TRACE"):
     import tracemalloc
     tracemalloc.start()
@@ -128,12 +137,19 @@ class Server:
     fills up) and lets the benchmark wait for a line."""
 
     def __init__(
-        self, port: int, db: Path, trace: Path | None = None, gc_tuning: bool = True
+        self,
+        port: int,
+        db: Path,
+        trace: Path | None = None,
+        gc_tuning: bool = True,
+        gc_thresholds: str | None = None,
     ) -> None:
         command = [sys.executable, "-c", WRAPPER, str(APP), "--port", str(port), "--db", str(db)]
         if not gc_tuning:
             command.append("--no-gc-tuning")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if gc_thresholds:
+            env["BENCH_GC_THRESHOLDS"] = gc_thresholds
         if trace is not None:
             env["BENCH_TRACE"] = str(trace)
         self.process = subprocess.Popen(
@@ -183,6 +199,8 @@ class Server:
                 raise RuntimeError("the server did not report its collections")
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         self.process.wait(20)
         self._reader.join(20)
@@ -371,16 +389,24 @@ async def bench(
     concurrency: int,
     trace: bool,
     gc_tuning: bool = True,
+    gc_thresholds: str | None = None,
 ) -> Any:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         traces = Path(tmp) / "trace" if trace else None
-        server = Server(port, Path(tmp) / "runs.db", traces, gc_tuning)
+        server = Server(port, Path(tmp) / "runs.db", traces, gc_tuning, gc_thresholds)
         try:
             return await _measure(
                 server, port, base, n, warmup, sequential, rate, concurrency, traces
             )
+        except BaseException:
+            server.stop()  # all it printed is read once it has exited
+            said = [line for line in server.lines if not line.startswith(("event:", "INFO:"))]
+            log = Path(tempfile.gettempdir()) / f"bench-live-server-{server.pid}.log"
+            log.write_text("".join(said))
+            print(f"the server's output: {log}", file=sys.stderr)
+            raise
         finally:
             server.stop()
 
@@ -515,6 +541,11 @@ def main() -> None:
         help="run the server under tracemalloc and show what each phase allocates per session "
         "(slow: timings are meaningless then)",
     )
+    parser.add_argument(
+        "--gc-thresholds",
+        metavar="G0,G1,G2",
+        help="GcTuning() with these collection thresholds instead of its defaults",
+    )
     args = parser.parse_args()
     results = anyio.run(
         bench,
@@ -525,9 +556,10 @@ def main() -> None:
         args.concurrency,
         args.trace,
         not args.no_gc_tuning,
+        args.gc_thresholds,
         backend="asyncio",
     )
-    results["gc_tuning"] = not args.no_gc_tuning
+    results["gc_tuning"] = args.gc_thresholds or not args.no_gc_tuning
     results["load_average_after"] = os.getloadavg()
     results["machine"] = (
         f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
