@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 
@@ -215,3 +216,18 @@ async def test_kill_mid_purge_leaves_whole_batches(url: str, statement: str) -> 
     assert after == {k: v for k, v in before.items() if k not in gone}
     async with DurableRunner(url) as runner:
         assert await runner.purge(older_than=30 * DAY) == 2
+
+
+async def test_followers_of_a_purged_run_stop(url: str) -> None:
+    """A `subscribe` of a waiting run ends when the run is purged: by another runner (another
+    process: PostgreSQL NOTIFY) or, on SQLite, which notifies no other process, by this one."""
+    await make_runs(url)
+    async with DurableRunner(url) as watcher, DurableRunner(url) as operator:
+        purger = operator if url.startswith("postgresql") else watcher
+        async with watcher.subscribe("waiting") as runs:
+            first = await runs.__anext__()
+            assert first.status is RunStatus.SUSPENDED
+            assert await purger.purge(older_than=30 * DAY, status="suspended") == 1
+            with anyio.fail_after(20):
+                rest = [run async for run in runs]  # ends: no more changes will come
+            assert rest == []

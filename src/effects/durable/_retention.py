@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from .._exceptions import ConfigurationError
 from . import _schema as S
 from ._run import FINAL_STATUSES, RunStatus
-from ._store import Store, db_now
+from ._store import NOTIFY_CHANNEL, Store, db_now
 
 if TYPE_CHECKING:
     from ._runner import DurableRunner
@@ -88,6 +88,16 @@ async def purge_batch(store: Store, statuses: list[str], before: float, limit: i
             await conn.execute(S.log.delete().where(S.log.c.run_id.in_(ids)))
             await conn.execute(S.task_trees.delete().where(S.task_trees.c.run_id.in_(ids)))
             await conn.execute(runs.delete().where(runs.c.id.in_(ids)))
+            if store.dialect == "postgresql":
+                # Followers in other processes re-read each run, find it gone and stop; the
+                # notifications are delivered only if the batch commits. One statement.
+                await conn.execute(
+                    sa.text(
+                        "SELECT pg_notify(:channel, id || :gone) FROM unnest(:ids) AS id"
+                    ).bindparams(sa.bindparam("ids", type_=sa.ARRAY(sa.Text))),
+                    # `run:0!`: a change to re-read whatever revision a follower holds.
+                    {"channel": NOTIFY_CHANNEL, "ids": ids, "gone": ":0!"},
+                )
     return ids
 
 

@@ -1686,6 +1686,11 @@ class DurableRunner:
             return
         try:
             row = await self.store.get(run_id)
+        except RunNotFound:
+            # Purged (`purge` announces the runs it removed): nothing will change any more.
+            for sub in builtins.list(subs):
+                sub._close()
+            return
         except Exception as err:
             logger.warning("run %s: could not read a change: %s", run_id, err)
             return
