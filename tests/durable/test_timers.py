@@ -35,7 +35,7 @@ from effects import (
     start,
     with_handler,
 )
-from effects.durable import Checkpoint, DurableRunner, EffectLogger, Log, RunStatus, _schema
+from effects.durable import Checkpoint, DurableRunner, EffectLogger, Log, Run, RunStatus, _schema
 from effects.durable._cli import main
 from effects.testing import AdvancingClock
 
@@ -497,3 +497,38 @@ async def test_a_cancel_flagged_while_the_run_was_released_is_not_lost(
                     last = seen
         assert last.status is RunStatus.CANCELLED
         assert flows.CLEANUPS == ["finally"]
+
+
+@pytest.mark.anyio
+async def test_resume_right_after_a_suspension_is_seen(tmp_path: Path, flows: ModuleType) -> None:
+    """A caller that sees a step's suspension committed in the store and answers at once is
+    not refused while the runner is still putting the step away (it used to get ConflictError
+    "running a step in this process": seen under load right after recover())."""
+    async with DurableRunner(_db(tmp_path), handlers=Clock(), sleep_in_memory=60) as runner:
+        # Hold the step just after its suspension is committed, before the runner goes on.
+        store = runner.store
+        checkpoint = store.checkpoint
+        committed, held = anyio.Event(), anyio.Event()
+
+        async def holding_checkpoint(*args: Any, **kwargs: Any) -> Any:
+            result = await checkpoint(*args, **kwargs)
+            if kwargs["changes"].get("status") == RunStatus.SUSPENDED.value:
+                committed.set()
+                await held.wait()
+            return result
+
+        store.checkpoint = holding_checkpoint  # type: ignore[method-assign]
+        run = await runner.start(flows.nap_then_ask(0.0), wait=False)
+        results: list[Run] = []
+        with anyio.fail_after(10):
+            await committed.wait()
+            assert (await runner.get(run.id)).status is RunStatus.SUSPENDED
+
+            async def answer() -> None:
+                results.append(await runner.resume(run.id, "yes"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer)
+                await anyio.wait_all_tasks_blocked()  # the answer waits for the put-away
+                held.set()
+        assert results[0].outcome == Done("yes")

@@ -1002,6 +1002,15 @@ class DurableRunner:
 
     async def _cold(self, run_id: str, revision: int | None, action: str) -> tuple[_Step, Suspend]:
         """Rebuild a suspended run by replaying its log, without taking its lease."""
+        existing = self._steps.get(run_id)
+        if existing is not None and existing.sig is not None and await self._putting_away(existing):
+            # The step committed its suspension (or its end) and is being put away: a caller
+            # that saw that commit (in the store, a subscription, another process) answers it
+            # now. Wait for the step to be gone rather than refuse an answer to the current
+            # step. A step still running, or a concurrent resume not yet committed, is
+            # refused at once below: of concurrent answers to one step exactly one wins.
+            with anyio.move_on_after(_PUT_AWAY_WAIT):
+                await existing.done.wait()
         if run_id in self._steps:
             raise ConflictError(f"run {run_id!r} is running a step in this process")
         store = self.store
@@ -1058,6 +1067,17 @@ class DurableRunner:
             raise
         self._steps[run_id] = step
         return step, outcome
+
+    async def _putting_away(self, step: _Step) -> bool:
+        """Whether `step` has committed a suspension or an end (it may not know it yet: the
+        store's row is read)."""
+        if step.committed and step.row.status != RunStatus.RUNNING.value:
+            return True
+        try:
+            stored = await self.store.get(step.row.id)
+        except RunNotFound:
+            return False
+        return stored.status != RunStatus.RUNNING.value and stored.revision > step.row.revision
 
     def _drop(self, step: _Step) -> None:
         if self._steps.get(step.row.id) is step:
@@ -1805,6 +1825,11 @@ def _missing_handler(err: BaseException) -> MissingHandlerError | None:
 
 def _replay_error(err: BaseException) -> BaseException:
     return _missing_handler(err) or err
+
+
+# How long a resume or cancel waits for a step that already committed its suspension to be
+# put away (releasing its lease, closing its task tree: normally milliseconds).
+_PUT_AWAY_WAIT = 10.0
 
 
 def _placeholder_row(run_id: str) -> RunRow:
