@@ -184,7 +184,7 @@ def test_entries_are_built_when_the_log_is_read() -> None:
     logger = EffectLogger()
     before = _log_entries_alive()
     assert run_logged(comp(), logger) == sum(2 * i for i in range(1000))
-    assert _log_entries_alive() == before  # nothing built: nobody read the log
+    assert _log_entries_alive() <= before  # nothing built: nobody read the log
     first = logger.log
     assert len(first.entries) == 1000
     assert all(type(e) is LogEntry for e in first.entries)
