@@ -216,3 +216,60 @@ async def test_the_app_tunes_the_gc_while_it_runs(db_url: str) -> None:
         server.stop()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def test_the_page_lock_is_fifo_and_survives_cancelled_waiters() -> None:
+    """The page's lock (no deque until contended): waiters get it in order; a waiter
+    cancelled while waiting, or just as it was handed the lock, does not keep it."""
+    from bridges.live._page import _Mutex
+
+    lock = _Mutex()
+    order: list[str] = []
+
+    async def take(name: str, hold: anyio.Event | None = None) -> None:
+        async with lock:
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            release = anyio.Event()
+            tg.start_soon(take, "first", release)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(take, "second")
+            await anyio.wait_all_tasks_blocked()
+            cancelled = anyio.CancelScope()
+
+            async def third() -> None:
+                with cancelled:
+                    await take("third")
+
+            tg.start_soon(third)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(take, "fourth")
+            await anyio.wait_all_tasks_blocked()
+            cancelled.cancel()  # gives up its place before its turn
+            release.set()
+    assert order == ["first", "second", "fourth"]
+    assert not lock.locked()
+
+    # Handed the lock as it is cancelled: it passes the lock on.
+    order.clear()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await lock.__aenter__()  # the test holds it
+            scope = anyio.CancelScope()
+
+            async def b() -> None:
+                with scope:
+                    await take("b")
+
+            tg.start_soon(b)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(take, "c")
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()  # b is cancelled, and before it runs...
+            await lock.__aexit__(None, None, None)  # ...is handed the lock: it passes it on
+    assert order == ["c"]
+    assert not lock.locked()
