@@ -28,6 +28,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("effects.durable")
 
 
+class _Seen:
+    """What a watch remembers of the last snapshot it handed over: enough to order the next
+    ones (the runner reads `revision` to tell whether a notification is news), not the
+    snapshot itself, which its listener keeps if it wants it."""
+
+    __slots__ = ("cancel_requested", "revision")
+
+    def __init__(self, run: Run) -> None:
+        self.revision = run.revision
+        self.cancel_requested = run.cancel_requested
+
+
 class RunWatch:
     """Calls `on_run(run)` with every newer committed snapshot of one run (see
     `DurableRunner.watch`). It stops by itself after the snapshot of a finished run; `close()`
@@ -39,7 +51,7 @@ class RunWatch:
         self._runner = runner
         self.run_id = run_id
         self._on_run = on_run
-        self._latest: Run | None = None  # read by the runner: is a notification news?
+        self._latest: _Seen | None = None  # read by the runner: is a notification news?
         self._closed = False
         runner._subscribers.setdefault(run_id, set()).add(self)  # type: ignore[arg-type]
 
@@ -66,7 +78,7 @@ class RunWatch:
             or (run.revision == latest.revision and run.cancel_requested != latest.cancel_requested)
         ):
             return
-        self._latest = run
+        self._latest = _Seen(run)
         try:
             self._on_run(run)
         except Exception:
