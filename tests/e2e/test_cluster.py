@@ -343,3 +343,60 @@ async def test_the_tree_and_output_live_on_another_process_than_the_run(
         await expect(output).to_contain_text("rejected row 13: 'user13-at-example.com'")
     finally:
         cluster.stop()
+
+
+async def test_the_wizard_over_the_websocket_through_nginx(
+    cluster: Cluster, new_page: NewPage, sql: Sql
+) -> None:
+    """The WebSocket transport through nginx: the upgrade is passed on, the page's GET and its
+    socket land on different processes, the answers go over the socket to a process that does
+    not hold the run, and after a reload (a new GET, a new socket elsewhere) the wizard still
+    goes to its end."""
+    page = await new_page()
+    await page.add_init_script("window.LIVE_TRANSPORT = 'ws'")
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    await page.goto(cluster.address)
+    await synced(page)
+    await page.get_by_role("button", name="Start").click()
+    await heading(page, NAME_STEP)
+    await synced(page)
+    path = "/" + page.url.split("/", 3)[3]
+    run_id = path.rsplit("/", 1)[1]
+    await answer(page, "Name", "Wes", email_step("Wes"))
+    await page.reload()  # a new GET and a new socket: round robin sends them elsewhere
+    await heading(page, email_step("Wes"))
+    await synced(page)
+    await answer(page, "Email", "wes@example.com", PLAN_STEP)
+    await page.get_by_role("radio", name="Free One project").check()
+    await page.get_by_role("button", name="Create my account").click()
+    await heading(page, "Welcome aboard, Wes!")
+    await expect(page.get_by_role("status")).to_have_text("Finished.")
+    assert await sql("SELECT name, email, plan FROM users") == [("Wes", "wes@example.com", "free")]
+    assert await sql(f"SELECT status FROM effects_runs WHERE id = '{run_id}'") == [("done",)]
+    await page.context.close()  # ends the sockets: nginx logs them
+
+    assert sockets
+    assert all("/_live/ws?last_event_id=" in url for url in sockets), sockets
+    assert posts == [], posts  # every command, the start included, went over a socket
+    ws_path = path + "/_live/ws"
+    lines = await logged(cluster, lambda ls: sum(line.path == ws_path for line in ls) >= 2)
+    gets = [line for line in lines if line.method == "GET" and line.path == path]
+    run_sockets = [line for line in lines if line.path == ws_path]
+    assert all(line.status == 101 for line in run_sockets), run_sockets  # upgraded
+    assert len(gets) == 2, gets
+    # Each page's socket on another process than its GET...
+    for get in gets:
+        after = [s for s in run_sockets if s.start >= get.start]
+        assert after, (get, run_sockets)
+        assert min(after, key=lambda s: s.start).upstream != get.upstream, (get, run_sockets)
+    # ...and the answers, sent over sockets held by two different processes, both taken,
+    # at least one of them by a process other than the one that took the start (and so
+    # runs the run).
+    assert len({s.upstream for s in run_sockets}) >= 2, run_sockets
+    starts = [line for line in lines if line.path == "/_live/ws"]
+    assert len(starts) == 1, starts
+    assert {s.upstream for s in run_sockets} - {starts[0].upstream}, (starts, run_sockets)
+    assert {line.upstream for line in lines} == {f"127.0.0.1:{s.port}" for s in cluster.servers}
