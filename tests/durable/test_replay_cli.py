@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from effects import DivergenceError
 from effects.durable import DurableRunner, Log, replay
@@ -185,15 +186,20 @@ def test_replay_on_postgres_writes_nothing(
     record(pg_database_url, shop)
 
     def snapshot() -> list[Any]:
-        engine = sa.create_engine(pg_database_url.replace("+asyncpg", "+psycopg"))
-        try:
-            with engine.connect() as conn:
-                tables = ["effects_runs", "effects_log", "effects_owners", "effects_task_trees"]
-                return [
-                    conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY 1, 2")).all() for t in tables
-                ]
-        finally:
-            engine.dispose()
+        # asyncpg (the test group's driver), from this synchronous test through its own loop.
+        async def read() -> list[Any]:
+            engine = create_async_engine(pg_database_url)
+            try:
+                async with engine.connect() as conn:
+                    tables = ["effects_runs", "effects_log", "effects_owners", "effects_task_trees"]
+                    return [
+                        (await conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY 1, 2"))).all()
+                        for t in tables
+                    ]
+            finally:
+                await engine.dispose()
+
+        return anyio.run(read)
 
     before = snapshot()
     done = cli(write_shop(tmp_path / "v2", V2), "--all", "--db", pg_database_url,
