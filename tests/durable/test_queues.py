@@ -245,6 +245,8 @@ async def test_rate_limit(pg_database_url: str, flows: ModuleType, tmp_path: Pat
 # -- worker processes ------------------------------------------------------------------------
 
 
+# ~45 s on a loaded two-core machine: the 60 s default left no margin.
+@pytest.mark.timeout(180)
 async def test_global_limit_across_two_workers_1000_runs(
     pg_database_url: str, flows: ModuleType, tmp_path: Path
 ) -> None:
