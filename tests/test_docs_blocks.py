@@ -109,40 +109,69 @@ def check_marked(path: Path) -> list[Block]:
     return runnable
 
 
+@dataclass(frozen=True)
+class Program:
+    """The blocks that run in one namespace: a first block, then the blocks that continue it.
+
+    `file` is the name the first block's first line gives it (`signup.py`), or None for a
+    script. scripts/check_docs_types.py type-checks these, joined as they run here.
+    """
+
+    blocks: tuple[Block, ...]
+    file: str | None
+
+    @property
+    def module(self) -> str | None:
+        """The module name of a file program (`pkg/mod.py` is `pkg.mod`)."""
+        return None if self.file is None else self.file[: -len(".py")].replace("/", ".")
+
+
+def programs(path: Path) -> list[Program]:
+    """The page's runnable blocks, each continuation joined to the program it continues."""
+    result: list[Program] = []
+    for block in check_marked(path):
+        named = FILE_LINE.match(block.source.split("\n", 1)[0])
+        if block.marker == "continue":
+            assert result, f"{block.where}: nothing to continue"
+            assert named is None, f"{block.where}: a file block does not continue"
+            last = result[-1]
+            result[-1] = Program((*last.blocks, block), last.file)
+        else:
+            result.append(Program((block,), None if named is None else named.group(1)))
+    return result
+
+
 def run_page(path: Path, workdir: Path) -> int:
     """Run the page's Python blocks in `workdir`; returns how many ran."""
-    runnable = check_marked(path)
-    namespace: dict[str, Any] | None = None
+    ran = 0
     files: list[str] = []
-    for block in runnable:
-        first = block.source.split("\n", 1)[0]
-        named = FILE_LINE.match(first)
-        if block.marker == "continue":
-            assert namespace is not None, f"{block.where}: nothing to continue"
-        else:
-            namespace = {"__name__": "__main__"}
-        if named is not None:
-            assert block.marker is None, f"{block.where}: a file block does not continue"
-            target = workdir / named.group(1)
+    for program in programs(path):
+        first, *rest = program.blocks
+        namespace: dict[str, Any]
+        if program.file is not None and program.module is not None:
+            target = workdir / program.file
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(block.source)
-            module = named.group(1)[: -len(".py")].replace("/", ".")
-            files.append(module)
-            sys.modules.pop(module, None)
+            target.write_text(first.source)
+            files.append(program.module)
+            sys.modules.pop(program.module, None)
             importlib.invalidate_caches()
             try:
-                namespace = vars(importlib.import_module(module))
+                namespace = vars(importlib.import_module(program.module))
             except BaseException as err:
-                raise AssertionError(f"{block.where} ({named.group(1)}) failed: {err!r}") from err
-            continue
-        code = compile(block.source, block.where, "exec")
-        try:
-            exec(code, namespace)
-        except BaseException as err:
-            raise AssertionError(f"{block.where} failed: {err!r}") from err
+                raise AssertionError(f"{first.where} ({program.file}) failed: {err!r}") from err
+        else:
+            namespace = {"__name__": "__main__"}
+            rest = list(program.blocks)
+        for block in rest:
+            code = compile(block.source, block.where, "exec")
+            try:
+                exec(code, namespace)
+            except BaseException as err:
+                raise AssertionError(f"{block.where} failed: {err!r}") from err
+        ran += len(program.blocks)
     for module in files:
         sys.modules.pop(module, None)
-    return len(runnable)
+    return ran
 
 
 @pytest.fixture
