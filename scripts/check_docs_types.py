@@ -94,21 +94,28 @@ def groups(folders: list[Folder]) -> list[list[Folder]]:
     return [members for _, members in packed]
 
 
-def write(folders: list[Folder], base: Path) -> dict[Path, list[Origin]]:
+# Keys of the line origins: a file's path under the temporary directory. mypy's cache keeps
+# the errors of an unchanged module with the path it had in an earlier run's directory.
+Where = dict[str, list[Origin]]
+UNDER_BASE = re.compile(r"docs-types-[^/\\]+[/\\](.+)$")
+
+
+def write(folders: list[Folder], base: Path) -> Where:
     """Write the folders under `base`; returns each file's line origins."""
-    where: dict[Path, list[Origin]] = {}
+    where: Where = {}
     for folder in folders:
         for name, (text, origins) in folder.files.items():
             target = base / folder.name / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-            where[target.resolve()] = origins
+            where[f"{folder.name}/{name}"] = origins
     return where
 
 
-def locate(where: dict[Path, list[Origin]], file: str, line: int) -> str:
+def locate(where: Where, file: str, line: int) -> str:
     """`page:line` of a generated file's line (1-based)."""
-    origins = where.get(Path(file).resolve())
+    under = UNDER_BASE.search(file)
+    origins = None if under is None else where.get(under.group(1).replace("\\", "/"))
     if origins is None:
         return f"{file}:{line}"  # not a docs module (should not happen: src is not checked)
     page, page_line = origins[min(max(line, 1), len(origins)) - 1]
@@ -118,7 +125,7 @@ def locate(where: dict[Path, list[Origin]], file: str, line: int) -> str:
 MYPY_LINE = re.compile(r"^(?P<file>[^:\n]+\.py):(?P<line>\d+): (?P<rest>(?:error|note): .*)$")
 
 
-def run_mypy(members: list[Folder], base: Path, where: dict[Path, list[Origin]]) -> list[str]:
+def run_mypy(members: list[Folder], base: Path, where: Where) -> list[str]:
     """mypy --strict on one group, with pyproject.toml's settings (src first, pydantic plugin)."""
     top: list[str] = []
     nested: list[str] = []
@@ -158,7 +165,7 @@ def pyright_command() -> list[str]:
     return [found]
 
 
-def run_pyright(folders: list[Folder], base: Path, where: dict[Path, list[Origin]]) -> list[str]:
+def run_pyright(folders: list[Folder], base: Path, where: Where) -> list[str]:
     """pyright with [tool.pyright]'s strictness; each folder is its own execution root."""
     src = str(ROOT / "src")
     config = {
