@@ -24,6 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -138,12 +139,30 @@ def run_mypy(members: list[Folder], base: Path, where: Where) -> list[str]:
                 top.append(str(base / folder.name / name))
     env = dict(os.environ)
     env["MYPYPATH"] = os.pathsep.join(str(base / folder.name) for folder in members)
-    command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
-               "--show-error-codes", "--no-pretty", "--show-absolute-path", *top, *nested]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--strict",
+        "--no-error-summary",
+        "--show-error-codes",
+        "--no-pretty",
+        "--show-absolute-path",
+        *top,
+        *nested,
+    ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    errors = mypy_errors(done.stdout, where)
+    if done.returncode not in (0, 1) or (done.returncode == 1 and not errors):
+        errors.append(f"mypy failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return errors
+
+
+def mypy_errors(stdout: str, where: Where) -> list[str]:
+    """mypy's errors at their pages' lines; a note follows its error, indented."""
     errors: list[str] = []
     last_error = ""
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
         match = MYPY_LINE.match(line)
         if match is None:
             continue
@@ -153,8 +172,6 @@ def run_mypy(members: list[Folder], base: Path, where: Where) -> list[str]:
             last_error = message
         elif last_error:
             errors.append("    " + message)  # a note explains the error before it
-    if done.returncode not in (0, 1) or (done.returncode == 1 and not errors):
-        errors.append(f"mypy failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return errors
 
 
@@ -175,18 +192,30 @@ def run_pyright(folders: list[Folder], base: Path, where: Where) -> list[str]:
         "reportUnnecessaryTypeIgnoreComment": "error",
         "enableTypeIgnoreComments": False,
         "extraPaths": [src],
-        "executionEnvironments": [
-            {"root": folder.name, "extraPaths": [src]} for folder in folders
-        ],
+        "executionEnvironments": [{"root": folder.name, "extraPaths": [src]} for folder in folders],
     }
     (base / "pyrightconfig.json").write_text(json.dumps(config))
-    command = [*pyright_command(), "--outputjson", "--pythonpath", sys.executable,
-               "--project", str(base / "pyrightconfig.json")]  # fmt: skip
+    command = [
+        *pyright_command(),
+        "--outputjson",
+        "--pythonpath",
+        sys.executable,
+        "--project",
+        str(base / "pyrightconfig.json"),
+    ]
     done = subprocess.run(command, cwd=base, capture_output=True, text=True)
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
         return [f"pyright failed ({done.returncode}):\n{done.stdout}{done.stderr}"]
+    errors = pyright_errors(report, where)
+    if done.returncode not in (0, 1) or (done.returncode == 1 and not errors):
+        errors.append(f"pyright failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return errors
+
+
+def pyright_errors(report: dict[str, Any], where: Where) -> list[str]:
+    """The errors of pyright's `--outputjson` report at their pages' lines."""
     errors: list[str] = []
     for diagnostic in report.get("generalDiagnostics", []):
         if diagnostic.get("severity") != "error":
@@ -195,16 +224,19 @@ def run_pyright(folders: list[Folder], base: Path, where: Where) -> list[str]:
         rule = f" [{diagnostic['rule']}]" if diagnostic.get("rule") else ""
         message = " ".join(diagnostic["message"].split())
         errors.append(f"{locate(where, diagnostic['file'], line)}: pyright error: {message}{rule}")
-    if done.returncode not in (0, 1) or (done.returncode == 1 and not errors):
-        errors.append(f"pyright failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return errors
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("pages", nargs="*", type=Path, help="pages to check (default: all)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="PAGE",
-                        help="a page not to check (known errors; say why where it is used)")  # fmt: skip
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PAGE",
+        help="a page not to check (say why where it is used)",
+    )
     args = parser.parse_args(argv)
     chosen = [p.resolve() for p in args.pages] or pages()
     excluded = {(ROOT / p).resolve() for p in args.exclude}
@@ -218,14 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         errors: list[str] = []
         for members in groups(folders):
             errors += run_mypy(members, base, where)
-        errors += run_pyright(folders, base, where)
+        if folders:  # pyright with nothing to include would check the whole directory
+            errors += run_pyright(folders, base, where)
     # The same module is checked in two folders when a page rewrites a file: report once.
     unique = list(dict.fromkeys(errors))
     print("\n".join(unique) if unique else "", end="\n" if unique else "")
     modules = sum(len(f.files) for f in folders)
-    verdict = f"{len([e for e in unique if not e.startswith('    ')])} errors" if unique else "clean"
-    print(f"docs types: {modules} modules from {len(chosen) - len(excluded & set(chosen))} "
-          f"pages, mypy --strict and pyright (strict): {verdict}")  # fmt: skip
+    count = len([e for e in unique if not e.startswith("    ")])  # notes are not counted
+    verdict = f"{count} errors" if unique else "clean"
+    print(
+        f"docs types: {modules} modules from {len(chosen) - len(excluded & set(chosen))} "
+        f"pages, mypy --strict and pyright (strict): {verdict}"
+    )
     return 1 if unique else 0
 
 
