@@ -64,6 +64,14 @@ class SharedTaskView(LiveView):
         if not raw_task.isdigit() or len(raw_task) > 9 or int(raw_task) == ROOT:
             raise NotFound(run_id)
         runner = self.config.the_runner()
+
+        def on_tree(tree: TaskSnapshot) -> None:
+            page.send_info(TasksChanged(run_id, tree), key="tasks")
+
+        # Followed as the run page does (callbacks, no task), registered before the tree is
+        # read so that nothing stored in between is missed.
+        page.on_close(runner.watch_tasks(run_id, on_tree).close)
+        page.on_close(self.config.hub.listen(run_id, lambda _rid, tree: on_tree(tree)))
         try:
             run = await runner.get(run_id)
         except RunNotFound:
@@ -77,23 +85,11 @@ class SharedTaskView(LiveView):
             or not self._visible(page.session, run, tree, task_id)
         ):
             raise NotFound(run_id)
-        self.run_id, self.task_id, self.tree = run_id, task_id, tree
-        page.spawn(self._follow, page)
+        self.run_id, self.task_id = run_id, task_id
+        self._take(tree)
 
     def _visible(self, session: Session, run: Run, tree: TaskSnapshot, task_id: int) -> bool:
         return self.config.shared or session.owns(run.id) or shared_in(tree, task_id)
-
-    async def _follow(self, page: Page) -> None:
-        runner = self.config.the_runner()
-        stop = self.config.hub.listen(
-            self.run_id, lambda rid, snap: page.send_info(TasksChanged(rid, snap), key="tasks")
-        )
-        try:
-            async with runner.subscribe_tasks(self.run_id) as trees:
-                async for tree in trees:
-                    page.send_info(TasksChanged(self.run_id, tree), key="tasks")
-        finally:
-            stop()
 
     async def refresh(self, page: Page) -> None:
         tree = await self.config.the_runner().task_tree(self.run_id)

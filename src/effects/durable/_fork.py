@@ -14,7 +14,6 @@ only read.
 
 from __future__ import annotations
 
-import time
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Final
 
@@ -146,24 +145,13 @@ async def fork(
     if new_id in runner._steps:
         raise ConflictError(f"run {new_id!r} is running a step in this process")
     comp = sig.load_args(new_id, source.args)
-    now = time.time()
-    row = RunRow(
-        id=new_id,
-        name=source.name,
-        version=source.version,
-        args=source.args,
+    row = RunRow.new(
+        new_id,
+        source.name,
+        source.version,
+        source.args,
         status=RunStatus.RUNNING.value,
-        prompt=None,
-        input_schema=None,
-        answer=None,
-        result=None,
-        error=None,
-        revision=1,
-        lease_owner=runner.owner,
-        lease_expires=None,  # the database's now + lease, written with the row
-        cancel_requested=False,
-        created_at=now,
-        updated_at=now,
+        lease_owner=runner.owner,  # the expiry: the database's now + lease, written with the row
     )
     rows = LogRows(new_id)
     texts = [(e.seq, rows.encode(e)) for e in log_entries]

@@ -463,24 +463,13 @@ class DurableRunner:
         comp = sig.load_args(run_id, args)
         if run_id in self._steps:
             raise ConflictError(f"run {run_id!r} is running a step in this process")
-        now = time.time()
-        row = RunRow(
-            id=run_id,
-            name=function.name,
-            version=function.version,
-            args=args,
+        row = RunRow.new(
+            run_id,
+            function.name,
+            function.version,
+            args,
             status=RunStatus.RUNNING.value,
-            prompt=None,
-            input_schema=None,
-            answer=None,
-            result=None,
-            error=None,
-            revision=1,
-            lease_owner=self.owner,
-            lease_expires=None,  # the database's now + lease, written by the store
-            cancel_requested=False,
-            created_at=now,
-            updated_at=now,
+            lease_owner=self.owner,  # the expiry: the database's now + lease, by the store
         )
         step = _Step(row, LogRows(run_id), sig)
         # Built before the row exists: a handler that fails to install leaves nothing behind.
@@ -526,24 +515,12 @@ class DurableRunner:
         args = signature(function).dump_args(comp)
         if dedup_id is not None and not 0 < len(dedup_id) <= 255:
             raise ConfigurationError("a dedup_id is 1 to 255 characters")
-        now = time.time()
-        row = RunRow(
-            id=run_id if run_id is not None else str(uuid7()),
-            name=function.name,
-            version=function.version,
-            args=args,
+        row = RunRow.new(
+            run_id if run_id is not None else str(uuid7()),
+            function.name,
+            function.version,
+            args,
             status=RunStatus.QUEUED.value,
-            prompt=None,
-            input_schema=None,
-            answer=None,
-            result=None,
-            error=None,
-            revision=1,
-            lease_owner=None,
-            lease_expires=None,
-            cancel_requested=False,
-            created_at=now,
-            updated_at=now,
             queue=name,
             priority=check_priority(priority),
             dedup_id=dedup_id,

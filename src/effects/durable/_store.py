@@ -117,6 +117,26 @@ class RunRow:
     claimed_at: float | None = None
 
     @classmethod
+    def new(
+        cls,
+        run_id: str,
+        name: str,
+        version: int,
+        args: str,
+        *,
+        status: str,
+        lease_owner: str | None = None,
+        **extra: Any,
+    ) -> RunRow:
+        """The row of a run about to be created (revision 1, nothing answered or decided yet,
+        created now; a lease's expiry is written by the store with the database's clock)."""
+        now = time.time()
+        return cls(
+            run_id, name, version, args, status, None, None, None, None, None, 1,
+            lease_owner, None, False, now, now, **extra,
+        )  # fmt: skip
+
+    @classmethod
     def from_row(cls, row: sa.Row[Any]) -> RunRow:
         """Build from a selected row of the runs table."""
         m = row._mapping
