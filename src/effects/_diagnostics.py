@@ -164,4 +164,3 @@ def check_dropped(obj: object, what: str, fix: str) -> None:
         module=frame.f_globals.get("__name__", ""),
         registry=frame.f_globals.setdefault("__warningregistry__", {}),
     )
-

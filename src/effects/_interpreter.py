@@ -136,12 +136,25 @@ class Tables:
     handler's own function, or for a general handler a wrapper that classifies its result.
     """
 
-    __slots__ = ("derived", "fast", "meta")
+    __slots__ = ("derived", "direct", "fast", "meta")
 
-    def __init__(self, fast: dict[type, Any], meta: Table, derived: frozenset[type]) -> None:
+    def __init__(
+        self,
+        fast: dict[type, Any],
+        meta: Table,
+        derived: frozenset[type],
+        direct: dict[type, Any] | None = None,
+    ) -> None:
         self.fast = fast
         self.meta = meta
         self.derived = derived  # subclass entries cached by lookup, dropped when shadowed
+        # The DIRECT entries an interceptor made, as they are in `meta` (their functions
+        # classify their own results): an interceptor installed further in is shown general
+        # views of them (`_general_views`), made only then.
+        self.direct = direct or _NO_DIRECT
+
+
+_NO_DIRECT: dict[type, Any] = {}
 
 
 class _Signal(BaseException):
@@ -285,8 +298,26 @@ def _start_generator(comp: Any) -> Generator[Any, Any, Any]:
     )
 
 
+def _general_views(meta: Table, direct: dict[type, Any]) -> bool:
+    """Replace the DIRECT entries in `meta` (also cached under a subclass: the same tuple) by
+    general views of them, for an interceptor about to see `meta`; whether there were any."""
+    raw = {id(entry) for entry in direct.values()}
+    views: dict[HandlerFn, HandlerFn] = {}  # an interceptor may answer many types with one
+    viewed = False
+    for t, entry in meta.items():  # (only values change: safe to iterate)
+        if id(entry) in raw:
+            fn, home, owner = entry
+            view = views.get(fn)
+            if view is None:
+                view = views[fn] = _unclassified(fn, home)
+            meta[t] = (view, home, owner)
+            viewed = True
+    return viewed
+
+
 def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Scope]:
     fast, meta, derived = outer.fast.copy(), outer.meta.copy(), set(outer.derived)
+    direct = outer.direct
     home = outer
     installed: list[Handler] = []
     for i, h in enumerate(reversed(handlers)):  # outermost first, so inner ones shadow
@@ -296,15 +327,25 @@ def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Sco
             # A rewritten general entry's computations run *outside the interceptor*, where the
             # effect still reaches the original handler: `yield effect` from a wrapper works.
             # Installed first in its scope, nothing has changed the tables yet: `outer` is
-            # what is outside it.
-            outside = outer if i == 0 else Tables(fast.copy(), dict(meta), frozenset(derived))
+            # what is outside it (unless an interceptor further out needs views made).
+            viewed = bool(direct) and _general_views(meta, direct)
+            outside = (
+                outer
+                if i == 0 and not viewed
+                else Tables(fast.copy(), dict(meta), frozenset(derived), direct)
+            )
             inst.intercept(meta)
             before = outside.meta.get
             for t, entry in meta.items():  # (only values change: safe to iterate)
                 if before(t) is not entry:
                     fn, entry_home, owner = entry
                     if entry_home is DIRECT:
-                        meta[t] = (_unclassified(fn, outside), outside, owner)
+                        # Kept as it is, with the home where its computations run: the hot
+                        # loop calls `fn` itself.
+                        entry = meta[t] = (fn, outside, owner)
+                        if direct is outer.direct:
+                            direct = dict(direct)
+                        direct[t] = entry
                         fast[t] = fn
                         continue
                     if entry_home is not None:
@@ -328,14 +369,14 @@ def _install(outer: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Sco
             if not inst.pure and i > 0:
                 # A general handler's computations run outside it: snapshot the tables as they
                 # are before its own entries (the outermost one can use `outer` as is).
-                home = Tables(fast.copy(), meta.copy(), frozenset(derived))
+                home = Tables(fast.copy(), meta.copy(), frozenset(derived), direct)
             entry_home = None if inst.pure else home
             for t, fn in own.items():
                 meta[t] = (fn, entry_home, inst)
                 fast[t] = fn if entry_home is None else _general(fn, entry_home)
         installed.append(inst)
     installed.reverse()
-    return Tables(fast, meta, frozenset(derived)), _Scope(installed)
+    return Tables(fast, meta, frozenset(derived), direct), _Scope(installed)
 
 
 def extend(tables: Tables, handlers: tuple[Handler, ...]) -> tuple[Tables, _Scope]:

@@ -42,9 +42,7 @@ def _value(outcome: Outcome[Any]) -> Any:
 
 
 @overload
-def start(
-    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
-) -> Outcome[tuple[T, S]]: ...
+def start(comp: Computation[T], h: PairedOutput[S], /, *handlers: H) -> Outcome[tuple[T, S]]: ...
 @overload
 def start(
     comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
@@ -80,17 +78,11 @@ async def astart(comp: Computation[Any], *handlers: Handler | Stack) -> Outcome[
 
 
 @overload
-def run(
-    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
-) -> tuple[T, S]: ...
+def run(comp: Computation[T], h: PairedOutput[S], /, *handlers: H) -> tuple[T, S]: ...
 @overload
-def run(
-    comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
-) -> tuple[T, S]: ...
+def run(comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H) -> tuple[T, S]: ...
 @overload
-def run(
-    comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H
-) -> tuple[T, S]: ...
+def run(comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H) -> tuple[T, S]: ...
 @overload
 def run(comp: Computation[T], *handlers: H) -> T: ...
 def run(comp: Computation[Any], *handlers: Handler | Stack) -> Any:
@@ -99,13 +91,9 @@ def run(comp: Computation[Any], *handlers: Handler | Stack) -> Any:
 
 
 @overload
-async def arun(
-    comp: Computation[T], h: PairedOutput[S], /, *handlers: H
-) -> tuple[T, S]: ...
+async def arun(comp: Computation[T], h: PairedOutput[S], /, *handlers: H) -> tuple[T, S]: ...
 @overload
-async def arun(
-    comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H
-) -> tuple[T, S]: ...
+async def arun(comp: Computation[T], h1: H, h: PairedOutput[S], /, *handlers: H) -> tuple[T, S]: ...
 @overload
 async def arun(
     comp: Computation[T], h1: H, h2: H, h: PairedOutput[S], /, *handlers: H

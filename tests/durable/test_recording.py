@@ -368,3 +368,74 @@ def test_a_ci_replay_stops_before_an_in_memory_effect_past_the_log() -> None:
     assert found.end == "in progress"
     assert found.entries == 1
     assert calls == []
+
+
+class Base(Effect[int]):
+    n: int
+
+
+class Derived(Base):
+    extra: str
+
+
+def test_a_subclass_answered_by_its_bases_handler_is_recorded_as_itself() -> None:
+    """The recording function of a handled type is generated for that type; a subclass the
+    interpreter resolves to the same handler is recorded under its own name with its own
+    fields, and replays from them."""
+
+    def comp() -> Generator[Any, Any, Any]:
+        a = yield Base(1)
+        b = yield Derived(2, "x")
+        c = yield Derived(3, "y")
+        return [a, b, c, (yield Yield("end"))]
+
+    handlers = handler({Base: lambda e: e.n * 10})
+    out = start(comp(), EffectLogger(), handlers)
+    assert isinstance(out, Suspend)
+    log: Log = out.data[EffectLogger]
+    assert [(e.effect.rsplit(".", 1)[1], e.args, e.result) for e in log.entries[:3]] == [
+        ("Base", {"n": 1}, 10),
+        ("Derived", {"n": 2, "extra": "x"}, 20),
+        ("Derived", {"n": 3, "extra": "y"}, 30),
+    ]
+    calls: list[Any] = []
+    again = start(comp(), EffectLogger(log), handler({Base: lambda e: calls.append(e) or 0}))
+    assert isinstance(again, Suspend)
+    assert calls == []  # replayed, not performed
+    assert again.resume("z") == Done([10, 20, 30, "z"])
+
+
+class Tags(Effect[int]):
+    tags: list[str]
+
+
+def test_a_mutable_argument_is_stored_as_it_was_at_the_effect() -> None:
+    """Only effects whose arguments are all scalars are kept as they are until the log is
+    read; a list argument is stored at the effect, so changing the list afterwards does not
+    change the log."""
+
+    def comp() -> Generator[Any, Any, Any]:
+        tags = ["a"]
+        n = yield Tags(tags)
+        tags.append("b")
+        return n
+
+    logs: list[Log] = []
+    answer = handler({Tags: lambda e: len(e.tags)})
+    assert start(comp(), EffectLogger(on_log=logs.append), answer) == Done(1)
+    assert logs[0].entries[0].args == {"tags": ["a"]}
+
+
+def test_two_loggers_in_one_handler_list_record_the_same_entries() -> None:
+    """Two interceptors installed together: the inner one is shown ordinary entries of the
+    outer one's recording functions (made for it when it is installed), and both record."""
+    inner_logs: list[Log] = []
+    outer_logs: list[Log] = []
+    inner = EffectLogger(on_log=inner_logs.append)
+    outer = EffectLogger(on_log=outer_logs.append)
+    out = start(asks(), inner, outer, State(""), handler({Ask: refine}), handler({Ask: str}))
+    assert out == Done("refined(Ask(question='q!'))/refined(Ask(question='p!'))")
+    assert [(e.effect, e.args, e.result) for e in inner_logs[0].entries] == [
+        (e.effect, e.args, e.result) for e in outer_logs[0].entries
+    ]
+    assert [e.args for e in outer_logs[0].entries] == [{"question": "q"}, {"question": "p"}]

@@ -237,15 +237,20 @@ def make_log(
 
 # An effect completed with a plain result, as the logger keeps it until the log is read
 # (building a `LogEntry` and its fingerprint per effect cost more than the rest of recording):
-# (seq, effect name, args, result as JSON, started_at, ended_at).
-Recorded = tuple[int, str, dict[str, Any], Any, float, float]
+# (seq, effect name, args, result as JSON, started_at, ended_at); `args` is the effect itself
+# when its arguments are all JSON scalars (see `_recorder`).
+Recorded = tuple[int, str, Any, Any, float, float]
 
 
 def build_recorded(
-    entries: list[Any], start: int, fingerprint: Callable[[dict[str, Any]], str]
+    entries: list[Any],
+    start: int,
+    fingerprint: Callable[[dict[str, Any]], str],
+    dump_args: Callable[[Any], dict[str, Any]],
 ) -> None:
     """Replace the `Recorded` tuples in `entries[start:]` by their `LogEntry`s (`done`), in
-    place; `fingerprint` computes each one's fingerprint from its args."""
+    place; `fingerprint` computes each one's fingerprint from its args, `dump_args` the args
+    of an effect kept in their place."""
     # `make_entry` inlined: this runs once per recorded effect.
     new, entry_type, set_dict, set_fields, set_extra, set_private = (
         _new,
@@ -261,6 +266,8 @@ def build_recorded(
         if type(r) is not tuple:
             continue
         seq, name, args, result, started_at, ended_at = r
+        if type(args) is not dict:
+            args = dump_args(args)
         e = new(entry_type)
         set_dict(
             e,

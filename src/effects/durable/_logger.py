@@ -37,6 +37,7 @@ from ._effects import (
 from ._identity import type_name
 from ._log import Log, LogEntry, Recorded, build_recorded, check_log, make_entry, make_log
 from ._loop import LoopHandle, LoopState, NextIteration
+from ._recorder import recorder
 from ._serialize import (
     EffectInfo,
     _infos,
@@ -54,6 +55,7 @@ from ._serialize import (
 from ._versioning import Patched
 
 _PATCHED = effect_name(Patched)
+_OWN = (Patched, LoopState, NextIteration)
 _CANCELLATION = type_name(Cancellation)
 _NO_REASON: Any = object()
 
@@ -169,7 +171,7 @@ class _RecordedAwait:
         logger: EffectLogger,
         effect: Any,
         seq: int,
-        args: dict[str, Any],
+        args: Any,
         start: float,
     ) -> None:
         self._aw = aw
@@ -205,6 +207,11 @@ class _RecordedAwait:
         close = getattr(self._aw, "close", None)
         if close is not None:
             close()
+
+
+def _args(effect: Any, args: Any) -> dict[str, Any]:
+    # The recording fast path keeps an effect whose arguments are all scalars in their place.
+    return args if type(args) is dict else dump_args(effect)
 
 
 def _where(effect: Any, name: str) -> str:
@@ -249,7 +256,10 @@ class EffectLogger(Handler):
 
     Install it directly around the computation, innermost::
 
-        outcome = start(with_handler(comp, EffectLogger(log)), *other_handlers)
+        outcome = start(comp, EffectLogger(log), *other_handlers)
+
+    (`with_handler(comp, EffectLogger(log))` inside the other handlers is the same, at the cost
+    of a handler scope of its own, a few microseconds per run.)
 
     Effects of replayable handlers (State, Reader, Writer, EventAccumulator) are re-executed on
     replay; every other effect (Yield, Call, Fresh, Random, Clock, user effects) is recorded as
@@ -321,19 +331,24 @@ class EffectLogger(Handler):
         self._given = log
         self._computation = name
         self._version = version
-        self._run_id: str = run_id or (log.run_id if log is not None else None) or _new_id()
+        # A fresh id is drawn when first needed (most in-memory runs never ask for it).
+        self._run_id: str | None = run_id or (log.run_id if log is not None else None)
         self._installed: EffectLogger | None = None
         self._fresh = True
         self._reset()
 
     def _reset(self) -> None:
         given = self._given
-        old = list(given.entries) if given is not None else []
-        # The entries of `Parallel` branches are replayed by the branches' own loggers.
-        self._branch_old = [e for e in old if e.branch is not None]
-        if self._branch_old:
-            old = [e for e in old if e.branch is None]
-        self._old: list[LogEntry] = old
+        if given is None:
+            old: list[LogEntry] = []
+            self._branch_old: list[LogEntry] = []
+        else:
+            old = list(given.entries)
+            # The entries of `Parallel` branches are replayed by the branches' own loggers.
+            self._branch_old = [e for e in old if e.branch is not None]
+            if self._branch_old:
+                old = [e for e in old if e.branch is None]
+        self._old = old
         self._groups: dict[object, int] = {}
         self._originals: Table = {}
         self._n_old = len(self._old)
@@ -349,7 +364,10 @@ class EffectLogger(Handler):
     @property
     def run_id(self) -> str:
         """The run id used in idempotency keys and recorded in the log."""
-        return self._run_id
+        run_id = self._run_id
+        if run_id is None:
+            run_id = self._run_id = _new_id()
+        return run_id
 
     @property
     def replaying(self) -> bool:
@@ -364,21 +382,21 @@ class EffectLogger(Handler):
         return inst._snapshot()
 
     def _snapshot(self) -> Log:
-        return make_log(self._computation, self._version, self._run_id, self._materialized())
+        return make_log(self._computation, self._version, self.run_id, self._materialized())
 
     def _materialized(self) -> list[LogEntry]:
         """The entries, as `LogEntry`s (built in place, once each)."""
         entries = self._entries
         n = len(entries)
         if self._built < n:
-            build_recorded(entries, self._built, fingerprint)
+            build_recorded(entries, self._built, fingerprint, dump_args)
             self._built = n
         return list(entries)  # type: ignore[arg-type]
 
     def _entry_at(self, i: int) -> LogEntry:
         entries = self._entries
         if self._built < len(entries):
-            build_recorded(entries, self._built, fingerprint)
+            build_recorded(entries, self._built, fingerprint, dump_args)
             self._built = len(entries)
         return entries[i]  # type: ignore[return-value]
 
@@ -387,7 +405,7 @@ class EffectLogger(Handler):
         self._built = min(self._built, n)
 
     def __repr__(self) -> str:
-        return f"EffectLogger(run_id={self._run_id!r})"
+        return f"EffectLogger(run_id={self.run_id!r})"
 
     # -- handler hooks ----------------------------------------------------------------------
 
@@ -397,6 +415,7 @@ class EffectLogger(Handler):
             # it); later ones get a copy each (of the same class: a branch's logger too).
             self._fresh = False
             return self
+        self.run_id  # noqa: B018 - drawn now: every installation shares it
         inst = _new(type(self))
         inst.__dict__.update(self.__dict__)
         inst._reset()
@@ -405,21 +424,30 @@ class EffectLogger(Handler):
         return inst
 
     def intercept(self, table: Table) -> None:
+        replays = self._n_old > 0
         # What is handled in this scope: a recorded effect that nothing handles now is a
-        # missing handler, not a change of the code (see `_divergence`). A copy of the keys:
-        # the table itself would make the scope a reference cycle, left to the cyclic GC.
-        self._in_scope: frozenset[type] | None = frozenset(table)
+        # missing handler, not a change of the code (see `_divergence`; only a replay
+        # diverges). A copy of the keys: the table itself would make the scope a reference
+        # cycle, left to the cyclic GC.
+        self._in_scope: frozenset[type] | None = frozenset(table) if replays else None
         # Decided once per scope: replayable handlers keep their entries (the State/Reader fast
         # path is untouched), handlers with a `replay` method are switched to it while
-        # replaying, every other entry (Throw aside) is replaced by a recording wrapper. The
-        # wrappers are DIRECT entries (the hot loop calls them with no classifier: they
-        # classify their own results that are not plain values), and computations they hand
-        # over run outside the logger, where `yield effect` reaches the original handler.
-        for t, (fn, home, owner) in table.items():  # (only values change: safe)
+        # replaying, every other entry (Throw aside) is replaced by a recording function: an
+        # in-memory handler's by its type's (`_recorder`), the others by one function that runs
+        # them outside the logger. They are DIRECT entries (the hot loop calls them with no
+        # classifier: they classify their own results that are not plain values), and
+        # computations they hand over run outside the logger, where `yield effect` reaches the
+        # original handler.
+        originals = self._originals
+        entries = self._entries
+        outside: HandlerFn | None = None
+        for t, entry in table.items():  # (only values change: safe)
+            fn, home, owner = entry
             if owner.replayable:
-                replay = getattr(owner, "replay", None)
-                if replay is not None:
-                    table[t] = (self._quiet(fn, replay), home, owner)
+                if replays:
+                    replay = getattr(owner, "replay", None)
+                    if replay is not None:
+                        table[t] = (self._quiet(fn, replay), home, owner)
                 continue
             try:
                 kind = _kinds[t]
@@ -427,8 +455,23 @@ class EffectLogger(Handler):
                 kind = _kind(t)
             if kind is _THROW:  # raising an error is deterministic
                 continue
-            table[t] = (self._wrapper(fn, home, owner, kind is _SLEEP), DIRECT, owner)
-            self._originals[t] = (fn, home, owner)  # for the loggers of Parallel branches
+            originals[t] = entry  # also for the loggers of Parallel branches
+            try:
+                info = _infos[t]
+            except KeyError:
+                info = effect_info(t)
+            if (
+                kind is _SLEEP
+                or info.outside
+                or owner.external
+                or getattr(owner, "at_most_once", False)
+            ):
+                if outside is None:
+                    outside = self._guard(self._logged_outside())
+                table[t] = (outside, DIRECT, owner)
+            else:
+                function = recorder(self, info, t, fn, home, entries, replays)
+                table[t] = (self._guard(function), DIRECT, owner)
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[EffectLogger] = self._snapshot()
@@ -450,6 +493,8 @@ class EffectLogger(Handler):
         if self._diverged is not None:
             # The computation caught the DivergenceError and returned: still a divergence.
             raise self._diverged
+        if not self._n_old:
+            return value  # no log given: nothing left to replay
         left = self._unconsumed()
         if left is not None and not self.allow_divergence:
             self._diverged = self._divergence(left, "the end of the computation (it returned)")
@@ -459,6 +504,8 @@ class EffectLogger(Handler):
     def cleanup(self) -> None:
         if self.on_log is not None:
             self.on_log(self._snapshot())
+        if not self._n_old:
+            return
         left = self._unconsumed()
         if left is not None and self._diverged is None and not self.allow_divergence:
             self._diverged = self._divergence(left, "the end of the computation (it raised)")
@@ -474,87 +521,68 @@ class EffectLogger(Handler):
 
         return quiet
 
-    def _wrapper(self, fn: HandlerFn, home: Any, owner: Handler, sleep: bool) -> HandlerFn:
-        """The recording wrapper of one entry (a DIRECT function: see `intercept`)."""
-        if sleep or owner.external or getattr(owner, "at_most_once", False):
-            return self._logged_outside(owner)
-        return self._logged(fn, home)
+    def _guard(self, recorder: HandlerFn) -> HandlerFn:
+        """Hook for subclasses: the recording function installed in the table."""
+        return recorder
 
-    def _logged_outside(self, owner: Handler) -> HandlerFn:
-        """The wrapper of an external or at-most-once handler's entry, or of a sleep (which
-        records its wake-up time first): the effect runs outside the logger (`_perform`)."""
-        external = bool(owner.external)
-        amo = is_at_most_once(owner)
+    def _original(self, t: type) -> tuple[HandlerFn, Any, Handler]:
+        """The entry the logger replaced for effect type `t` (a subclass of a handled type
+        finds its base's: the interpreter caches it under the subclass)."""
+        originals = self._originals
+        for base in t.__mro__:
+            entry = originals.get(base)
+            if entry is not None:
+                return entry
+        raise AssertionError(f"the effect logger recorded no handler for {t!r}")
+
+    def _logged_outside(self) -> HandlerFn:
+        """The recording function of external and at-most-once handlers' entries, and of
+        sleeps (which record their wake-up time first): the effect runs outside the logger
+        (`_perform`)."""
+        flags: dict[type, tuple[bool, bool]] = {}
 
         def logged_outside(effect: Any) -> Any:
+            t = type(effect)
+            try:
+                external, amo = flags[t]
+            except KeyError:
+                owner = self._original(t)[2]
+                external, amo = flags[t] = (bool(owner.external), is_at_most_once(owner))
             if self._cursor < self._n_old:
                 return classify(self._replay(effect, external, amo), effect)
             return classify(self._live(effect, external, amo), effect)
 
         return logged_outside
 
-    def _logged(self, fn: HandlerFn, home: Any) -> HandlerFn:
-        """The wrapper of an in-memory handler's entry: the fast path calls the handler itself
-        and keeps a plain result as a tuple (`_Recorded`); anything else goes through
-        `_settle_result`. `home`: the wrapped entry's (None for a pure handler)."""
+    def _record_other(self, effect: Any) -> Any:
+        """Record an effect of a subclass of the type whose entry answered it."""
+        t = type(effect)
+        fn, home, _ = self._original(t)
+        info = effect_info(t)
+        if info.outside:
+            return self._logged_outside()(effect)
+        return recorder(self, info, t, fn, home, self._entries, self._n_old > 0)(effect)
 
-        # Everything it uses is bound as a default: one function object per entry and no
-        # closure cells to create, and local reads on the per-effect path.
-        def logged(
-            effect: Any,
-            self: EffectLogger = self,
-            fn: HandlerFn = fn,
-            home: Any = home,
-            entries: list[_Kept] = self._entries,
-            infos: dict[type, EffectInfo] = _infos,
-            now: Callable[[], float] = _now,
-            # A logger given no log never replays: it skips the check.
-            replays: bool = self._n_old > 0,
-        ) -> Any:
-            if replays and self._cursor < self._n_old:
-                value = self._replay(effect, False, False)
-                return value if type(value) in _PRIMITIVE else classify(value, effect)
-            t = type(effect)
-            try:
-                info = infos[t]
-            except KeyError:
-                info = effect_info(t)
-            if info.outside:
-                return classify(self._live(effect, False, False), effect)
-            args = info.dump_args(effect)  # a SerializationError goes to the computation
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            start = now()
-            try:
-                result = fn(effect)
-            except Exception as err:
-                self._record_error(effect, seq, args, err, start)
-                raise
-            except Cancellation as cancel:  # a handler's own cancelled sub-computation
-                self._record_cancelled(effect, seq, args, cancel.reason, start)
-                raise
-            end = now()
-            rtype = type(result)
-            if rtype in info.raw or (rtype is str and info.text and result.isascii()):
-                entries.append((seq, info.name, args, result, start, end))
-                return result
-            return self._settle_result(effect, info, seq, args, result, start, end, home)
-
-        return logged
+    def _replayed(self, effect: Any) -> Any:
+        """An in-memory handler's effect while replaying: its logged outcome."""
+        value = self._replay(effect, False, False)
+        return value if type(value) in _PRIMITIVE else classify(value, effect)
 
     def _settle_result(
         self,
         effect: Any,
         info: EffectInfo,
         seq: int,
-        args: dict[str, Any],
+        args: Any,
         result: Any,
         start: float,
         end: float,
         home: Any,
     ) -> Any:
-        """Record (or hand over) a result of `logged` that is not a plain scalar. `home`: the
-        wrapped entry's home, None for a pure handler (whose results are values as they are)."""
+        """Record (or hand over) a result of a recording function (`_recorder`) that is not a
+        plain scalar. `home`: the wrapped entry's home, None for a pure handler (whose results
+        are values as they are). `args`: the arguments, or the effect itself when they are all
+        scalars (see `_recorder`)."""
         if home is not None:
             rtype = type(result)
             # The fast path called the handler itself: its computation (or an inner
@@ -581,9 +609,10 @@ class EffectLogger(Handler):
         return result
 
     def _record_done(
-        self, effect: Any, seq: int, args: dict[str, Any], result: Any, start: float
+        self, effect: Any, seq: int, args: Any, result: Any, start: float
     ) -> SerializationError | None:
         end = _now()
+        args = _args(effect, args)
         name = effect_name(type(effect))
         try:
             data = result_codec(effect).dump(result, _where(effect, name))
@@ -596,8 +625,9 @@ class EffectLogger(Handler):
         return None
 
     def _record_error(
-        self, effect: Any, seq: int, args: dict[str, Any], err: BaseException, start: float
+        self, effect: Any, seq: int, args: Any, err: BaseException, start: float
     ) -> None:
+        args = _args(effect, args)
         self._entries.append(
             make_entry(
                 seq,
@@ -613,13 +643,14 @@ class EffectLogger(Handler):
         )
 
     def _record_cancelled(
-        self, effect: Any, seq: int, args: dict[str, Any], reason: Any, start: float
+        self, effect: Any, seq: int, args: Any, reason: Any, start: float
     ) -> None:
+        args = _args(effect, args)
         name = effect_name(type(effect))
         self._entries.append(_cancelled(seq, name, fingerprint(args), args, reason, start))
 
     def _complete(
-        self, comp: Any, effect: Any, seq: int, args: dict[str, Any], start: float
+        self, comp: Any, effect: Any, seq: int, args: Any, start: float
     ) -> Generator[Any, Any, Any]:
         """Run a handler's computation (in the handler's home scope) and record its result."""
         try:
@@ -685,7 +716,7 @@ class EffectLogger(Handler):
             prev = key.get()
             # Restored by value, not by token: a handler computation may suspend and be
             # resumed in another context, where a token would not be valid.
-            key.set(f"{self._run_id}:{seq}")
+            key.set(f"{self.run_id}:{seq}")
         try:
             result = yield effect
         except Exception as err:
@@ -977,17 +1008,18 @@ class EffectLogger(Handler):
 
     # -- versioning and loops (the logger's own effects) -----------------------------------
 
-    @handles(Patched)
-    def _on_patched(self, effect: Patched) -> Any:
-        return _raised(self._patched(effect))
+    @handles(Patched, LoopState, NextIteration)
+    def _own(self, effect: Patched | LoopState | NextIteration) -> Any:
+        t = type(effect)
+        if t is Patched:
+            return _raised(self._patched(effect))  # type: ignore[arg-type]
+        if t is LoopState:
+            return _raised(self._loop_state(effect))  # type: ignore[arg-type]
+        return _raised(self._next_iteration(effect))  # type: ignore[arg-type]
 
-    @handles(LoopState)
-    def _on_loop_state(self, effect: LoopState) -> Any:
-        return _raised(self._loop_state(effect))
-
-    @handles(NextIteration)
-    def _on_next_iteration(self, effect: NextIteration) -> Any:
-        return _raised(self._next_iteration(effect))
+    def effect_handlers(self) -> dict[type, HandlerFn]:
+        # One bound method for the three (the default makes one per type, every run).
+        return dict.fromkeys(_OWN, self._own)
 
     def _patched(self, effect: Patched) -> Any:
         if self._cursor >= self._n_old:

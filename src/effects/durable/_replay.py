@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 
 from .._computation import Comp
 from .._exceptions import DivergenceError, MissingHandlerError
-from .._handler import Handler, Stack, flatten, handles, with_handler
+from .._handler import Handler, HandlerFn, Stack, flatten, handles, with_handler
 from .._outcome import Cancelled, Outcome, Suspend, Throw
 from .._runners import start
 from .._std.tasks import TaskTree
@@ -71,13 +71,11 @@ class _ReplayLogger(EffectLogger):
         inst.__class__ = _ReplayLogger
         return cast(_ReplayLogger, inst)
 
-    def _wrapper(self, *args: Any) -> Any:
-        inner = super()._wrapper(*args)
-
+    def _guard(self, recorder: HandlerFn) -> HandlerFn:
         def guarded(effect: Any) -> Any:
             if self._cursor >= self._n_old:
                 raise _EndOfLog(effect)
-            return inner(effect)
+            return recorder(effect)
 
         return guarded
 

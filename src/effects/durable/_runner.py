@@ -47,7 +47,7 @@ from .._exceptions import (
     RunNotFound,
     SerializationError,
 )
-from .._handler import Handler, Stack, flatten, handles, with_handler
+from .._handler import Handler, Stack, flatten, handles
 from .._interpreter import Run as _Interpreter
 from .._outcome import Cancelled, Done, Outcome, Suspend, Throw, validate_input
 from .._std.receive import receive_topic
@@ -961,8 +961,9 @@ class DurableRunner:
         token = _current_run.set(step.row.id)
         try:
             interp = _Interpreter(
-                with_handler(comp, effect_logger),
+                comp,
                 (
+                    effect_logger,  # innermost: it records what the handlers outside it answer
                     _Checkpoints(self, step),
                     Timers(self, step),
                     *_observe.effect_observers(self._tracer, step),

@@ -128,22 +128,29 @@ def _no_args(effect: Any) -> dict[str, Any]:
 _RAW: frozenset[type] = frozenset({int, bool, type(None)})
 
 
-def _make_dumper(effect_type: type) -> ArgDumper:
-    fields = _arg_fields(effect_type)
-    if not fields:
-        return _no_args
-    # Generated per type, as `Effect` generates its `__init__`: each slot read directly and
-    # each scalar checked inline (ASCII text and finite floats need no further check) costs
-    # about half of a generic loop over an `attrgetter` tuple. Anything else takes the
-    # general path, which encodes and checks it.
+def scalar_checks(fields: tuple[str, ...], indent: str) -> tuple[str, str]:
+    """Source text reading each field's slot of `effect` (`v0`, `t0`, ...) and the condition
+    that holds when every one is a JSON scalar needing no further check (ASCII text, a finite
+    float, an int, a bool, None): such values are stored as they are."""
     reads = "".join(
-        f"    v{i} = effect._{f}\n    t{i} = type(v{i})\n" for i, f in enumerate(fields)
+        f"{indent}v{i} = effect._{f}\n{indent}t{i} = type(v{i})\n" for i, f in enumerate(fields)
     )
     checks = " and ".join(
         f"(t{i} in _RAW or (t{i} is str and v{i}.isascii())"
         f" or (t{i} is float and v{i} - v{i} == 0))"  # NaN and infinities are not finite
         for i in range(len(fields))
     )
+    return reads, checks or "True"
+
+
+def _make_dumper(effect_type: type) -> ArgDumper:
+    fields = _arg_fields(effect_type)
+    if not fields:
+        return _no_args
+    # Generated per type, as `Effect` generates its `__init__`: each slot read directly and
+    # each scalar checked inline costs about half of a generic loop over an `attrgetter`
+    # tuple. Anything else takes the general path, which encodes and checks it.
+    reads, checks = scalar_checks(fields, "    ")
     items = ", ".join(f"{f!r}: v{i}" for i, f in enumerate(fields))
     source = (
         f"def dump_args(effect):\n{reads}"
@@ -439,7 +446,7 @@ class EffectInfo:
     keeps unchanged: `int` for `Effect[int]`, any JSON scalar but a float for an undeclared
     one); `text`: whether ASCII text is, too (other text is checked for lone surrogates)."""
 
-    __slots__ = ("codec", "dump_args", "name", "outside", "raw", "text", "where")
+    __slots__ = ("codec", "dump_args", "factory", "name", "outside", "raw", "text", "where")
 
     def __init__(self, effect_type: type) -> None:
         self.name = effect_name(effect_type)
@@ -462,6 +469,9 @@ class EffectInfo:
         elif c is not None and c.kind == "untyped" and c.tp in (Any, object):
             self.raw = _RAW
             self.text = True
+        # The factories of the logger's recording functions for this type (without and with
+        # replay), generated on first use (`_recorder`).
+        self.factory: Any = None
 
 
 _infos: dict[type, EffectInfo] = {}

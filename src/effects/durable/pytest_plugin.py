@@ -109,7 +109,7 @@ async def durable_runner(
     if name != "asyncio":
         pytest.fail(
             f"durable_runner needs the asyncio backend, not {name!r} (SQLAlchemy's async "
-            "drivers): define a fixture `anyio_backend` returning \"asyncio\"",
+            'drivers): define a fixture `anyio_backend` returning "asyncio"',
             pytrace=False,
         )
     marker = request.node.get_closest_marker("effects_handlers")

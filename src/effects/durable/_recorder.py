@@ -1,0 +1,107 @@
+"""The effect logger's fast path: one recording function per effect type, generated once.
+
+An effect answered by an in-memory handler with a plain result is kept as a `Recorded` tuple
+until the log is read (see `_log.build_recorded`). The function recording it is generated per
+effect type, as `Effect` generates its `__init__`: the type's argument slots are read and
+checked inline. When every argument is a JSON scalar (an int, a bool, None, ASCII text, a
+finite float), the tuple keeps the effect itself in place of its arguments: its slots are
+read-only and those values immutable, so the arguments dict built from it when the log is read
+is the one that would have been built now. Any other argument is dumped (and checked) at once,
+so an argument that cannot be stored still fails at its effect.
+
+Per logger installation, `recorder` binds a type's function to the logger, the original
+handler function and its home: a closure, no code generated per run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import Cancellation
+from .._handler import HandlerFn
+from ._serialize import _RAW, EffectInfo, _arg_fields, _dump_slow, scalar_checks
+
+if TYPE_CHECKING:
+    from ._logger import EffectLogger
+
+
+def recorder(
+    logger: EffectLogger,
+    info: EffectInfo,
+    effect_type: type,
+    fn: HandlerFn,
+    home: Any,
+    entries: list[Any],
+    replays: bool,
+) -> HandlerFn:
+    """The function recording `effect_type`'s effects answered by `fn` (whose home is `home`,
+    None for a pure handler) into `entries`, for `logger`. `replays`: whether the logger was
+    given a log (the function of one that was not never checks for replay)."""
+    factories = info.factory
+    if factories is None:
+        factories = info.factory = (
+            _make_factory(effect_type, info, False),
+            _make_factory(effect_type, info, True),
+        )
+    function: HandlerFn = factories[replays](logger, fn, home, entries)
+    return function
+
+
+def _make_factory(effect_type: type, info: EffectInfo, replays: bool) -> Any:
+    reads, checks = scalar_checks(_arg_fields(effect_type), " " * 8)
+    raw = []
+    if len(info.raw) == 1:
+        raw.append("rtype is RAW_ONE")  # the declared type itself (`int` for `Effect[int]`)
+    elif info.raw:
+        raw.append("rtype in RAW")
+    if info.text:
+        raw.append("(rtype is str and result.isascii())")
+    plain = " or ".join(raw) or "False"
+    # Only a logger given a log replays: the others skip the check.
+    replay = (
+        "        if self._cursor < self._n_old:\n            return self._replayed(effect)\n"
+        if replays
+        else ""
+    )
+    # A subclass answered by this type's entry (the interpreter resolves it through the MRO)
+    # has fields and a name of its own: `_record_other` records it.
+    source = f"""\
+def factory(self, fn, home, entries):
+    def recorded(effect):
+        if type(effect) is not T:
+            return self._record_other(effect)
+{replay}{reads}        args = effect if {checks} else _dump_slow(effect)
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        start = now()
+        try:
+            result = fn(effect)
+        except Exception as err:
+            self._record_error(effect, seq, args, err, start)
+            raise
+        except Cancellation as cancel:  # a handler's own cancelled sub-computation
+            self._record_cancelled(effect, seq, args, cancel.reason, start)
+            raise
+        end = now()
+        rtype = type(result)
+        if {plain}:
+            entries.append((seq, NAME, args, result, start, end))
+            return result
+        return self._settle_result(effect, INFO, seq, args, result, start, end, home)
+    return recorded
+"""
+    env: dict[str, Any] = {
+        "T": effect_type,
+        "NAME": info.name,
+        "INFO": info,
+        "RAW": info.raw,
+        "RAW_ONE": next(iter(info.raw), None),
+        "_RAW": _RAW,
+        "_dump_slow": _dump_slow,
+        # Wall-clock UTC epoch seconds: the entries' `started_at` and `ended_at`.
+        "now": time.time,
+        "Cancellation": Cancellation,
+    }
+    exec(source, env)
+    return env["factory"]
