@@ -237,20 +237,16 @@ def make_log(
 
 # An effect completed with a plain result, as the logger keeps it until the log is read
 # (building a `LogEntry` and its fingerprint per effect cost more than the rest of recording):
-# (seq, effect name, args, result as JSON, started_at, ended_at); `args` is the effect itself
-# when its arguments are all JSON scalars (see `_recorder`).
-Recorded = tuple[int, str, Any, Any, float, float]
+# (seq, what the effect type is (`.name`, `.recorded_args(kept)`), the arguments or what
+# stands for them (see `_recorder`), result as JSON, started_at, ended_at).
+Recorded = tuple[int, Any, Any, Any, float, float]
 
 
 def build_recorded(
-    entries: list[Any],
-    start: int,
-    fingerprint: Callable[[dict[str, Any]], str],
-    dump_args: Callable[[Any], dict[str, Any]],
+    entries: list[Any], start: int, fingerprint: Callable[[dict[str, Any]], str]
 ) -> None:
     """Replace the `Recorded` tuples in `entries[start:]` by their `LogEntry`s (`done`), in
-    place; `fingerprint` computes each one's fingerprint from its args, `dump_args` the args
-    of an effect kept in their place."""
+    place; `fingerprint` computes each one's fingerprint from its args."""
     # `make_entry` inlined: this runs once per recorded effect.
     new, entry_type, set_dict, set_fields, set_extra, set_private = (
         _new,
@@ -265,15 +261,14 @@ def build_recorded(
         r = entries[i]
         if type(r) is not tuple:
             continue
-        seq, name, args, result, started_at, ended_at = r
-        if type(args) is not dict:
-            args = dump_args(args)
+        seq, info, kept, result, started_at, ended_at = r
+        args = info.recorded_args(kept)
         e = new(entry_type)
         set_dict(
             e,
             {
                 "seq": seq,
-                "effect": name,
+                "effect": info.name,
                 "fingerprint": fingerprint(args),
                 "args": args,
                 "status": "done",

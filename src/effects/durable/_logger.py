@@ -30,6 +30,7 @@ from .._std.world import Now, Sleep
 from ._effects import (
     AwaitTimer,
     Checkpoint,
+    LoggerEffect,
     StartTimer,
     _idempotency_key,
     is_at_most_once,
@@ -55,7 +56,6 @@ from ._serialize import (
 from ._versioning import Patched
 
 _PATCHED = effect_name(Patched)
-_OWN = (Patched, LoopState, NextIteration)
 _CANCELLATION = type_name(Cancellation)
 _NO_REASON: Any = object()
 
@@ -389,14 +389,14 @@ class EffectLogger(Handler):
         entries = self._entries
         n = len(entries)
         if self._built < n:
-            build_recorded(entries, self._built, fingerprint, dump_args)
+            build_recorded(entries, self._built, fingerprint)
             self._built = n
         return list(entries)  # type: ignore[arg-type]
 
     def _entry_at(self, i: int) -> LogEntry:
         entries = self._entries
         if self._built < len(entries):
-            build_recorded(entries, self._built, fingerprint, dump_args)
+            build_recorded(entries, self._built, fingerprint)
             self._built = len(entries)
         return entries[i]  # type: ignore[return-value]
 
@@ -605,7 +605,7 @@ class EffectLogger(Handler):
         except SerializationError as err:
             self._record_error(effect, seq, args, err, start)
             raise
-        self._entries.append((seq, info.name, args, data, start, end))
+        self._entries.append((seq, info, args, data, start, end))
         return result
 
     def _record_done(
@@ -1008,18 +1008,17 @@ class EffectLogger(Handler):
 
     # -- versioning and loops (the logger's own effects) -----------------------------------
 
-    @handles(Patched, LoopState, NextIteration)
-    def _own(self, effect: Patched | LoopState | NextIteration) -> Any:
+    # One table entry for the three (the interpreter resolves each through its base).
+    @handles(LoggerEffect)
+    def _own(self, effect: LoggerEffect[Any]) -> Any:
         t = type(effect)
         if t is Patched:
             return _raised(self._patched(effect))  # type: ignore[arg-type]
         if t is LoopState:
             return _raised(self._loop_state(effect))  # type: ignore[arg-type]
-        return _raised(self._next_iteration(effect))  # type: ignore[arg-type]
-
-    def effect_handlers(self) -> dict[type, HandlerFn]:
-        # One bound method for the three (the default makes one per type, every run).
-        return dict.fromkeys(_OWN, self._own)
+        if t is NextIteration:
+            return _raised(self._next_iteration(effect))  # type: ignore[arg-type]
+        raise TypeError(f"the effect logger does not answer {effect!r}")
 
     def _patched(self, effect: Patched) -> Any:
         if self._cursor >= self._n_old:

@@ -4,10 +4,11 @@ An effect answered by an in-memory handler with a plain result is kept as a `Rec
 until the log is read (see `_log.build_recorded`). The function recording it is generated per
 effect type, as `Effect` generates its `__init__`: the type's argument slots are read and
 checked inline. When every argument is a JSON scalar (an int, a bool, None, ASCII text, a
-finite float), the tuple keeps the effect itself in place of its arguments: its slots are
-read-only and those values immutable, so the arguments dict built from it when the log is read
-is the one that would have been built now. Any other argument is dumped (and checked) at once,
-so an argument that cannot be stored still fails at its effect.
+finite float), the tuple keeps the value of a lone argument, or else the effect itself, in
+place of the arguments dict: the slots are read-only and those values immutable, so the dict
+built from them when the log is read is the one that would have been built now (and a run
+holds one object per entry, not two, until then). Any other argument is dumped (and checked)
+at once, so an argument that cannot be stored still fails at its effect.
 
 Per logger installation, `recorder` binds a type's function to the logger, the original
 handler function and its home: a closure, no code generated per run.
@@ -49,7 +50,11 @@ def recorder(
 
 
 def _make_factory(effect_type: type, info: EffectInfo, replays: bool) -> Any:
-    reads, checks = scalar_checks(_arg_fields(effect_type), " " * 8)
+    fields = _arg_fields(effect_type)
+    reads, checks = scalar_checks(fields, " " * 8)
+    # What the entry keeps in place of the arguments (see `EffectInfo.recorded_args`): a lone
+    # argument's value, else the effect.
+    kept = "v0" if len(fields) == 1 else "effect"
     raw = []
     if len(info.raw) == 1:
         raw.append("rtype is RAW_ONE")  # the declared type itself (`int` for `Effect[int]`)
@@ -71,7 +76,7 @@ def factory(self, fn, home, entries):
     def recorded(effect):
         if type(effect) is not T:
             return self._record_other(effect)
-{replay}{reads}        args = effect if {checks} else _dump_slow(effect)
+{replay}{reads}        args = {kept} if {checks} else _dump_slow(effect)
         seq = self._next_seq
         self._next_seq = seq + 1
         start = now()
@@ -86,14 +91,13 @@ def factory(self, fn, home, entries):
         end = now()
         rtype = type(result)
         if {plain}:
-            entries.append((seq, NAME, args, result, start, end))
+            entries.append((seq, INFO, args, result, start, end))
             return result
         return self._settle_result(effect, INFO, seq, args, result, start, end, home)
     return recorded
 """
     env: dict[str, Any] = {
         "T": effect_type,
-        "NAME": info.name,
         "INFO": info,
         "RAW": info.raw,
         "RAW_ONE": next(iter(info.raw), None),

@@ -446,7 +446,17 @@ class EffectInfo:
     keeps unchanged: `int` for `Effect[int]`, any JSON scalar but a float for an undeclared
     one); `text`: whether ASCII text is, too (other text is checked for lone surrogates)."""
 
-    __slots__ = ("codec", "dump_args", "factory", "name", "outside", "raw", "text", "where")
+    __slots__ = (
+        "codec",
+        "dump_args",
+        "factory",
+        "fields",
+        "name",
+        "outside",
+        "raw",
+        "text",
+        "where",
+    )
 
     def __init__(self, effect_type: type) -> None:
         self.name = effect_name(effect_type)
@@ -454,6 +464,7 @@ class EffectInfo:
         self.outside = needs_outside(effect_type)
         self.where = f"{self.name}: result"
         self.dump_args = _dumper(effect_type)
+        self.fields = _arg_fields(effect_type)
         # None: the result type depends on the instance (Yield's input, Call's function).
         self.codec: Codec | None = (
             None
@@ -472,6 +483,16 @@ class EffectInfo:
         # The factories of the logger's recording functions for this type (without and with
         # replay), generated on first use (`_recorder`).
         self.factory: Any = None
+
+    def recorded_args(self, kept: Any) -> dict[str, Any]:
+        """The arguments of an entry the recording fast path kept (`_recorder`): a dict as it
+        is; else the value of the lone argument, or the effect itself."""
+        if type(kept) is dict:
+            return kept
+        fields = self.fields
+        if len(fields) == 1:
+            return {fields[0]: kept}
+        return self.dump_args(kept)
 
 
 _infos: dict[type, EffectInfo] = {}
