@@ -12,13 +12,6 @@ from .._std.control import Yield
 from ._log import Log
 
 T = TypeVar("T", bound="type[Effect[Any]] | Handler")
-R = TypeVar("R")
-
-
-class LoggerEffect(Effect[R]):
-    """Base of the effects the `EffectLogger` itself answers (patch markers, durable loops):
-    one handler table entry covers them all."""
-
 
 CheckpointReason = Literal["external", "write_ahead", "cancelled", "timer"]
 

@@ -39,8 +39,9 @@ class LogEntry(BaseModel):
       yet: the `Yield` a run is waiting at, or an at-most-once effect's write-ahead record).
     - `started_at`, `ended_at`: when the effect was dispatched and when it completed, as UTC
       epoch seconds (`time.time()`); `ended_at` is None while pending. Both are None in
-      entries written before they were recorded. A replayed entry keeps the times of the run
-      that recorded it.
+      entries written before they were recorded. An effect answered in memory at once (a plain
+      handler's plain result) is timed once: both hold the moment its handler returned. A
+      replayed entry keeps the times of the run that recorded it.
     - `branch`: the `Parallel` branch that performed the effect (`"{position}.{index}"`, the
       log position where the Parallel started and the branch's index; `"a/b"` for branch `b`
       of a Parallel inside branch `a`), None for the run's own effects. Replay hands each

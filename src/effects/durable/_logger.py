@@ -23,14 +23,12 @@ from .._exceptions import (
 )
 from .._handler import Handler, HandlerFn, Table, WithHandler, handles
 from .._interpreter import DIRECT, SUSPEND, InScope, classify, returning
-from .._outcome import Throw
 from .._std.call import Call
 from .._std.control import Yield
 from .._std.world import Now, Sleep
 from ._effects import (
     AwaitTimer,
     Checkpoint,
-    LoggerEffect,
     StartTimer,
     _idempotency_key,
     is_at_most_once,
@@ -56,6 +54,7 @@ from ._serialize import (
 from ._versioning import Patched
 
 _PATCHED = effect_name(Patched)
+_OWN = (Patched, LoopState, NextIteration)
 _CANCELLATION = type_name(Cancellation)
 _NO_REASON: Any = object()
 
@@ -102,19 +101,6 @@ def cancellation(entries: Sequence[LogEntry]) -> tuple[bool, Any]:
 
 # The entry recording a sleep's wake-up time; the sleep's own entry follows it once it is over.
 _TIMER = "effects.durable.Timer"
-
-# What `intercept` does with an entry, by effect type: leave it (raising an error is
-# deterministic), wrap it as a sleep, or wrap it as any other effect.
-_THROW, _SLEEP, _OTHER = "throw", "sleep", "other"
-_kinds: dict[type, str] = {}
-
-
-def _kind(t: type) -> str:
-    kind = _kinds[t] = (
-        _THROW if issubclass(t, Throw) else _SLEEP if issubclass(t, Sleep) else _OTHER
-    )
-    return kind
-
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 # Entry timestamps: wall-clock UTC epoch seconds, read once when a recorded effect is
@@ -441,6 +427,8 @@ class EffectLogger(Handler):
         originals = self._originals
         entries = self._entries
         outside: HandlerFn | None = None
+        guard = self._guard if type(self)._guard is not EffectLogger._guard else None
+        infos = _infos
         for t, entry in table.items():  # (only values change: safe)
             fn, home, owner = entry
             if owner.replayable:
@@ -450,28 +438,22 @@ class EffectLogger(Handler):
                         table[t] = (self._quiet(fn, replay), home, owner)
                 continue
             try:
-                kind = _kinds[t]
-            except KeyError:
-                kind = _kind(t)
-            if kind is _THROW:  # raising an error is deterministic
-                continue
-            originals[t] = entry  # also for the loggers of Parallel branches
-            try:
-                info = _infos[t]
+                info = infos[t]
             except KeyError:
                 info = effect_info(t)
-            if (
-                kind is _SLEEP
-                or info.outside
-                or owner.external
-                or getattr(owner, "at_most_once", False)
-            ):
+            handling = info.handling
+            if handling == "throw":
+                continue
+            originals[t] = entry  # also for the loggers of Parallel branches
+            if handling == "outside" or owner.external or getattr(owner, "at_most_once", False):
                 if outside is None:
-                    outside = self._guard(self._logged_outside())
+                    outside = self._logged_outside()
+                    if guard is not None:
+                        outside = guard(outside)
                 table[t] = (outside, DIRECT, owner)
             else:
                 function = recorder(self, info, t, fn, home, entries, replays)
-                table[t] = (self._guard(function), DIRECT, owner)
+                table[t] = (function if guard is None else guard(function), DIRECT, owner)
 
     def decorate(self, data: dict[Any, Any]) -> None:
         data[EffectLogger] = self._snapshot()
@@ -1008,17 +990,19 @@ class EffectLogger(Handler):
 
     # -- versioning and loops (the logger's own effects) -----------------------------------
 
-    # One table entry for the three (the interpreter resolves each through its base).
-    @handles(LoggerEffect)
-    def _own(self, effect: LoggerEffect[Any]) -> Any:
+    @handles(Patched, LoopState, NextIteration)
+    def _own(self, effect: Patched | LoopState | NextIteration) -> Any:
         t = type(effect)
         if t is Patched:
             return _raised(self._patched(effect))  # type: ignore[arg-type]
         if t is LoopState:
             return _raised(self._loop_state(effect))  # type: ignore[arg-type]
-        if t is NextIteration:
-            return _raised(self._next_iteration(effect))  # type: ignore[arg-type]
-        raise TypeError(f"the effect logger does not answer {effect!r}")
+        return _raised(self._next_iteration(effect))  # type: ignore[arg-type]
+
+    def effect_handlers(self) -> dict[type, HandlerFn]:
+        # One bound method for the three, built without the default's comprehension: this
+        # runs once per run.
+        return dict.fromkeys(_OWN, self._own)
 
     def _patched(self, effect: Patched) -> Any:
         if self._cursor >= self._n_old:

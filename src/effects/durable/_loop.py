@@ -13,8 +13,8 @@ from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from .._computation import Computation
+from .._effect import Effect
 from .._exceptions import MissingHandlerError
-from ._effects import LoggerEffect
 from ._identity import type_name
 from ._serialize import Codec, register_arg_fields
 
@@ -53,7 +53,7 @@ class LoopHandle:
         self.codec = state_codec
 
 
-class LoopState(LoggerEffect[Any]):
+class LoopState(Effect[Any]):
     """Enter loop `key`: answered with `(handle, iteration, state)`: `(handle, 0, initial)` on a
     new run, the latest recorded iteration and state on replay."""
 
@@ -62,7 +62,7 @@ class LoopState(LoggerEffect[Any]):
     state_type: Any
 
 
-class NextIteration(LoggerEffect[None]):
+class NextIteration(Effect[None]):
     """The iteration of the loop behind `handle` completed with `state`: prune it from the log."""
 
     handle: Any

@@ -24,8 +24,10 @@ import pydantic_core
 
 from .._effect import result_type
 from .._exceptions import EffectsError, SerializationError
+from .._outcome import Throw
 from .._std.call import Call
 from .._std.control import Yield
+from .._std.world import Sleep
 from ._effects import needs_outside
 from ._identity import encode, legacy_encode, sort_sets, type_name
 from ._log import ErrorInfo
@@ -451,6 +453,7 @@ class EffectInfo:
         "dump_args",
         "factory",
         "fields",
+        "handling",
         "name",
         "outside",
         "raw",
@@ -462,6 +465,16 @@ class EffectInfo:
         self.name = effect_name(effect_type)
         # Whether the logger runs it outside itself (a Yield, an at-most-once effect).
         self.outside = needs_outside(effect_type)
+        # What the logger does with an entry for it (then by the entry's handler): leave it
+        # ("throw": raising an error is deterministic), run it outside itself ("outside": a
+        # sleep records its wake-up time first), or record it on the fast path ("record").
+        self.handling = (
+            "throw"
+            if issubclass(effect_type, Throw)
+            else "outside"
+            if self.outside or issubclass(effect_type, Sleep)
+            else "record"
+        )
         self.where = f"{self.name}: result"
         self.dump_args = _dumper(effect_type)
         self.fields = _arg_fields(effect_type)

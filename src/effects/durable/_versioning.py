@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+from .._effect import Effect
 from .._exceptions import MissingHandlerError
-from ._effects import LoggerEffect
 
 
-class Patched(LoggerEffect[bool]):
+class Patched(Effect[bool]):
     """Has the run taken the code path introduced by patch `patch_id`? (See `patched`.)"""
 
     patch_id: str
