@@ -113,6 +113,64 @@ async def count(runner: DurableRunner, status: str) -> int:
 # -- in one process --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_claim_takes_by_priority_skips_what_it_is_told_and_announces(
+    pg_database_url: str, flows: ModuleType, driver: str
+) -> None:
+    """One claim statement (its text on asyncpg, SQLAlchemy's on psycopg): the queued runs of
+    the queue and of the computations named, by priority then age, none of `skip`, each
+    taken under the owner's lease (by the database's clock) and announced with a NOTIFY."""
+    from effects.durable._queues import claim
+
+    url = sa.make_url(pg_database_url).set(drivername=f"postgresql+{driver}")
+    async with DurableRunner(url.render_as_string(hide_password=False), timers=False) as r:
+        low = await r.enqueue(flows.job("x", "low"), queue="q", priority=5)
+        skipped = await r.enqueue(flows.job("x", "skipped"), queue="q", priority=0)
+        high = await r.enqueue(flows.job("x", "high"), queue="q", priority=1)
+        await r.enqueue(flows.job("x", "other queue"), queue="elsewhere", priority=0)
+        store = r.store
+        import asyncpg  # type: ignore[import-untyped]
+
+        heard: list[str] = []
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        listener = await asyncpg.connect(dsn)
+        try:
+            await listener.add_listener("effects_runs", lambda *a: heard.append(a[-1]))
+            got = await claim(
+                store,
+                Queue("q"),
+                owner="me",
+                lease=30.0,
+                want=5,
+                names=[low.name],
+                skip=[skipped.id],
+                stale=False,
+            )
+            assert [row.id for row in got.fresh] == [high.id, low.id]
+            for row in got.fresh:
+                assert (row.status, row.lease_owner, row.revision) == ("running", "me", 2)
+                assert row.claimed_at is not None
+                assert row.lease_expires is not None
+                assert 29 < row.lease_expires - row.claimed_at <= 30.5
+            # Nothing left for these names but the skipped run; another name finds nothing.
+            again = await claim(
+                store, Queue("q"), owner="me", lease=30.0, want=5, names=[low.name], stale=False
+            )
+            assert [row.id for row in again.fresh] == [skipped.id]
+            none = await claim(
+                store, Queue("q"), owner="me", lease=30.0, want=5, names=["nope"], stale=False
+            )
+            assert none.fresh == []
+
+            async def three() -> bool:
+                return len(heard) >= 3
+
+            await until(three)
+            assert set(heard) == {f"{high.id}:2", f"{low.id}:2", f"{skipped.id}:2"}
+        finally:
+            await listener.close()
+
+
 async def test_dedup_returns_the_same_run(pg_database_url: str, flows: ModuleType) -> None:
     async with DurableRunner(pg_database_url, timers=False) as runner:
         first = await runner.enqueue(flows.job("x", "a"), queue="imports", dedup_id="order-1")

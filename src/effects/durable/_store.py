@@ -1179,9 +1179,7 @@ class Store:
         scheduled; queue workers checkpoint after every external effect."""
         import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra
 
-        conn, driver = await self._pg_connection()
-        keep = True
-        try:
+        async with self.pg_driver() as driver:
             try:
                 # Outside any transaction block: the one statement commits by itself.
                 return list(await _pg_group_statement(driver, group))
@@ -1198,32 +1196,34 @@ class Store:
                     except asyncpg.PostgresError as err:
                         results.append(err)
             return results
+
+    @contextlib.asynccontextmanager
+    async def pg_driver(self) -> AsyncIterator[Any]:
+        """An asyncpg connection of the store (PostgreSQL through asyncpg only) for statements
+        written for it (group commits, queue claims), checked out of the engine's pool once
+        and kept: a checkout per statement costs ~0.1-0.3 ms of CPU (SQLAlchemy's pool and
+        greenlet), as much as a round trip. One user at a time; concurrent users get one each.
+        A connection that was lost is given back to the pool as invalid."""
+        if self._pg_idle:
+            conn, driver = self._pg_idle.pop()
+        else:
+            conn = await self.engine.connect()
+            try:
+                driver = (await conn.get_raw_connection()).driver_connection
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+                raise
+        try:
+            yield driver
         except BaseException:
             if driver.is_closed():  # lost: not kept
-                keep = False
                 with anyio.CancelScope(shield=True):
                     await _drop(conn)
+                raise
+            self._pg_idle.append((conn, driver))
             raise
-        finally:
-            if keep:
-                self._pg_idle.append((conn, driver))
-
-    async def _pg_connection(self) -> tuple[AsyncConnection, Any]:
-        """The asyncpg connection for group commits (one group is in flight at a time), taken
-        from the engine's pool once and kept: a checkout per group costs ~0.1-0.3 ms of CPU
-        (SQLAlchemy's pool and greenlet), as much as a round trip. Two groups in flight on two
-        connections measured no faster here (the server's CPU, not the WAL flush, bounds a
-        group)."""
-        if self._pg_idle:
-            return self._pg_idle.pop()
-        conn = await self.engine.connect()
-        try:
-            raw = await conn.get_raw_connection()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
-            raise
-        return conn, raw.driver_connection
+        self._pg_idle.append((conn, driver))
 
     async def renew(self, owner: str, run_ids: Sequence[str], lease: float) -> None:
         """Extend the lease of runs this owner still holds to the database's now plus `lease`
