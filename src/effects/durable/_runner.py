@@ -1556,6 +1556,11 @@ class DurableRunner:
         send, receive = anyio.create_memory_object_stream[tuple[str, str]](1024)
 
         def on_notify(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+            # Only runs followed in this process matter (`_notified`, `_notified_tasks`): a
+            # worker hears every change of every run, most of them not followed here.
+            run_id = payload.rpartition(":")[0]
+            if run_id not in self._subscribers and run_id not in self._task_subscribers:
+                return
             try:
                 send.send_nowait((channel, payload))
             except anyio.WouldBlock:

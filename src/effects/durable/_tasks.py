@@ -72,6 +72,7 @@ class StepTasks:
         self._scope: anyio.CancelScope | None = None
         self._stopped: anyio.Event | None = None
         self._closed = False
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def changed(self, snapshot: TaskSnapshot) -> None:
         """The tree changed (called synchronously by the handler)."""
@@ -83,13 +84,22 @@ class StepTasks:
         self.reported = snapshot
         self._offer(snapshot, None, False, True)
         self._wake.set()
+        if self._stopped is None:
+            self._start()
 
     def activate(self, tg: anyio.abc.TaskGroup) -> None:
-        """The step holds the run: copy its tree to the store from now on."""
-        if self._stopped is None and not self._closed:
+        """The step holds the run: copy its tree to the store from now on. The task copying
+        it starts with the tree's first change (most runs of a worker never report any)."""
+        if not self._closed:
+            self._tg = tg
+            if self.reported is not None:
+                self._start()
+
+    def _start(self) -> None:
+        if self._stopped is None and self._tg is not None and not self._closed:
             self._stopped = anyio.Event()
             self._scope = anyio.CancelScope()
-            tg.start_soon(self._publish)
+            self._tg.start_soon(self._publish)
 
     async def _publish(self) -> None:
         assert self._scope is not None
