@@ -21,6 +21,7 @@ from .._exceptions import AsyncHandlerError, ConfigurationError
 from .._exceptions import TimeoutError as EffectsTimeoutError
 from .._handler import Handler, handles
 from .._interpreter import close_awaitable, returning, running_async
+from .._threads import run_in_thread
 
 # The function's result type: a bare `Call` is `Call[Any]`.
 T = TypeVar("T", default=Any)
@@ -213,9 +214,7 @@ async def _perform(effect: Call[Any], *, abandon: bool) -> Any:
     # while its call still runs, and is then delivered here, at the Call, like the cancellation
     # of an async function midway (the result is dropped). Only a `timeout` abandons the
     # thread (it finishes unobserved).
-    result = await anyio.to_thread.run_sync(
-        functools.partial(fn, *args, **kwargs), abandon_on_cancel=abandon
-    )
+    result = await run_in_thread(functools.partial(fn, *args, **kwargs), abandon=abandon)
     await anyio.lowlevel.checkpoint_if_cancelled()
     # A plain function may return an awaitable (a lambda around a coroutine function).
     return await result if inspect.isawaitable(result) else result

@@ -24,12 +24,11 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import anyio.from_thread
-
 from .._computation import Computation
 from .._effect import Effect
 from .._exceptions import Cancellation
 from .._handler import Handler, handles
+from .._threads import to_loop
 
 T = TypeVar("T")
 
@@ -553,7 +552,7 @@ class TaskTree(Handler):
         the thread that runs the computation."""
         if threading.get_ident() != self._thread:
             try:
-                anyio.from_thread.run_sync(self._external_write, node_id, text, nbytes)
+                to_loop(self._external_write, node_id, text, nbytes)
             except RuntimeError:
                 raise RuntimeError(
                     "a TaskWriter was written from a thread the run does not know: write "
