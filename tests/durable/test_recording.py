@@ -405,6 +405,34 @@ def test_a_subclass_answered_by_its_bases_handler_is_recorded_as_itself() -> Non
     assert again.resume("z") == Done([10, 20, 30, "z"])
 
 
+def test_a_ci_replay_stops_before_a_subclass_effect_past_the_log() -> None:
+    """The CI replay's guard holds for a subclass answered by its base's handler too."""
+    from effects import computation
+    from effects.durable import replay
+
+    calls: list[Any] = []
+
+    @computation(name="t.recording.base_then_derived")
+    def base_then_derived() -> Generator[Any, Any, Any]:
+        first = yield Base(1)
+        return first + (yield Derived(2, "x"))
+
+    handlers = handler({Base: lambda e: calls.append(e) or e.n})
+    logs: list[Log] = []
+    out = start(base_then_derived(), EffectLogger(on_log=logs.append), handlers)
+    assert out == Done(3)
+    cut = Log(
+        computation=logs[0].computation,
+        version=logs[0].version,
+        run_id=logs[0].run_id,
+        entries=logs[0].entries[:1],
+    )
+    calls.clear()
+    found = replay(cut, base_then_derived(), handlers)
+    assert (found.end, found.entries) == ("in progress", 1)
+    assert calls == []
+
+
 class Tags(Effect[int]):
     tags: list[str]
 
