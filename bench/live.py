@@ -237,9 +237,11 @@ def browser_client(base: str, connections: int) -> httpx.AsyncClient:
     """One HTTP client for every session: it keeps no cookies (each request carries its
     session's `Cookie` header) and reuses connections, as a browser does."""
     blocked = DefaultCookiePolicy(allowed_domains=[])
-    client = httpx.AsyncClient(
-        base_url=base, timeout=60, limits=httpx.Limits(max_connections=connections)
-    )
+    # Idle connections are dropped after 2 s, before the server's keep-alive timeout (5 s):
+    # a request sent on a connection the server is closing fails with ReadError (a browser
+    # would retry it; this client does not).
+    limits = httpx.Limits(max_connections=connections, keepalive_expiry=2.0)
+    client = httpx.AsyncClient(base_url=base, timeout=60, limits=limits)
     client.cookies.jar.set_policy(blocked)
     return client
 

@@ -141,6 +141,20 @@ async def test_other_users_runs_are_404(serve: Serve, db_url: str) -> None:
         assert (await ada.get("/runs", headers=forged)).status_code == 401
 
 
+async def test_the_list_reads_the_callers_runs_newest_first(serve: Serve, db_url: str) -> None:
+    """`GET /runs` reads only the caller's runs (by their id prefix, in the store), newest
+    first, `limit` of them, whatever other callers started since."""
+    server = serve(build(db_url))
+    async with bearer(server.url, "ada") as ada, bearer(server.url, "bob") as bob:
+        mine = [(await started(ada))["id"] for _ in range(3)]
+        theirs = [(await started(bob))["id"] for _ in range(4)]
+        listed = (await ada.get("/runs?limit=2")).json()["runs"]
+        assert [r["id"] for r in listed] == mine[::-1][:2]
+        listed = (await bob.get("/runs?computation=api_signup")).json()["runs"]
+        assert [r["id"] for r in listed] == theirs[::-1]
+        assert (await bob.get("/runs?computation=nope")).json() == {"runs": []}
+
+
 async def test_a_repeated_key_starts_one_run(serve: Serve, db_url: str) -> None:
     server = serve(build(db_url))
     async with bearer(server.url, "ada") as api:

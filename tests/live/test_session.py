@@ -130,3 +130,20 @@ def test_run_ids_never_start_with_a_dash() -> None:
         assert session.owns(run_id)
         assert session.owns("-" + run_id[1:])  # an id made before the rule
     assert all(not sessions.make(str(i)).new_run_id().startswith("-") for i in range(2000))
+
+
+def test_the_owned_prefixes_are_what_owns_accepts() -> None:
+    """`run_id_prefixes` (how the JSON API finds a caller's runs in the store) names exactly
+    the ids `owns` accepts: the tag, and its older "-" spelling for a tag starting with "_"."""
+    sessions = Sessions(SECRET)
+    for i in range(300):
+        session = sessions.make(str(i))
+        prefixes = session.run_id_prefixes()
+        run_id = session.new_run_id()
+        assert run_id.startswith(prefixes[0])
+        for prefix in prefixes:
+            assert session.owns(prefix + "x")
+        if session.owner_tag.startswith("_"):
+            assert prefixes == (run_id.split(".")[0] + ".", "-" + run_id[1:].split(".")[0] + ".")
+        else:
+            assert len(prefixes) == 1

@@ -374,11 +374,20 @@ class RunsApi:
             return _error(
                 422, "invalid", f"limit must be an integer from 1 to {self.limits.list_limit}"
             )
-        runs = await self.runner.list(name=name)
-        mine = [
-            r for r in reversed(runs) if r.name in self.computations and caller.session.owns(r.id)
-        ]
-        return _ok(RunList(runs=[RunOut.of(r) for r in mine[: int(raw)]]))
+        limit = int(raw)
+        session = caller.session
+        # Only this caller's runs are read: its run ids start with its owner tag.
+        found: list[Run] = []
+        for prefix in session.run_id_prefixes():
+            found += await self.runner.list(
+                name=[name] if name is not None else list(self.computations),
+                id_prefix=prefix,
+                newest_first=True,
+                limit=limit,
+            )
+        mine = [r for r in found if session.owns(r.id)]
+        mine.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return _ok(RunList(runs=[RunOut.of(r) for r in mine[:limit]]))
 
     async def get_run(self, request: Request, caller: Caller) -> Response:
         """`GET /runs/{id}`."""

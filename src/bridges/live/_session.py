@@ -55,6 +55,15 @@ class Session:
         tag = _tag(run_id.split(".", 1)[0])
         return hmac.compare_digest(tag.encode(), self.owner_tag.encode())
 
+    def run_id_prefixes(self) -> tuple[str, ...]:
+        """The prefixes of the run ids this session owns (what `owns` accepts), to find them
+        in the store by prefix: the owner tag and, for a tag starting with "_", its older
+        spelling with "-"."""
+        tag = self.owner_tag
+        if tag.startswith("_"):
+            return (f"{tag}.", f"-{tag[1:]}.")
+        return (f"{tag}.",)
+
     def new_run_id(self) -> str:
         """A fresh, unguessable run id owned by this session."""
         return f"{self.owner_tag}.{secrets.token_urlsafe(16)}"

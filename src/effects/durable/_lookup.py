@@ -3,7 +3,7 @@ queries of the command line and the runs dashboard). Read-only, one statement ea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 
 import sqlalchemy as sa
 
@@ -59,7 +59,7 @@ async def list_runs(
     store: Store,
     *,
     status: Sequence[str] = (),
-    name: str | None = None,
+    name: str | Collection[str] | None = None,
     since: float | None = None,
     id_prefix: str | None = None,
     limit: int | None = None,
@@ -68,14 +68,16 @@ async def list_runs(
     offset: int = 0,
 ) -> list[RunRow]:
     """Runs, newest first (by creation, then id) unless `newest_first=False`, optionally by
-    status, computation name, parked, id prefix, and created at or after `since` (UTC epoch
-    seconds)."""
+    status, computation name (one, or any of several), parked, id prefix, and created at or
+    after `since` (UTC epoch seconds)."""
     runs = S.runs
     query = sa.select(runs)
     if status:
         query = query.where(runs.c.status.in_(list(status)))
-    if name is not None:
+    if isinstance(name, str):
         query = query.where(runs.c.name == name)
+    elif name is not None:
+        query = query.where(runs.c.name.in_(list(name)))
     if since is not None:
         query = query.where(runs.c.created_at >= since)
     if id_prefix:

@@ -663,7 +663,7 @@ class DurableRunner:
         self,
         status: RunStatus | str | Iterable[RunStatus | str] | None = None,
         *,
-        name: str | None = None,
+        name: str | Iterable[str] | None = None,
         limit: int | None = None,
         parked: bool | None = None,
         since: datetime | float | None = None,
@@ -672,9 +672,10 @@ class DurableRunner:
         offset: int = 0,
     ) -> builtins.list[Run]:
         """Runs in the store, oldest first (`newest_first=True`: newest first), optionally by
-        status (one or several), name, whether they are parked (`parked=True`: the runs
-        `recover()` gave up on), creation time (`since`: created at or after it, a datetime
-        or UTC epoch seconds) and id prefix; `limit` and `offset` page through them."""
+        status (one or several), computation name (one or several), whether they are parked
+        (`parked=True`: the runs `recover()` gave up on), creation time (`since`: created at
+        or after it, a datetime or UTC epoch seconds) and id prefix; `limit` and `offset` page
+        through them."""
         if status is None:
             statuses: tuple[str, ...] = ()
         elif isinstance(status, str):
@@ -684,7 +685,7 @@ class DurableRunner:
         rows = await list_runs(
             self.store,
             status=statuses,
-            name=name,
+            name=name if name is None or isinstance(name, str) else tuple(name),
             # A datetime holds microseconds, the store more: one read from a `Run` (rounded)
             # must still include that run.
             since=since.timestamp() - 1e-6 if isinstance(since, datetime) else since,
