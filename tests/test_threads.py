@@ -4,7 +4,10 @@ process, on trio anyio's threads; the same semantics either way."""
 from __future__ import annotations
 
 import contextvars
+import os
+import signal
 import threading
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -144,3 +147,28 @@ def steps() -> Generator[Any, Any, list[int]]:
 
 async def test_calls_in_a_computation(anyio_backend: str) -> None:
     assert await arun(steps()) == [0, 2, 4]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_a_pool_of_its_own() -> None:
+    """A process forked after Calls ran (a pre-forking server) runs its own Calls: the pool
+    inherited from the parent, whose threads the child does not have, is not used."""
+    assert anyio.run(arun, Call(int, "1")) == 1  # the parent's pool exists now
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a process with threads may deadlock the child:
+        # what this test checks does not.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            signal.alarm(5)  # a child that hangs dies, and says nothing
+            value = anyio.run(arun, Call(int, "7"))
+            os.write(write, str(value).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        got = pipe.read()
+    os.waitpid(pid, 0)
+    assert got == "7"

@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -47,6 +48,17 @@ _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 # While a pool thread runs a function: the event loop of the task that handed it over.
 _current = threading.local()
+
+
+def _forget_pool() -> None:
+    # A forked child has none of the parent's threads: a pool inherited from it would count
+    # them as idle and never start one. The child makes its own on first use.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
