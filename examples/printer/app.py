@@ -10,18 +10,15 @@ Without JavaScript the form posts normally and the page refreshes itself while t
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 
-from bridges.live import persistent_secret, progress_app
+from bridges.live import progress_app, serve_options
 from effects import Clock, Print, Progress, Random, computation
 
 HERE = Path(__file__).resolve().parent
@@ -73,38 +70,9 @@ def build(url: str, secret: str, *, owner: str | None = None, lease: float = 30.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="A model function that prints as it works.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--db", type=Path, help="the SQLite file (default: runs.db here)")
-    where.add_argument("--url", help="an SQLAlchemy async URL (postgresql+asyncpg://...)")
-    parser.add_argument(
-        "--owner",
-        help="this process's name for run leases; two live processes never share one "
-        "(default: with --db, one name per SQLite file, so a restarted server takes its runs "
-        "back at once; with --url, unique per process)",
-    )
-    parser.add_argument(
-        "--lease",
-        type=float,
-        default=30.0,
-        help="seconds before a dead process's runs are taken over by another (default 30)",
-    )
-    args = parser.parse_args()
-    if args.url:
-        url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
-        owner = args.owner
-    else:
-        db: Path = (args.db or HERE / "runs.db").resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
-        # One server per SQLite file: a stable owner lets a restart take back at once the runs
-        # a killed server left mid-step (a second live server on the file refuses to start).
-        owner = args.owner or f"printer:{db}"
-    app = build(url, persistent_secret(secret_file), owner=owner, lease=args.lease)
-    print(f"Printer: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
+    opts = serve_options("printer", "A model function that prints as it works.", here=HERE)
+    app = build(opts.url, opts.secret(), owner=opts.owner, lease=opts.lease)
+    opts.serve(app, "Printer")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ at `--url`, which several server processes can share (docs/live/deployment.md).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import uvicorn
 from importer import ImportOptions, contacts, import_contacts
 from starlette.applications import Starlette
 
-from bridges.live import persistent_secret, progress_app
+from bridges.live import progress_app, serve_options
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,45 +48,19 @@ def build(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="An import job with a live task tree.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--db", type=Path, help="the SQLite file (default: runs.db here)")
-    where.add_argument("--url", help="an SQLAlchemy async URL (postgresql+asyncpg://...)")
-    parser.add_argument(
-        "--owner",
-        help="this process's name for run leases; two live processes never share one "
-        "(default: with --db, one name per SQLite file, so a restarted server takes its runs "
-        "back at once; with --url, unique per process)",
+    def queue_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--queue",
+            help="enqueue imports on this durable queue for workers instead of running them "
+            "here: EFFECTS_DB=URL PYTHONPATH=examples/tasks python -m effects worker --import "
+            "importer --handlers importer:worker_handlers --queue NAME",
+        )
+
+    opts = serve_options(
+        "imports", "An import job with a live task tree.", here=HERE, options=queue_option
     )
-    parser.add_argument(
-        "--lease",
-        type=float,
-        default=30.0,
-        help="seconds before a dead process's runs are taken over by another (default 30)",
-    )
-    parser.add_argument(
-        "--queue",
-        help="enqueue imports on this durable queue for workers instead of running them here: "
-        "EFFECTS_DB=URL PYTHONPATH=examples/tasks python -m effects worker --import importer "
-        "--handlers importer:worker_handlers --queue NAME",
-    )
-    args = parser.parse_args()
-    if args.url:
-        url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
-        owner = args.owner
-    else:
-        db: Path = (args.db or HERE / "runs.db").resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
-        # One server per SQLite file: a stable owner lets a restart take back at once the runs
-        # a killed server left mid-step (a second live server on the file refuses to start).
-        owner = args.owner or f"imports:{db}"
-    secret = persistent_secret(secret_file)
-    app = build(url, secret, owner=owner, lease=args.lease, queue=args.queue)
-    print(f"Imports: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
+    app = build(opts.url, opts.secret(), owner=opts.owner, lease=opts.lease, queue=opts.args.queue)
+    opts.serve(app, "Imports")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ restarts and every process on the machine shares it.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import uvicorn
 from onboarding import onboarding, users
 from starlette.applications import Starlette
 
-from bridges.live import GcTuning, persistent_secret, wizard_app
+from bridges.live import GcTuning, serve_options, wizard_app
 from effects import EventAccumulator
 
 HERE = Path(__file__).resolve().parent
@@ -60,46 +58,20 @@ def build(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The durable onboarding wizard.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--db", type=Path, help="the SQLite file (default: runs.db here)")
-    where.add_argument("--url", help="an SQLAlchemy async URL (postgresql+asyncpg://...)")
-    parser.add_argument(
-        "--owner",
-        help="this process's name for run leases; two live processes never share one "
-        "(default: with --db, one name per SQLite file, so a restarted server takes its runs "
-        "back at once; with --url, unique per process)",
+    def gc_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--no-gc-tuning",
+            action="store_true",
+            help="leave the garbage collector at the interpreter's defaults (the server freezes "
+            "what start-up created and raises the collection thresholds otherwise)",
+        )
+
+    opts = serve_options(
+        "onboarding", "The durable onboarding wizard.", here=HERE, options=gc_option
     )
-    parser.add_argument(
-        "--lease",
-        type=float,
-        default=30.0,
-        help="seconds before a dead process's runs are taken over by another (default 30)",
-    )
-    parser.add_argument(
-        "--no-gc-tuning",
-        action="store_true",
-        help="leave the garbage collector at the interpreter's defaults (the server freezes "
-        "what start-up created and raises the collection thresholds otherwise)",
-    )
-    args = parser.parse_args()
-    if args.url:
-        url, secret_file, where_text = args.url, HERE / "live.secret", args.url.split("@")[-1]
-        owner = args.owner
-    else:
-        db: Path = (args.db or HERE / "runs.db").resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        url, secret_file, where_text = f"sqlite+aiosqlite:///{db}", db.with_suffix(".secret"), db
-        # One server per SQLite file: a stable owner lets a restart take back at once the runs
-        # a killed server left mid-step (a second live server on the file refuses to start).
-        owner = args.owner or f"onboarding:{db}"
-    gc = None if args.no_gc_tuning else GcTuning()
-    app = build(url, persistent_secret(secret_file), owner=owner, lease=args.lease, gc=gc)
-    print(f"Onboarding wizard: http://{args.host}:{args.port}  (runs in {where_text})", flush=True)
-    # Live streams never end by themselves: bound the graceful shutdown, clients reconnect.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=2)
+    gc = None if opts.args.no_gc_tuning else GcTuning()
+    app = build(opts.url, opts.secret(), owner=opts.owner, lease=opts.lease, gc=gc)
+    opts.serve(app, "Onboarding wizard")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ idempotency key. See docs/live/protocol.md for the wire format.
   `serve_model(...)` serves it from the command line and exits when the run ends.
 - `mounted_lifespans`: the parent's `lifespan=` when such an app is mounted in a Starlette or
   FastAPI app (`Mount("/signup", wizard_app(...))`).
+- `serve_options(name, description, here=...)`: the command line of an app's server process
+  (`--host`, `--port`, `--db` or `--url`, `--owner`, `--lease`), as the examples use it.
 - `LiveApp` + `LiveView` (mount / handle_event / handle_info / render) for pages of your own.
 - `runs_dashboard(url, authorize=..., secret=...)`: a page for operators over a durable store
   (list and filter runs, read their logs, cancel / resume / fork / retry), closed without an
@@ -42,6 +44,7 @@ from ._runs import (
     run_app,
     wizard_app,
 )
+from ._serve import ServeOptions, serve_options
 from ._session import Session, Sessions, persistent_secret, same_origin
 from ._tasks_view import TasksHub
 from ._view import Event, LiveView, NotFound, Reply
@@ -55,6 +58,8 @@ __all__ = (
     "model_live_app",
     "serve_model",
     "mounted_lifespans",
+    "serve_options",
+    "ServeOptions",
     "RunView",
     "IndexView",
     "RunsConfig",
