@@ -623,6 +623,32 @@ async def test_subscribe_follows_a_background_step(db: str) -> None:
     assert run.outcome == Done("g!")
 
 
+async def test_a_subscriber_follows_a_run_of_another_runner_on_sqlite(db: str) -> None:
+    """Without NOTIFY (SQLite), a runner reads the runs followed there every `follow_poll`:
+    a subscription and a watch on runner A see a run that runner B executes suspend, get
+    answered (on B) and finish, in order."""
+    GATES["g"] = anyio.Event()
+    watched: list[Run] = []
+    async with runner(db, owner="a") as a, runner(db, owner="b") as b:
+        run = await b.start(gated("g"), wait=False)
+        watch = a.watch(run.id, watched.append)
+        watch.offer(await a.get(run.id))
+        with anyio.fail_after(10):
+            async with a.subscribe(run.id) as updates:
+                async for update in updates:
+                    assert run.id not in a._steps  # only the store brings it here
+                    if update.status is RunStatus.RUNNING:
+                        GATES["g"].set()
+                    if update.status is RunStatus.SUSPENDED:
+                        await b.resume(run.id, "!", wait=False)
+                    if update.finished:
+                        break
+        watch.close()
+    assert update.outcome == Done("g!")
+    assert [w.revision for w in watched] == sorted({w.revision for w in watched})
+    assert [w.status for w in watched][-1] is RunStatus.DONE
+
+
 async def test_subscription_ends_when_the_run_finishes(db: str) -> None:
     """Iterating a finished run's subscription yields its final state once."""
     async with runner(db) as r:

@@ -186,15 +186,18 @@ async def until(trees: Any, done: Any) -> TaskSnapshot:
     raise AssertionError("the subscription ended first")
 
 
+@pytest.mark.parametrize("store", ["postgresql", "sqlite"])
 async def test_a_subscriber_on_another_runner_sees_the_tree_live(
-    pg_database_url: str, flows: ModuleType
+    store: str, request: pytest.FixtureRequest, flows: ModuleType
 ) -> None:
     """A run executing on runner B (its own connections) publishes progress and output; a
-    subscriber on runner A sees them while the run waits, then the finished tree."""
+    subscriber on runner A sees them while the run waits, then the finished tree. On
+    PostgreSQL by NOTIFY, on SQLite by reading the followed runs every `follow_poll`."""
+    url = request.getfixturevalue("pg_database_url" if store == "postgresql" else "sqlite_url")
     flows.GATE = anyio.Event()
     async with (
-        DurableRunner(pg_database_url, owner="a") as a,
-        DurableRunner(pg_database_url, owner="b") as b,
+        DurableRunner(url, owner="a") as a,
+        DurableRunner(url, owner="b") as b,
     ):
         run = await b.start(flows.numbered(6, 3), wait=False)
         with anyio.fail_after(20):
@@ -202,7 +205,7 @@ async def test_a_subscriber_on_another_runner_sees_the_tree_live(
                 held = await until(trees, lambda t: len(t.nodes) > 1 and len(t.node(1).lines) == 3)
                 assert held.root.status == "running"
                 assert held.node(1).current == 3
-                assert run.id not in a._steps  # only the store and NOTIFY bring it here
+                assert run.id not in a._steps  # only the store (and NOTIFY) bring it here
                 flows.GATE.set()
                 seen = [t async for t in trees]
     final = seen[-1]

@@ -77,6 +77,10 @@ DEFAULT_URL: Final = "sqlite+aiosqlite:///runs.db"
 _R = TypeVar("_R")  # a computation's result type: `start(comp)` of a `Comp[R]` is a `Run[R]`
 
 # Backoff of the LISTEN connection after it was lost (seconds).
+# Seconds between two reads of the runs followed in a process without NOTIFY (the default of
+# `follow_poll`): how late another process's change shows there at most.
+FOLLOW_POLL: Final = 0.25
+_OTHERS_CHECK: Final = 1.0  # seconds between two looks for other live runners
 _LISTEN_RETRY_FIRST: Final = 0.1
 _LISTEN_RETRY_MAX: Final = 5.0
 
@@ -236,6 +240,9 @@ class DurableRunner:
       wake-up time is recorded first, so a restart sleeps only what is left.
     - `timer_poll`: the longest the timer loop waits before looking for due runs again (it
       wakes earlier for the earliest wake-up time it knows of).
+    - `follow_poll`: without NOTIFY (SQLite, PostgreSQL through psycopg), how often the runs
+      followed in this process (subscriptions, watches, task trees, so live pages) are read
+      for changes committed by other processes (0.25 s; on asyncpg NOTIFY brings them).
     - `timers=False`: no timer loop in this runner (for short-lived tools such as the CLI,
       which should not take over runs they have no handlers for); `recover()` still continues
       due sleeping runs.
@@ -266,6 +273,7 @@ class DurableRunner:
         engine_options: dict[str, Any] | None = None,
         sleep_in_memory: float = 5.0,
         timer_poll: float = 1.0,
+        follow_poll: float = FOLLOW_POLL,
         timers: bool = True,
         task_lines: int = 200,
         task_interval: float = 0.15,
@@ -280,10 +288,13 @@ class DurableRunner:
         if recover_concurrency < 1:
             raise ConfigurationError("recover_concurrency must be at least 1")
         self.recover_concurrency = recover_concurrency
-        if sleep_in_memory < 0 or timer_poll <= 0:
-            raise ConfigurationError("sleep_in_memory must be >= 0 and timer_poll > 0 (seconds)")
+        if sleep_in_memory < 0 or timer_poll <= 0 or follow_poll <= 0:
+            raise ConfigurationError(
+                "sleep_in_memory must be >= 0, timer_poll and follow_poll > 0 (seconds)"
+            )
         self.sleep_in_memory = sleep_in_memory
         self.timer_poll = timer_poll
+        self.follow_poll = follow_poll
         self.timers = timers
         if task_lines < 1 or task_interval < 0:
             raise ConfigurationError("task_lines must be >= 1 and task_interval >= 0 (seconds)")
@@ -339,6 +350,8 @@ class DurableRunner:
                 tg.start_soon(self._timer_loop)
             if store.engine.dialect.driver == "asyncpg":
                 await tg.start(self._listen)
+            elif not store.in_memory:
+                tg.start_soon(self._follow_by_polling)
         except BaseException as err:
             await self.__aexit__(type(err), err, err.__traceback__)
             raise
@@ -824,8 +837,10 @@ class DurableRunner:
         """Follow a run: `async for run in runner.subscribe(run_id)` yields the current `Run`,
         then a snapshot after each change committed by this process, until it finishes.
 
-        Across processes, changes arrive through PostgreSQL LISTEN/NOTIFY (asyncpg); on SQLite
-        only changes made by this process are seen.
+        Changes committed by other processes arrive through PostgreSQL LISTEN/NOTIFY (asyncpg);
+        without NOTIFY (SQLite, psycopg) the runner reads the runs followed here every
+        `follow_poll` seconds (0.25), so they arrive at most that late (a run that changed
+        several times in between shows its newest state).
         """
         self.store  # noqa: B018 - fails clearly outside `async with`
         return Subscription(self, run_id)
@@ -843,8 +858,8 @@ class DurableRunner:
         """Follow a run's task tree: `async for tree in runner.subscribe_tasks(run_id)` yields
         the current tree (once the run has one), then each newer one, and ends after the tree
         of the finished run. From a step in this process every change arrives; from a step in
-        another process every stored copy arrives through PostgreSQL LISTEN/NOTIFY (on SQLite
-        only the first read sees another process's tree). See `TaskSubscription`.
+        another process every stored copy arrives through PostgreSQL LISTEN/NOTIFY (without
+        NOTIFY, the newest stored copy within `follow_poll` seconds). See `TaskSubscription`.
         """
         self.store  # noqa: B018 - fails clearly outside `async with`
         return TaskSubscription(self, run_id)
@@ -1667,6 +1682,50 @@ class DurableRunner:
             except Exception:
                 break
         scope.cancel()
+
+    async def _follow_by_polling(self) -> None:
+        """Without NOTIFY (SQLite, psycopg), the runs followed in this process (subscriptions,
+        watches, task trees) are read every `follow_poll` seconds, and what changed in another
+        process is handed over as a notification would be. Runs whose step runs here are
+        skipped: the step hands over its own changes; and nothing is read while no other
+        runner holds a live claim on the store (looked up every `_OTHERS_CHECK` seconds):
+        only runners change runs."""
+        others, next_check = False, 0.0
+        while True:
+            await anyio.sleep(self.follow_poll)
+            ids = [
+                run_id
+                for run_id in {*self._subscribers, *self._task_subscribers}
+                if run_id not in self._steps
+            ]
+            if not ids:
+                continue
+            try:
+                if anyio.current_time() >= next_check:
+                    others = await self.store.others_alive(self.owner)
+                    next_check = anyio.current_time() + _OTHERS_CHECK
+                if not others:
+                    continue
+                found = await self.store.followed(ids)
+            except Exception as err:
+                logger.warning("could not read the runs followed here: %s", err)
+                continue
+            for run_id in ids:
+                state = found.get(run_id)
+                if state is None:  # gone (purged): its followers are told and closed
+                    await self._notified(f"{run_id}:0!")
+                    continue
+                revision, cancel, status, tree_version = state
+                subs = self._subscribers.get(run_id, ())
+                if any(
+                    s._latest is None
+                    or s._latest.revision < revision
+                    or s._latest.cancel_requested != cancel
+                    for s in subs
+                ) or (status in FINAL_STATUSES and self._task_subscribers.get(run_id)):
+                    await self._notified(f"{run_id}:{revision}!")
+                if tree_version is not None:
+                    await self._notified_tasks(f"{run_id}:{tree_version}")
 
     def _queue_notified(self, _conn: Any, _pid: int, _channel: str, payload: str | None) -> None:
         # A run was enqueued on (or a slot freed in) the queue named `payload`.

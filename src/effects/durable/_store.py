@@ -62,6 +62,10 @@ _SQLITE_CHOICES = {
 }
 
 
+# Ids per query of `Store.followed` (SQLite before 3.32 allowed 999 parameters).
+_FOLLOWED_CHUNK = 500
+
+
 def _now() -> float:
     return time.time()
 
@@ -996,6 +1000,26 @@ class Store:
             raise RunNotFound(f"no run with id {run_id!r}")
         return RunRow.from_row(row)
 
+    async def followed(
+        self, run_ids: Sequence[str]
+    ) -> dict[str, tuple[int, bool, str, int | None]]:
+        """For each of `run_ids` that exists: its revision, whether a cancel is requested, its
+        status and its stored task tree's version (None without one), in one query (how a
+        process without NOTIFY follows runs changed by others)."""
+        runs, trees = S.runs, S.task_trees
+        query = (
+            sa.select(runs.c.id, runs.c.revision, runs.c.cancel_requested, runs.c.status)
+            .add_columns(trees.c.version)
+            .select_from(runs.outerjoin(trees, trees.c.run_id == runs.c.id))
+        )
+        out: dict[str, tuple[int, bool, str, int | None]] = {}
+        async with self._reader.connect() as conn:
+            for start in range(0, len(run_ids), _FOLLOWED_CHUNK):
+                chunk = list(run_ids[start : start + _FOLLOWED_CHUNK])
+                for r in await conn.execute(query.where(runs.c.id.in_(chunk))):
+                    out[r[0]] = (int(r[1]), bool(r[2]), str(r[3]), r[4])
+        return out
+
     async def load(self, run_id: str) -> tuple[RunRow, list[LogEntry]]:
         """The run's row and its log, read in one transaction."""
         async with self._reader.begin() as conn:
@@ -1445,6 +1469,15 @@ class Store:
         async with self._reader.connect() as conn:
             found = (await conn.execute(_owner_query(owner))).first()
         return OwnerRow.from_row(found) if found is not None else None
+
+    async def others_alive(self, owner: str) -> bool:
+        """Whether a runner other than `owner` holds a live claim on this store (one that
+        may change runs: every runner claims an owner)."""
+        query = sa.select(sa.func.count()).where(
+            S.owners.c.owner != owner, S.owners.c.expires > db_now()
+        )
+        async with self._reader.connect() as conn:
+            return bool(await conn.scalar(query))
 
     async def release_owner(self, owner: str, token: str) -> None:
         """Give the claim back (an orderly stop): the next runner of `owner` starts at once."""

@@ -185,8 +185,8 @@ class TaskSubscription:
 
     Trees of a step running in this process arrive at every change; trees of a step running in
     another process arrive as that process stores them (at most every `task_interval`), through
-    PostgreSQL NOTIFY — on SQLite only the stored tree at the first read is seen from another
-    process. A slow reader skips intermediate trees (it always gets the newest). Use it as
+    PostgreSQL NOTIFY (without NOTIFY, SQLite or psycopg: read every `follow_poll` seconds). A
+    slow reader skips intermediate trees (it always gets the newest). Use it as
     `async with runner.subscribe_tasks(id) as trees` or iterate it directly (then `aclose()`
     it if you stop early).
     """
