@@ -172,10 +172,7 @@ async def claim(
     pg = store.dialect == "postgresql"
     runs = S.runs.c
     if pg and not queue.limited and not stale:
-        if store.engine.dialect.driver == "asyncpg":
-            result.fresh = await _claim_asyncpg(store, queue, owner, lease, want, names, skip)
-        else:
-            result.fresh = await _claim_one_statement(store, queue, owner, lease, want, names, skip)
+        result.fresh = await _claim_one_statement(store, queue, owner, lease, want, names, skip)
         return result
     async with store._write() as conn:
         if queue.limited and pg:
@@ -275,84 +272,66 @@ async def _claim_one_statement(
     skip: Collection[str],
 ) -> list[RunRow]:
     """PostgreSQL, a queue without global limits: pick, take and announce in one statement
-    (`WITH picked AS (SELECT ... FOR UPDATE SKIP LOCKED)`, `UPDATE ... RETURNING` in a WITH,
-    NOTIFY over its rows), committed by itself: one round trip instead of five."""
-    # A materialized WITH, not `id IN (subquery)`: PostgreSQL may run such a subquery more
-    # than once in a join, and with SKIP LOCKED each run can pick other rows, so more than
-    # LIMIT rows would be taken.
-    picked = (
-        _queued(queue, want, names, skip)
-        .with_for_update(skip_locked=True)
-        .cte("picked")
-        .prefix_with("MATERIALIZED")
-    )
-    taken = (
-        S.runs.update()
-        .where(S.runs.c.id == picked.c.id, S.runs.c.status == "queued")
-        .values(
-            status="running",
-            revision=S.runs.c.revision + 1,
-            lease_owner=owner,
-            lease_expires=db_now() + lease,
-            claimed_at=db_now(),
-            updated_at=time.time(),
-        )
-        .returning(*S.runs.c)
-        .cte("taken")
-    )
-    announce = sa.func.pg_notify(
-        NOTIFY_CHANNEL, taken.c.id + ":" + sa.cast(taken.c.revision, sa.Text)
-    )
-    stmt = sa.select(*taken.c, announce.label("announced"))
-    async with store.engine.connect() as conn:
-        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        rows = [RunRow.from_row(r) for r in await auto.execute(stmt)]  # type: ignore[arg-type]
-    rows.sort(key=lambda r: (r.priority, r.created_at, r.id))
-    return rows
-
-
-async def _claim_asyncpg(
-    store: Store,
-    queue: Queue,
-    owner: str,
-    lease: float,
-    want: int,
-    names: Collection[str],
-    skip: Collection[str],
-) -> list[RunRow]:
-    """`_claim_one_statement` as its text, run on an asyncpg connection of the store: a
-    worker claims whenever a slot frees (about once per run), and building the SQLAlchemy
-    statement and checking out a pooled connection cost more CPU than the claim itself."""
-    args: list[Any] = [queue.name, list(names), want, owner, lease, time.time(), NOTIFY_CHANNEL]
+    (`_claim_text`), committed by itself: one round trip instead of five. On asyncpg it runs
+    as compiled text on a kept connection of the store: a worker claims whenever a slot frees
+    (about once per run), and a checkout through SQLAlchemy's pool cost more CPU than the
+    claim itself."""
+    params: dict[str, Any] = {
+        "queue": queue.name,
+        "names": list(names),
+        "want": want,
+        "owner": owner,
+        "lease": lease,
+        "updated_at": time.time(),
+        "channel": NOTIFY_CHANNEL,
+    }
     if skip:
-        args.append(list(skip))
-    async with store.pg_driver() as driver:
-        found = await driver.fetch(_claim_sql(bool(skip)), *args)
+        params["skip"] = list(skip)
+    found: Sequence[Sequence[Any]]
+    if store.engine.dialect.driver == "asyncpg":
+        sql, order = _claim_asyncpg(bool(skip))
+        async with store.pg_driver() as driver:
+            found = await driver.fetch(sql, *(params[n] for n in order))
+    else:
+        async with store.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            found = list(await auto.execute(_claim_text(bool(skip)), params))
     rows = [RunRow(*r[: len(_ROW_FIELDS)]) for r in found]
     rows.sort(key=lambda r: (r.priority, r.created_at, r.id))
     return rows
 
 
 @functools.cache
-def _claim_sql(skip: bool) -> str:
-    """The claim statement of `_claim_asyncpg`: $1 queue, $2 computation names, $3 how many,
-    $4 owner, $5 lease (seconds), $6 updated_at, $7 the NOTIFY channel, $8 ids to skip."""
+def _claim_text(skip: bool) -> sa.TextClause:
+    """The claim statement (parameters: queue, names, want, owner, lease, updated_at,
+    channel, and skip when `skip`)."""
     runs, columns = S.runs.name, ", ".join(_ROW_FIELDS)
     now = "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)"
-    skipped = " AND NOT (id = ANY($8::varchar[]))" if skip else ""
-    # As `_claim_one_statement`: a materialized WITH picks (SKIP LOCKED) exactly once.
-    return (
+    skipped = " AND NOT (id = ANY(CAST(:skip AS varchar[])))" if skip else ""
+    # A materialized WITH, not `id IN (subquery)`: PostgreSQL may run such a subquery more
+    # than once in a join, and with SKIP LOCKED each run can pick other rows, so more than
+    # LIMIT rows would be taken.
+    return sa.text(
         f"WITH picked AS MATERIALIZED ("
-        f"SELECT id FROM {runs} WHERE queue = $1 AND status = 'queued' "
-        f"AND name = ANY($2::varchar[]){skipped} "
-        f"ORDER BY priority, created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), "
+        f"SELECT id FROM {runs} WHERE queue = :queue AND status = 'queued' "
+        f"AND name = ANY(CAST(:names AS varchar[])){skipped} "
+        f"ORDER BY priority, created_at, id LIMIT :want FOR UPDATE SKIP LOCKED), "
         f"taken AS (UPDATE {runs} AS r SET status = 'running', revision = r.revision + 1, "
-        f"lease_owner = $4, lease_expires = {now} + $5::double precision, claimed_at = {now}, "
-        f"updated_at = $6::double precision FROM picked "
+        f"lease_owner = :owner, lease_expires = {now} + CAST(:lease AS double precision), "
+        f"claimed_at = {now}, updated_at = CAST(:updated_at AS double precision) FROM picked "
         f"WHERE r.id = picked.id AND r.status = 'queued' "
         f"RETURNING {', '.join('r.' + c for c in _ROW_FIELDS)}) "
-        f"SELECT {columns}, pg_notify($7, id || ':' || CAST(revision AS TEXT)) FROM taken"
+        f"SELECT {columns}, pg_notify(:channel, id || ':' || CAST(revision AS TEXT)) FROM taken"
     )
+
+
+@functools.cache
+def _claim_asyncpg(skip: bool) -> tuple[str, tuple[str, ...]]:
+    """`_claim_text` compiled for asyncpg (`$n` parameters) and its parameters' order."""
+    from sqlalchemy.dialects.postgresql import asyncpg
+
+    compiled = _claim_text(skip).compile(dialect=asyncpg.dialect())  # type: ignore[no-untyped-call]
+    return str(compiled), tuple(compiled.positiontup or ())
 
 
 async def _take(
